@@ -1,0 +1,1 @@
+"""The `rada-export` command line: a thin layer over the library (parse, call, report)."""

@@ -1,0 +1,43 @@
+"""The Typer application: one command per step of the workflow."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from rada_export import __version__
+
+from . import train as train_cmd
+
+app = typer.Typer(
+    name="rada-export",
+    help="Train, export and deploy CLIP + RAda heads: ONNX, FP16/INT8, TensorRT, and a torch-free runtime.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rada-export {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    pass
+
+
+app.command("train")(train_cmd.train)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

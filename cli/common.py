@@ -1,0 +1,68 @@
+"""What every command shares: the console, error handling, and small report helpers."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rada_export.errors import RadaError, VerificationError
+from rada_export.progress import Reporter
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turns library errors into the CLI's contract: a message and exit 2 (bad input) or 1 (failed check)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RadaError as err:
+            err_console.print(f"[bold red]error:[/bold red] {err.problem}")
+            if err.fix:
+                err_console.print(f"[bold]fix:[/bold] {err.fix}")
+            raise typer.Exit(code=err.exit_code) from None
+        except VerificationError as err:
+            err_console.print(f"[bold red]verification failed:[/bold red] {err}")
+            raise typer.Exit(code=err.exit_code) from None
+
+    return wrapper
+
+
+def reporter(quiet: bool = False) -> Reporter:
+    return Reporter(enabled=not quiet)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def make_table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[fmt(v) for v in row])
+    return table
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0 or 1e-3 <= abs(value) < 1e5:
+            return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) >= 1 else f"{value:.6f}"
+        return f"{value:.3e}"
+    return str(value)
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f} %"

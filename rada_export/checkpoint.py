@@ -1,0 +1,170 @@
+"""Head checkpoints: the project's safetensors file and the paper's reference torch checkpoints.
+
+Our format is one ``.safetensors`` file: the six projections under their own names, optionally the
+class text features, and a JSON document under the ``rada_export`` metadata key. The paper's code
+saves torch pickles whose ``state_dict`` holds ``mha.*`` keys; those are read with
+``weights_only=True`` so that no untrusted pickle code can run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._version import __version__
+from .errors import RadaError
+from .head import PROJECTION_NAMES, RAdaHead
+
+METADATA_KEY = "rada_export"
+TEXT_FEATURES_KEY = "text_features"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class HeadMetadata:
+    """What a head checkpoint says about how it was made and what it needs."""
+
+    embed_dim: int
+    num_heads: int = 8
+    temperature: float = 1.0
+    logit_scale: float = 100.0
+    model: str | None = None
+    pretrained: str | None = None
+    class_names: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    source: str = "rada-export"
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HeadMetadata":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class HeadCheckpoint:
+    head: RAdaHead
+    metadata: HeadMetadata
+    text_features: torch.Tensor | None = None
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"rada_export": __version__, "torch": torch.__version__}
+    try:
+        import open_clip
+
+        versions["open_clip"] = open_clip.__version__
+    except ImportError:  # pragma: no cover - export extra always has it
+        pass
+    return versions
+
+
+def save_head(
+    path: str | os.PathLike,
+    head: RAdaHead,
+    metadata: HeadMetadata,
+    text_features: torch.Tensor | None = None,
+) -> Path:
+    """Writes the checkpoint atomically (temporary file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.is_dir():
+        raise RadaError(f"output {path} is a folder", "give a file name such as head.safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    if text_features is not None:
+        tensors[TEXT_FEATURES_KEY] = text_features.detach().cpu().float().contiguous()
+    meta = asdict(metadata)
+    meta.update(head.config)
+    meta.setdefault("versions", {})
+    meta["versions"] = {**tool_versions(), **meta["versions"]}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _head_from_state(state: dict[str, torch.Tensor], meta: HeadMetadata, origin: str) -> RAdaHead:
+    expected = {f"{n}.{p}" for n in PROJECTION_NAMES for p in ("weight", "bias")}
+    missing = sorted(expected - set(state))
+    if missing:
+        raise RadaError(
+            f"{origin} lacks head parameters: {', '.join(missing[:4])}{'...' if len(missing) > 4 else ''}",
+            "pass a RAda head checkpoint (rada-export train output, or the paper's code with mha.* keys)",
+        )
+    dim = state["q_proj1.weight"].shape[0]
+    for key in expected:
+        shape = tuple(state[key].shape)
+        want = (dim, dim) if key.endswith("weight") else (dim,)
+        if shape != want:
+            raise RadaError(f"{origin}: {key} has shape {shape}, expected {want}", "the checkpoint is corrupt or not a RAda head")
+    meta.embed_dim = dim
+    head = RAdaHead(dim, meta.num_heads, meta.temperature, meta.logit_scale)
+    head.load_state_dict({k: state[k].float() for k in expected})
+    return head
+
+
+def _load_safetensors(path: Path) -> HeadCheckpoint:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = (f.metadata() or {}).get(METADATA_KEY)
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise RadaError(f"{path} is not a readable safetensors file ({err})", "pass a head.safetensors written by rada-export train") from err
+    meta = HeadMetadata.from_dict(json.loads(raw_meta)) if raw_meta else HeadMetadata(embed_dim=0, source="safetensors")
+    text = state.pop(TEXT_FEATURES_KEY, None)
+    state = {k.removeprefix("mha."): v for k, v in state.items()}
+    head = _head_from_state(state, meta, str(path))
+    return HeadCheckpoint(head, meta, text)
+
+
+def _load_reference(path: Path) -> HeadCheckpoint:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RadaError(
+            f"{path} is not a loadable torch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})",
+            "pass a head.safetensors from rada-export train, or a torch state_dict of the paper's code "
+            "(only tensors and plain containers are read; pickled objects are refused)",
+        ) from err
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise RadaError(f"{path} holds no state_dict of tensors", "pass a checkpoint whose state_dict has mha.q_proj1.weight and so on")
+    state = {}
+    for key, value in obj.items():
+        name = key.split("mha.", 1)[1] if "mha." in key else key.removeprefix("module.")
+        state[name] = value
+    meta = HeadMetadata(embed_dim=0, source=f"reference checkpoint {path.name}")
+    return HeadCheckpoint(_head_from_state(state, meta, str(path)), meta, None)
+
+
+def load_head(path: str | os.PathLike) -> HeadCheckpoint:
+    """Loads our safetensors checkpoints or the paper's torch checkpoints (``weights_only=True``)."""
+    path = Path(path)
+    if not path.exists():
+        raise RadaError(f"checkpoint {path} does not exist", "check the path, or omit --ckpt for a fresh (zero-shot) head")
+    if path.is_dir():
+        raise RadaError(f"checkpoint {path} is a folder", "pass the head.safetensors file itself")
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    # Torch's zip format starts with "PK"; legacy pickles with 0x80. Anything else we try as safetensors.
+    if magic[:2] == b"PK" or magic[:1] == b"\x80":
+        return _load_reference(path)
+    return _load_safetensors(path)

@@ -1,0 +1,1 @@
+"""ONNX export of the encoders, the head and the fused model."""

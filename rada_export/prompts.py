@@ -1,0 +1,78 @@
+"""Class names and prompt templates, and the text features CLIP makes of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from .errors import RadaError
+
+DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+
+
+def parse_class_names(spec: Sequence[str] | str | Path | None) -> list[str]:
+    """Class names from a text file (one per line) or a list; checks emptiness and duplicates.
+
+    A single string that names an existing file is read as such a file; otherwise a string is a
+    comma-separated list.
+    """
+    if spec is None:
+        raise RadaError("no class names given", "pass --classes FILE (one name a line) or --classes 'cat,dog'")
+    if isinstance(spec, (str, Path)):
+        path = Path(spec)
+        if path.is_file():
+            names = path.read_text(encoding="utf-8").splitlines()
+        elif isinstance(spec, Path) or str(spec).endswith(".txt"):
+            raise RadaError(f"class file {str(spec)!r} does not exist", "pass an existing file, one class name a line")
+        else:
+            names = str(spec).split(",")
+    else:
+        names = [n for item in spec for n in (_expand(item))]
+    names = [n.strip() for n in names if n.strip()]
+    return validate_class_names(names)
+
+
+def _expand(item: str) -> list[str]:
+    path = Path(item)
+    if path.is_file():
+        return path.read_text(encoding="utf-8").splitlines()
+    return [item]
+
+
+def validate_class_names(names: Sequence[str]) -> list[str]:
+    names = [str(n).strip() for n in names]
+    if not names or not any(names):
+        raise RadaError("the class list is empty", "give at least two class names, one per line in the file")
+    if any(not n for n in names):
+        raise RadaError("the class list holds an empty name", "remove blank entries from the class list")
+    lowered = [n.lower() for n in names]
+    dupes = sorted({n for n in names if lowered.count(n.lower()) > 1})
+    if dupes:
+        raise RadaError(f"duplicate class names: {', '.join(dupes)}", "each class must appear once in the class list")
+    return list(names)
+
+
+def validate_templates(templates: Sequence[str] | None) -> list[str]:
+    templates = list(templates) if templates else list(DEFAULT_TEMPLATES)
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise RadaError(f"prompt template(s) without a '{{}}' placeholder: {bad}", "write templates like 'a photo of a {}.'")
+    return templates
+
+
+def text_features(clip, class_names: Sequence[str], templates: Sequence[str] | None = None, batch_size: int = 256):
+    """K x D L2-normalised class embeddings; several templates average their normalised embeddings."""
+    import torch
+
+    templates = validate_templates(templates)
+    class_names = validate_class_names(class_names)
+    prompts = [t.format(name) for name in class_names for t in templates]
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            tokens = clip.tokenizer(prompts[start : start + batch_size])
+            emb = clip.model.encode_text(tokens)
+            chunks.append(emb / emb.norm(dim=-1, keepdim=True))
+        per_prompt = torch.cat(chunks).view(len(class_names), len(templates), -1)
+        mean = per_prompt.mean(dim=1)
+        return mean / mean.norm(dim=-1, keepdim=True)

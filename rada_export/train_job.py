@@ -1,0 +1,142 @@
+"""`rada-export train`: an ImageFolder in, a trained head checkpoint out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import HeadMetadata, save_head
+from .clip import load_clip
+from .errors import RadaError
+from .features import encode_images
+from .head import RAdaHead
+from .images import LabelledImages, sample_shots, scan_image_folder, split_holdout
+from .progress import SILENT, Reporter
+from .prompts import text_features, validate_templates
+from .train import TrainConfig, accuracy, fit_head
+
+
+@dataclass
+class TrainJob:
+    data: Path
+    out: Path
+    model: str = "ViT-B-16"
+    pretrained: str = "openai"
+    val: Path | None = None
+    val_fraction: float = 0.2
+    shots: int | None = None
+    aug_copies: int = 4
+    templates: list[str] = field(default_factory=list)
+    config: TrainConfig = field(default_factory=TrainConfig)
+    encode_batch_size: int = 32
+    force: bool = False
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    class_names: list[str]
+    zero_shot_accuracy: float | None
+    trained_accuracy: float | None
+    num_train_images: int
+    num_val_images: int
+    skipped: list[Path]
+    encoder_passes: int
+    logit_scale: float
+
+
+def _check_output(job: TrainJob) -> None:
+    if job.out.is_dir():
+        raise RadaError(f"--out {job.out} is a folder", "give a file path such as head.safetensors")
+    if job.out.exists() and not job.force:
+        raise RadaError(f"{job.out} already exists", "pass --force to overwrite it, or choose another --out")
+
+
+def _datasets(job: TrainJob) -> tuple[LabelledImages, LabelledImages]:
+    data = scan_image_folder(job.data)
+    if job.val is not None:
+        val = scan_image_folder(job.val)
+        if val.class_names != data.class_names:
+            raise RadaError(
+                f"--val classes {val.class_names} differ from --data classes {data.class_names}",
+                "give --val the same class sub-folders as --data",
+            )
+        train = data
+    else:
+        if not 0.0 < job.val_fraction < 1.0:
+            raise RadaError(f"--val-fraction must lie in (0, 1), got {job.val_fraction}", "use e.g. 0.2")
+        train, val = split_holdout(data, job.val_fraction, job.config.seed)
+    if job.shots is not None:
+        train = sample_shots(train, job.shots, job.config.seed)
+    return train, val
+
+
+def run_train_job(job: TrainJob, reporter: Reporter = SILENT) -> TrainResult:
+    """Encodes the data once per augmented copy, trains the head on the cache, saves it."""
+    job = TrainJob(**{**job.__dict__, "data": Path(job.data), "out": Path(job.out)})
+    _check_output(job)
+    templates = validate_templates(job.templates)
+    train, val = _datasets(job)
+    clip = load_clip(job.model, job.pretrained)
+    if clip.random_weights:
+        reporter.log("[yellow]random CLIP weights (--pretrained none): accuracies are meaningless; "
+                     "pass --pretrained openai (or a weights file) for a real head[/yellow]")
+    text = text_features(clip, train.class_names, templates)
+
+    n_train = len(train.paths) * job.aug_copies
+    with reporter.task(f"encoding {len(train.paths)} train images x {job.aug_copies} copies", n_train) as advance:
+        train_cache = encode_images(
+            clip, train.paths, train.labels, aug_copies=job.aug_copies,
+            batch_size=job.encode_batch_size, seed=job.config.seed, progress=advance,
+        )
+    val_cache = None
+    if val.paths:
+        with reporter.task(f"encoding {len(val.paths)} validation images", len(val.paths)) as advance:
+            val_cache = encode_images(clip, val.paths, val.labels, batch_size=job.encode_batch_size, progress=advance)
+    skipped = train_cache.skipped + (val_cache.skipped if val_cache else [])
+    if skipped:
+        reporter.log(f"[yellow]skipped {len(skipped)} unreadable image file(s), e.g. {skipped[0]}[/yellow]")
+
+    cfg = job.config
+    with reporter.task(f"training head ({cfg.epochs} epochs)", cfg.epochs) as advance:
+        head = fit_head(
+            train_cache.features, train_cache.labels, text,
+            logit_scale=clip.logit_scale, epochs=cfg.epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+            alpha=cfg.alpha, temperature=cfg.temperature, num_heads=cfg.num_heads,
+            weight_decay=cfg.weight_decay, seed=cfg.seed, on_epoch=lambda *_: advance(1),
+        )
+    zs_acc = trained_acc = None
+    if val_cache is not None:
+        zero_shot = RAdaHead(clip.embed_dim, cfg.num_heads, cfg.temperature, clip.logit_scale)
+        zs_acc = accuracy(zero_shot, val_cache.features, val_cache.labels, text)
+        trained_acc = accuracy(head, val_cache.features, val_cache.labels, text)
+
+    meta = HeadMetadata(
+        embed_dim=clip.embed_dim,
+        model=job.model,
+        pretrained=clip.pretrained,
+        class_names=train.class_names,
+        templates=templates,
+        training={
+            **cfg.to_dict(),
+            "shots": job.shots,
+            "aug_copies": job.aug_copies,
+            "num_train_images": len(train.paths) - len(train_cache.skipped),
+            "val_accuracy": trained_acc,
+            "zero_shot_val_accuracy": zs_acc,
+        },
+    )
+    save_head(job.out, head, meta, text_features=text)
+    return TrainResult(
+        checkpoint=job.out,
+        class_names=train.class_names,
+        zero_shot_accuracy=zs_acc,
+        trained_accuracy=trained_acc,
+        num_train_images=len(train.paths) - len(train_cache.skipped),
+        num_val_images=0 if val_cache is None else int(val_cache.labels.numel()),
+        skipped=skipped,
+        encoder_passes=train_cache.encoder_passes + (val_cache.encoder_passes if val_cache else 0),
+        logit_scale=clip.logit_scale,
+    )
