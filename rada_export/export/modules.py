@@ -1,0 +1,85 @@
+"""The torch modules that become the bundle's ONNX graphs.
+
+Each wraps open_clip's own encoders (and the RAda head) with the normalisation and input
+conventions the device sees, so the exported graph needs no code around it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..clip import PreprocessConfig
+from ..head import RAdaHead
+
+
+class L2Normalize(nn.Module):
+    """x / ||x||, a named module so that FP16 conversion can find and keep it in FP32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
+class Preprocess(nn.Module):
+    """uint8 N x H x W x 3 RGB frames -> normalised float N x 3 x H x W (the model's mean and std)."""
+
+    def __init__(self, cfg: PreprocessConfig):
+        super().__init__()
+        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(cfg.std))).view(1, 3, 1, 1))
+        self.register_buffer("shift", (torch.tensor(cfg.mean) / torch.tensor(cfg.std)).view(1, 3, 1, 1))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        pixels = frames.permute(0, 3, 1, 2).to(torch.float32)
+        return pixels * self.scale - self.shift
+
+
+class ImageEncoder(nn.Module):
+    """pixels -> L2-normalised image features."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.visual = clip_model.visual
+        self.image_norm = L2Normalize()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_norm(self.visual(pixels))
+
+
+class TextEncoder(nn.Module):
+    """token ids (int64 K x L) -> L2-normalised text features, through open_clip's encode_text."""
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__()
+        self.clip = clip_model
+        self.text_norm = L2Normalize()
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.text_norm(self.clip.encode_text(token_ids))
+
+
+class HeadGraph(nn.Module):
+    """(image features, text features) -> logits: the RAda head alone, any B and K."""
+
+    def __init__(self, head: RAdaHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        return self.head(image_features, text_features)
+
+
+class FusedModel(nn.Module):
+    """pixels (or uint8 frames) -> (logits, image features), the class text features as constants."""
+
+    def __init__(self, clip_model: nn.Module, head: RAdaHead, text_features: torch.Tensor, preprocess: PreprocessConfig | None = None):
+        super().__init__()
+        self.preprocess = Preprocess(preprocess) if preprocess is not None else None
+        self.encoder = ImageEncoder(clip_model)
+        self.head = head
+        self.register_buffer("text_features", text_features.detach().clone().float())
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.preprocess is not None:
+            pixels = self.preprocess(pixels)
+        features = self.encoder(pixels)
+        return self.head(features, self.text_features), features
