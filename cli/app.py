@@ -8,6 +8,7 @@ import typer
 
 from rada_export import __version__
 
+from . import onnx as onnx_cmd
 from . import train as train_cmd
 
 app = typer.Typer(
@@ -33,6 +34,8 @@ def _root(
 
 
 app.command("train")(train_cmd.train)
+app.command("onnx")(onnx_cmd.onnx)
+app.command("verify")(onnx_cmd.verify)
 
 
 def main() -> None:

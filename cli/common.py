@@ -14,7 +14,8 @@ from rich.table import Table
 from rada_export.errors import RadaError, VerificationError
 from rada_export.progress import Reporter
 
-console = Console()
+# Tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
 

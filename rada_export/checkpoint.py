@@ -91,6 +91,9 @@ def save_head(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

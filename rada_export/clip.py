@@ -6,6 +6,8 @@ all come from the model that open_clip builds.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,6 +84,21 @@ class LoadedClip:
         return self.pretrained == "none"
 
 
+RANDOM_WEIGHTS_SEED = 0
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    # open_clip logs a warning for every model built without weights; we say it once, our way.
+    logger = logging.getLogger()
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 def register_own_configs() -> None:
     global _registered
     if not _registered:
@@ -130,7 +147,10 @@ def load_clip(model_name: str, pretrained: str | os.PathLike | None = "none", de
         )
     resolved = _resolve_pretrained(model_name, pretrained)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=resolved, device=device)
+        # Random weights come from a fixed seed, so that a later `verify` rebuilds the same model.
+        with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=resolved, device=device)
     except (RuntimeError, OSError, ValueError) as err:
         if resolved is not None and not Path(resolved).is_file():
             raise RadaError(

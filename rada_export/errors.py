@@ -20,6 +20,13 @@ class RadaError(Exception):
 
 
 class VerificationError(Exception):
-    """A produced artifact does not meet its accuracy thresholds (exit code 1)."""
+    """A produced artifact does not meet its accuracy thresholds (exit code 1).
+
+    ``report`` carries the figures, so that callers can still print the table.
+    """
 
     exit_code = 1
+
+    def __init__(self, report, message: str = "parity below the thresholds"):
+        self.report = report
+        super().__init__(message)

@@ -15,7 +15,7 @@ import torch
 
 from .clip import LoadedClip, PreprocessConfig
 from .errors import RadaError
-from .images import open_rgb
+from .images import open_image
 
 
 @dataclass
@@ -35,6 +35,7 @@ def augment_transform(cfg: PreprocessConfig, scale: tuple[float, float] = (0.5, 
     interpolation = InterpolationMode(cfg.interpolation) if cfg.interpolation in ("bicubic", "bilinear", "nearest") else InterpolationMode.BICUBIC
     return transforms.Compose(
         [
+            transforms.Lambda(lambda img: img.convert("RGB")),
             transforms.RandomResizedCrop(cfg.size, scale=scale, interpolation=interpolation, antialias=True),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
@@ -67,7 +68,7 @@ def encode_images(
         raise RadaError(f"--aug-copies must be at least 1, got {aug_copies}", "use 1 for no augmentation")
     images, kept_labels, skipped = [], [], []
     for path, label in zip(paths, labels):
-        img = open_rgb(Path(path))
+        img = open_image(Path(path))
         if img is None:
             skipped.append(Path(path))
         else:

@@ -13,6 +13,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+def attention_bytes_per_image(num_classes: int, num_heads: int = 8, bytes_per_value: int = 4) -> int:
+    """Memory of the head's three h x K x K attention maps for one image."""
+    return 3 * num_heads * num_classes * num_classes * bytes_per_value
+
+
 PROJECTION_NAMES = ("q_proj1", "q_proj2", "q_proj3", "k_proj", "v_proj", "out_proj")
 
 

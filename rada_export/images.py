@@ -31,12 +31,16 @@ def find_images(root: str | Path, recursive: bool = True) -> list[Path]:
     return sorted(p for p in paths if is_image_file(p))
 
 
-def open_rgb(path: Path) -> Image.Image | None:
-    """The image in RGB, or None when it cannot be decoded."""
+def open_image(path: Path) -> Image.Image | None:
+    """The decoded image in its own mode, or None when it cannot be decoded.
+
+    The mode is kept because open_clip resizes before converting to RGB (resizing RGBA or palette
+    images after conversion gives other pixels); its transforms do the conversion.
+    """
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return img.copy()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 
 import onnx
 from onnxconverter_common import float16
@@ -31,7 +32,9 @@ def fp32_node_names(model: onnx.ModelProto) -> list[str]:
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """An FP16 copy with FP32 inputs and outputs and the fragile ops in FP32."""
     model = isolate_graph_outputs(drop_identity_casts(inline_initializer_aliases(constants_to_initializers(model))))
-    with _converter_cast_cleanup_disabled():
+    with _converter_cast_cleanup_disabled(), warnings.catch_warnings():
+        # The converter warns once per weight it clamps to FP16's range: thousands of lines.
+        warnings.simplefilter("ignore", UserWarning)
         converted = float16.convert_float_to_float16(
             model,
             keep_io_types=True,

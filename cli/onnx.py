@@ -1,0 +1,97 @@
+"""`rada-export onnx` and `rada-export verify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import console, err_console, handle_errors, make_table, print_json, reporter
+
+
+def print_report(report, title: str = "parity: ONNX Runtime (CPU) against PyTorch") -> None:
+    rows = [
+        [r.graph, r.precision, r.output, r.samples, f"{r.max_abs_error:.1e}", f"{r.mean_cosine:.6f}", f"{r.min_cosine:.6f}",
+         "-" if r.top1_agreement is None else f"{100 * r.top1_agreement:.1f}%",
+         "[green]pass[/green]" if r.passed else "[red]FAIL[/red]"]
+        for r in report.results
+    ]
+    console.print(make_table(title, ["graph", "prec", "output", "n", "max err", "mean cos", "min cos", "top-1", ""], rows))
+    for precision in sorted({r.precision for r in report.results}):
+        threshold = next(r.thresholds for r in report.results if r.precision == precision)
+        console.print(f"  {precision} thresholds: {threshold.describe()}")
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+@handle_errors
+def onnx(
+    out: Path = typer.Option(Path("bundle"), "--out", help="Bundle folder to write."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Head checkpoint (rada-export train, or the paper's torch checkpoint). Omit for a fresh, zero-shot head."),
+    model: Optional[str] = typer.Option(None, "--model", help="open_clip model (default: the checkpoint's)."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip tag, local weights file, or 'none' (default: the checkpoint's, else openai)."),
+    classes: Optional[List[str]] = typer.Option(None, "--classes", help="Class names: a file (one a line) or comma-separated (default: the checkpoint's)."),
+    template: Optional[List[str]] = typer.Option(None, "--template", help="Prompt template(s) with '{}'."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write FP16 variants of the fused and image-encoder graphs."),
+    embed_preprocess: bool = typer.Option(False, "--embed-preprocess", help="The fused graph takes uint8 N x H x W x 3 RGB frames."),
+    max_batch: int = typer.Option(32, "--max-batch", help="Largest batch for engine profiles (recorded in the manifest)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)."),
+    exporter: str = typer.Option("torchscript", "--exporter", help="torch.onnx exporter: torchscript (fast) or dynamo."),
+    images: Optional[List[Path]] = typer.Option(None, "--verify-image", help="Images to add to the parity check."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the parity check (not recommended)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Export the encoders, the head and the fused model to a verified ONNX bundle.
+
+    Example: rada-export onnx --ckpt head.safetensors --out bundle/ --fp16
+    """
+    from rada_export.errors import VerificationError
+    from rada_export.export.bundle import ExportRequest, export_bundle
+
+    req = ExportRequest(
+        out=out, ckpt=ckpt, model=model, pretrained=pretrained, classes=classes or None, templates=template or None,
+        opset=opset, max_batch=max_batch, fp16=fp16, embed_preprocess=embed_preprocess, exporter=exporter,
+        force=force, verify=not no_verify, verify_images=images or (),
+    )
+    try:
+        result = export_bundle(req, reporter(quiet or json_out))
+    except VerificationError as err:
+        if json_out:
+            print_json(err.report.to_dict())
+        else:
+            print_report(err.report)
+        err_console.print("[bold red]verification failed:[/bold red] the bundle was not written")
+        raise typer.Exit(1) from None
+    if json_out:
+        print_json({"bundle": str(result.bundle), "manifest": result.manifest.to_dict(),
+                    "verification": result.report.to_dict() if result.report else None, "warnings": result.warnings})
+        return
+    if result.report:
+        print_report(result.report)
+    rows = [[k, e.file, e.precision, f"{(result.bundle / e.file).stat().st_size / 2**20:.1f} MiB"] for k, e in sorted(result.manifest.graphs.items())]
+    console.print(make_table(f"bundle {result.bundle}", ["graph", "file", "precision", "size"], rows))
+
+
+@handle_errors
+def verify(
+    bundle: Path = typer.Option(..., "--bundle", help="Bundle folder."),
+    images: Optional[List[Path]] = typer.Argument(None, help="Images to add to the seeded random inputs."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Check every graph of a bundle against PyTorch (exit 1 below the thresholds).
+
+    Example: rada-export verify --bundle bundle/ cat.jpg dog.png
+    """
+    from rada_export.export.verify import verify_bundle
+
+    report = verify_bundle(bundle, images or (), reporter=reporter(quiet or json_out))
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        print_report(report)
+    if not report.passed:
+        raise typer.Exit(1)

@@ -1,0 +1,59 @@
+"""ONNX Runtime sessions with the settings our graphs need."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rada_export.errors import RadaError
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise RadaError(
+            "onnxruntime is not installed",
+            "pip install 'rada-export[cpu]' (or '[gpu]' for onnxruntime-gpu; on Jetson, NVIDIA's onnxruntime-gpu wheel for your JetPack)",
+        ) from err
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    return list(import_onnxruntime().get_available_providers())
+
+
+def resolve_providers(device: str = "cpu") -> list[str]:
+    """Execution providers for 'cpu', 'cuda' or 'auto' (CUDA when present, else CPU)."""
+    have = available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device in ("cuda", "auto"):
+        if "CUDAExecutionProvider" in have:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if device == "cuda":
+            raise RadaError(
+                "ONNX Runtime has no CUDA execution provider here",
+                "pip install 'rada-export[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU, or use --device cpu",
+            )
+        return ["CPUExecutionProvider"]
+    raise RadaError(f"unknown device {device!r}", "use 'cpu', 'cuda' or 'auto'")
+
+
+def create_session(path: str | os.PathLike, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
+    """An InferenceSession for one graph (external data is read from beside the file)."""
+    ort = import_onnxruntime()
+    path = Path(path)
+    if not path.is_file():
+        raise RadaError(f"ONNX graph {path} does not exist", "re-export the bundle")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    # ONNX Runtime's NCHWc layout pass crashes (segfault, ORT 1.31/1.32) on FP16 Conv nodes on the
+    # CPU; the FP16 graphs are meant for GPUs, so on the CPU they run without that pass.
+    disabled = ["NchwcTransformer"] if precision == "fp16" else []
+    try:
+        return ort.InferenceSession(str(path), options, providers=resolve_providers(device), disabled_optimizers=disabled)
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise RadaError(f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0][:300]}", "re-export the bundle") from err

@@ -1,0 +1,401 @@
+"""Image preprocessing for the device, equal to open_clip's eval transform, with numpy and Pillow.
+
+open_clip's eval transform on a PIL image is: resize (Pillow, in the image's own mode), centre
+crop or pad, convert to RGB, scale to [0, 1], normalise. Every step below calls the same Pillow
+operation with the same arguments in the same order, so the pixels come out bit-identical; the
+order matters because Pillow resizes RGBA premultiplied by alpha, resizes palette images with
+nearest neighbour, and pads in the image's own mode (a CMYK pad of 0 is white once converted).
+
+The configuration is the bundle manifest's ``preprocess`` section (``runtimes.manifest.Preprocess``,
+which holds open_clip's ``model.visual.preprocess_cfg``); a dict with the same keys, or any object
+with those attributes, works too.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from rada_export.errors import RadaError
+
+RESIZE_MODES = ("shortest", "longest", "squash")
+# open_clip maps anything but "bilinear" to bicubic at eval time ("random" is a training option).
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "random": Image.Resampling.BICUBIC}
+
+ImageLike = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray
+
+
+@dataclass(frozen=True)
+class _Spec:
+    height: int
+    width: int
+    mean: np.ndarray  # float32, 3
+    std: np.ndarray  # float32, 3
+    resample: int
+    resize_mode: str
+    fill_color: int
+
+
+def _field(cfg: Any, name: str, default: Any = None) -> Any:
+    if isinstance(cfg, dict):
+        return cfg.get(name, default)
+    return getattr(cfg, name, default)
+
+
+def _spec(cfg: Any) -> _Spec:
+    if isinstance(cfg, _Spec):
+        return cfg
+    if cfg is None:
+        raise RadaError("no preprocessing configuration given", "pass the bundle manifest's `preprocess` section")
+    size = _field(cfg, "size")
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        size = (int(size), int(size))
+    if (
+        not isinstance(size, (list, tuple))
+        or len(size) != 2
+        or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
+        raise RadaError(
+            f"preprocess size must be [height, width] of positive integers, got {size!r}",
+            "re-export the bundle; its manifest's preprocess section is damaged",
+        )
+    mode = _field(cfg, "mode", "RGB")
+    if mode != "RGB":
+        raise RadaError(f"preprocess mode {mode!r} is not supported (only 'RGB')", "re-export the bundle with an RGB model")
+    mean = _triple(_field(cfg, "mean"), "mean")
+    std = _triple(_field(cfg, "std"), "std")
+    if not np.all(np.isfinite(std)) or np.any(std == 0) or not np.all(np.isfinite(mean)):
+        raise RadaError(f"preprocess std must be finite and non-zero, mean finite; got mean {mean}, std {std}", "re-export the bundle")
+    interpolation = _field(cfg, "interpolation", "bicubic") or "bicubic"
+    if interpolation not in _RESAMPLE:
+        raise RadaError(
+            f"preprocess interpolation {interpolation!r} is not supported",
+            f"expected one of: {', '.join(_RESAMPLE)} (what open_clip accepts)",
+        )
+    resize_mode = _field(cfg, "resize_mode", "shortest") or "shortest"
+    if resize_mode not in RESIZE_MODES:
+        raise RadaError(f"preprocess resize_mode {resize_mode!r} is not supported", f"expected one of: {', '.join(RESIZE_MODES)}")
+    fill = _field(cfg, "fill_color", 0)
+    if isinstance(fill, bool) or not isinstance(fill, (int, np.integer)) or not 0 <= fill <= 255:
+        raise RadaError(f"preprocess fill_color must be an integer 0-255, got {fill!r}", "re-export the bundle")
+    return _Spec(int(size[0]), int(size[1]), mean, std, _RESAMPLE[interpolation], resize_mode, int(fill))
+
+
+def _triple(value: Any, name: str) -> np.ndarray:
+    # open_clip repeats a single value over the three channels.
+    if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+        value = [value] * 3
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.shape != (3,):
+        raise RadaError(f"preprocess {name} must hold 3 numbers (one per RGB channel), got {value!r}", "re-export the bundle")
+    return arr
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading images
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """The decoded image in its own mode (RGBA, P, CMYK... stay as they are until after resizing)."""
+    path = Path(path)
+    if not path.exists():
+        raise RadaError(f"image {path} does not exist", "pass the path of an existing image file")
+    if not path.is_file():
+        raise RadaError(f"image path {path} is not a file", "pass the path of an image file, not a folder")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise RadaError(
+            f"image {path} cannot be read ({type(err).__name__}: {err})",
+            "pass a readable JPEG, PNG, WebP, BMP, GIF or TIFF file",
+        ) from err
+
+
+def _describe(arr: np.ndarray) -> str:
+    return f"a {arr.dtype} array of shape {tuple(arr.shape)}"
+
+
+def _array_to_pil(arr: np.ndarray, bgr: bool) -> Image.Image:
+    expected = "a uint8 H x W x 3 array (RGB, or BGR with bgr=True) or a uint8 H x W grayscale array"
+    if arr.dtype != np.uint8:
+        fix = (
+            "scale float images to 0-255 and cast: (img * 255).round().clip(0, 255).astype(np.uint8); "
+            "an already-preprocessed float32 batch must be N x 3 x H x W, passed as the whole batch"
+            if np.issubdtype(arr.dtype, np.floating)
+            else "cast to uint8 (8 bits per channel)"
+        )
+        raise RadaError(f"expected {expected}, got {_describe(arr)}", fix)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        mode = "L"
+    elif arr.ndim == 3 and arr.shape[2] == 3:
+        mode = "RGB"
+        if bgr:
+            arr = arr[:, :, ::-1]
+    else:
+        fix = "drop the alpha channel (img[..., :3]) or pass a PIL RGBA image" if arr.ndim == 3 and arr.shape[2] == 4 else (
+            "pass one image at a time, or a list of images"
+        )
+        raise RadaError(f"expected {expected}, got {_describe(arr)}", fix)
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise RadaError(f"expected a non-empty image, got {_describe(arr)}", "pass an image with at least one pixel")
+    return Image.fromarray(np.ascontiguousarray(arr), mode=mode)
+
+
+def _as_pil(item: ImageLike, bgr: bool = False) -> Image.Image:
+    """Any accepted input as a PIL image, in its own mode (no RGB conversion yet)."""
+    if isinstance(item, Image.Image):
+        if item.width == 0 or item.height == 0:
+            raise RadaError(f"expected a non-empty image, got a {item.mode} image of size {item.size}", "pass an image with at least one pixel")
+        return item
+    if isinstance(item, (str, os.PathLike)):
+        return load_image(item)
+    if isinstance(item, np.ndarray):
+        return _array_to_pil(item, bgr)
+    raise RadaError(
+        f"expected an image (a path, a PIL image, or a uint8 H x W x 3 numpy array), got {type(item).__name__}",
+        "pass images as file paths, PIL images or uint8 arrays",
+    )
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError) as err:
+        raise RadaError(
+            f"a {img.mode} image cannot be converted to RGB ({err})", "convert the image to RGB before passing it"
+        ) from err
+
+
+def to_pil(item: ImageLike, bgr: bool = False) -> Image.Image:
+    """An RGB PIL image from a path, a PIL image of any mode, or a uint8 array.
+
+    Like open_clip, other modes are converted with Pillow's ``convert("RGB")``: alpha is dropped
+    (not composited on a background), 16-bit images saturate at 255. Note that preprocess() and
+    frames_uint8() resize *before* this conversion, as open_clip does.
+    """
+    return _to_rgb(_as_pil(item, bgr))
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+
+
+def _resize(img: Image.Image, height: int, width: int, resample: int) -> Image.Image:
+    if img.size == (width, height):
+        return img
+    return img.resize((width, height), resample)
+
+
+def _shortest_side_size(height: int, width: int, target: int) -> tuple[int, int]:
+    # torchvision's Resize(int): the long side is truncated, not rounded.
+    if width <= height:
+        return int(target * height / width), target
+    return target, int(target * width / height)
+
+
+def _keep_ratio_size(height: int, width: int, target_h: int, target_w: int, longest: bool) -> tuple[int, int]:
+    # open_clip's ResizeKeepRatio: one scale for both sides, sides rounded half to even (Python round).
+    ratio_h = height / target_h
+    ratio_w = width / target_w
+    ratio = max(ratio_h, ratio_w) if longest else min(ratio_h, ratio_w)
+    return round(height / ratio), round(width / ratio)
+
+
+def _pad(img: Image.Image, left: int, top: int, right: int, bottom: int, fill: int) -> Image.Image:
+    bands = len(img.getbands())
+    # One fill value per band in the image's own mode: for RGBA that makes the pad's alpha `fill`
+    # too, for P it is a palette index, for CMYK it is (fill,)*4 (white when fill is 0).
+    color: Any = float(fill) if img.mode == "F" else int(fill)
+    if bands > 1:
+        color = (color,) * bands
+    if img.mode == "P":
+        palette = img.getpalette()
+        out = ImageOps.expand(img, border=(left, top, right, bottom), fill=color)
+        out.putpalette(palette)
+        return out
+    return ImageOps.expand(img, border=(left, top, right, bottom), fill=color)
+
+
+def _center_crop_or_pad(img: Image.Image, height: int, width: int, fill: int) -> Image.Image:
+    img_w, img_h = img.size
+    if width > img_w or height > img_h:
+        # The odd pixel of padding goes right / bottom.
+        pad_w = max(width - img_w, 0)
+        pad_h = max(height - img_h, 0)
+        img = _pad(img, pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2, fill)
+        img_w, img_h = img.size
+        if (img_w, img_h) == (width, height):
+            return img
+    # Python's round (half to even), as torchvision: an odd excess of 1 crops from the right.
+    top = int(round((img_h - height) / 2.0))
+    left = int(round((img_w - width) / 2.0))
+    return img.crop((left, top, left + width, top + height))
+
+
+def resize_to_input(img: Image.Image, cfg: Any) -> Image.Image:
+    """The image at the model's input size, RGB, before normalisation (open_clip's geometry).
+
+    - shortest: scale the short side to the input size, centre crop (square inputs: torchvision
+      Resize(int), long side truncated; non-square: open_clip's keep-ratio resize, which is always
+      bicubic whatever the configured interpolation, sides rounded);
+    - longest: scale the long side to the input size, pad with fill_color centred;
+    - squash: resize to the input size, ignoring the aspect ratio.
+    """
+    spec = _spec(cfg)
+    if not isinstance(img, Image.Image):
+        img = _as_pil(img)
+    height, width = spec.height, spec.width
+    if spec.resize_mode == "squash":
+        img = _resize(img, height, width, spec.resample)
+    elif spec.resize_mode == "longest":
+        new_h, new_w = _keep_ratio_size(img.height, img.width, height, width, longest=True)
+        img = _resize(img, new_h, new_w, spec.resample)
+        img = _center_crop_or_pad(img, height, width, spec.fill_color)
+    else:
+        if height == width:
+            new_h, new_w = _shortest_side_size(img.height, img.width, height)
+            img = _resize(img, new_h, new_w, spec.resample)
+        else:
+            new_h, new_w = _keep_ratio_size(img.height, img.width, height, width, longest=False)
+            img = _resize(img, new_h, new_w, Image.Resampling.BICUBIC)
+        # torchvision's CenterCrop pads with 0 whatever fill_color says.
+        img = _center_crop_or_pad(img, height, width, 0)
+    return _to_rgb(img)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixels
+
+
+def normalize(frames: np.ndarray, cfg: Any) -> np.ndarray:
+    """uint8 H x W x 3 -> float32 3 x H x W (or N x H x W x 3 -> N x 3 x H x W): /255, -mean, /std.
+
+    Each step in float32, in open_clip's order, so the result is bit-identical to ToTensor +
+    Normalize.
+    """
+    spec = _spec(cfg)
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim not in (3, 4) or frames.shape[-1] != 3:
+        got = _describe(frames) if isinstance(frames, np.ndarray) else type(frames).__name__
+        raise RadaError(
+            f"normalize expects uint8 frames of shape H x W x 3 or N x H x W x 3 (RGB), got {got}",
+            "resize the images first with frames_uint8() or resize_to_input()",
+        )
+    x = np.moveaxis(frames, -1, -3).astype(np.float32)
+    x /= np.float32(255.0)
+    x -= spec.mean[:, None, None]
+    x /= spec.std[:, None, None]
+    return np.ascontiguousarray(x)
+
+
+def _items(images: Any) -> list[Any]:
+    if isinstance(images, (list, tuple)):
+        if len(images) == 0:
+            raise RadaError("expected at least one image, got an empty list", "pass one image or a non-empty list of images")
+        return list(images)
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4:
+        if images.shape[0] == 0:
+            raise RadaError(f"expected at least one image, got {_describe(images)}", "pass a non-empty batch")
+        return list(images)
+    return [images]
+
+
+def _frame(item: Any, spec: _Spec, bgr: bool) -> np.ndarray:
+    if isinstance(item, np.ndarray) and np.issubdtype(item.dtype, np.floating):
+        raise RadaError(
+            f"expected images to make uint8 frames from, got {_describe(item)}",
+            "pass images (paths, PIL images, uint8 H x W x 3 arrays); normalised float batches cannot be turned back into frames",
+        )
+    return np.asarray(resize_to_input(_as_pil(item, bgr), spec), dtype=np.uint8)
+
+
+def frames_uint8(images: Any, cfg: Any, bgr: bool = False) -> np.ndarray:
+    """uint8 N x H x W x 3 RGB frames at the model's input size, not normalised.
+
+    For a fused graph that normalises inside; ``images`` is one image or a list (paths, PIL images,
+    uint8 arrays), or a uint8 N x h x w x 3 batch.
+    """
+    spec = _spec(cfg)
+    return np.stack([_frame(item, spec, bgr) for item in _items(images)])
+
+
+def _check_float_batch(batch: np.ndarray, spec: _Spec) -> np.ndarray:
+    given = _describe(batch)
+    expected = (
+        f"a preprocessed float32 batch N x 3 x {spec.height} x {spec.width} (or 3 x {spec.height} x {spec.width}), "
+        "or images as uint8 H x W x 3 arrays"
+    )
+    if batch.ndim == 3:
+        batch = batch[None]
+    if batch.ndim != 4 or batch.shape[1:] != (3, spec.height, spec.width):
+        if batch.ndim == 4 and batch.shape[-1] == 3:
+            fix = "a float image must be scaled to 0-255 and cast: (img * 255).round().clip(0, 255).astype(np.uint8)"
+        else:
+            fix = "pass raw images (paths, PIL images, uint8 arrays) to have them resized and normalised"
+        raise RadaError(f"expected {expected}, got {given}", fix)
+    if batch.shape[0] == 0:
+        raise RadaError(f"expected at least one image, got {_describe(batch)}", "pass a non-empty batch")
+    batch = batch.astype(np.float32, copy=False)
+    finite = np.isfinite(batch)
+    if not finite.all():
+        bad = int(batch.size - finite.sum())
+        raise RadaError(
+            f"the preprocessed batch holds {bad} NaN or infinite value(s) (expected finite float32 pixels)",
+            "check the code that produced the batch; normalised CLIP pixels lie roughly within [-2, 3]",
+        )
+    return np.ascontiguousarray(batch)
+
+
+def preprocess(images: Any, cfg: Any, bgr: bool = False) -> np.ndarray:
+    """float32 N x 3 x H x W, as open_clip's eval transform would give, stacked.
+
+    ``images``: one image or a list of them (paths, PIL images of any mode, uint8 H x W x 3 RGB
+    arrays, BGR with ``bgr=True``, uint8 H x W grayscale), a uint8 N x h x w x 3 batch, or an
+    already-preprocessed float N x 3 x H x W (or 3 x H x W) batch, which is only checked.
+    """
+    spec = _spec(cfg)
+    if isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):
+        return _check_float_batch(images, spec)
+    out = []
+    for item in _items(images):
+        if isinstance(item, np.ndarray) and np.issubdtype(item.dtype, np.floating):
+            if item.ndim != 3:
+                raise RadaError(
+                    f"a list item is {_describe(item)}; expected single preprocessed images 3 x {spec.height} x {spec.width}",
+                    "pass a batch as the array itself, not inside a list",
+                )
+            out.append(_check_float_batch(item, spec)[0])
+            continue
+        out.append(normalize(_frame(item, spec, bgr), spec))
+    return np.stack(out)
+
+
+def input_size(cfg: Any) -> tuple[int, int]:
+    """(height, width) the model takes."""
+    spec = _spec(cfg)
+    return spec.height, spec.width
+
+
+__all__ = [
+    "RESIZE_MODES",
+    "frames_uint8",
+    "input_size",
+    "load_image",
+    "normalize",
+    "preprocess",
+    "resize_to_input",
+    "to_pil",
+]

@@ -1,0 +1,276 @@
+"""CLIP's byte-level BPE tokenizer, without torch.
+
+Gives the same token ids as open_clip's ``SimpleTokenizer`` (what ``open_clip.get_tokenizer`` returns
+for the OpenAI-style CLIP models): the text encoder of a bundle was exported against those ids, so
+any difference here would silently change the class text features computed on the device.
+Needs numpy, regex (for the Unicode classes ``\\p{L}`` / ``\\p{N}``) and ftfy.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html
+import string
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import ftfy
+import numpy as np
+import regex
+
+from rada_export.errors import RadaError
+
+SOT = "<start_of_text>"
+EOT = "<end_of_text>"
+DEFAULT_CONTEXT_LENGTH = 77
+KIND_CLIP_BPE = "clip_bpe"
+CLEAN_MODES = ("lower", "whitespace", "canonicalize")
+
+# The vocabulary is 256 byte symbols, the same 256 with "</w>", the merges, and the two special
+# tokens: 49408 ids. The merges file has a version line first and more merges than CLIP kept.
+_N_MERGES = 49152 - 256 - 2
+_CACHE_LIMIT = 200_000  # bounds memory on a device that tokenizes free text for a long time
+
+_PUNCTUATION_TABLE = str.maketrans("", "", string.punctuation)
+
+
+def byte_symbols() -> list[str]:
+    """One printable character per byte value, indexed by the byte.
+
+    BPE works on text, and CLIP's merges were learned on a text in which every byte is one
+    character: printable Latin-1 bytes stand for themselves, the other bytes (controls, space,
+    soft hyphen...) are moved to code points 256 and up, in byte order.
+    """
+    keep = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    symbols = []
+    shifted = 0
+    for byte in range(256):
+        if byte in keep:
+            symbols.append(chr(byte))
+        else:
+            symbols.append(chr(256 + shifted))
+            shifted += 1
+    return symbols
+
+
+def _vocab_order(symbols: list[str]) -> list[str]:
+    # Ids follow code point order (printable bytes first, then the moved ones), not byte order.
+    return sorted(symbols, key=ord)
+
+
+def _clean_lower(text: str) -> str:
+    return " ".join(_fix(text).split()).lower()
+
+
+def _clean_whitespace(text: str) -> str:
+    return " ".join(_fix(text).split())
+
+
+def _clean_canonicalize(text: str) -> str:
+    text = _fix(text).replace("_", " ").translate(_PUNCTUATION_TABLE).lower()
+    return " ".join(text.split())
+
+
+def _fix(text: str) -> str:
+    # Twice, because scraped captions often carry doubly escaped entities ("&amp;amp;").
+    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+
+
+_CLEANERS = {"lower": _clean_lower, "whitespace": _clean_whitespace, "canonicalize": _clean_canonicalize}
+
+
+class ClipTokenizer:
+    """Text -> int64 token ids (K x context_length), as open_clip's SimpleTokenizer."""
+
+    def __init__(self, vocab_path: str | Path, context_length: int = DEFAULT_CONTEXT_LENGTH, clean: str = "lower"):
+        self.vocab_path = Path(vocab_path)
+        self.context_length = _check_context_length(context_length)
+        if clean not in _CLEANERS:
+            raise RadaError(
+                f"unknown text cleaning {clean!r} for the CLIP tokenizer",
+                f"use one of: {', '.join(CLEAN_MODES)}",
+            )
+        self.clean = clean
+        self._clean_fn = _CLEANERS[clean]
+
+        merges = _read_merges(self.vocab_path)
+        symbols = byte_symbols()
+        self._byte_symbol = symbols
+        base = _vocab_order(symbols)
+        vocab = base + [s + "</w>" for s in base] + ["".join(pair) for pair in merges] + [SOT, EOT]
+        # Later entries win on a repeated key, which is also what open_clip's dict(zip(...)) does.
+        self.encoder: dict[str, int] = {}
+        for index, piece in enumerate(vocab):
+            self.encoder[piece] = index
+        self.ranks: dict[tuple[str, str], int] = {}
+        for index, pair in enumerate(merges):
+            self.ranks[pair] = index
+        self.sot_token_id = self.encoder[SOT]
+        self.eot_token_id = self.encoder[EOT]
+        self.vocab_size = len(self.encoder)
+        # Special tokens typed in the text itself are matched whole and map to their own ids.
+        self._pattern = regex.compile(
+            regex.escape(SOT) + "|" + regex.escape(EOT)
+            + r"|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+",
+            regex.IGNORECASE,
+        )
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    @classmethod
+    def from_manifest_entry(cls, bundle_path: str | Path, entry: dict[str, Any]) -> "ClipTokenizer":
+        """The tokenizer a bundle's manifest describes (its ``tokenizer`` section)."""
+        if not isinstance(entry, dict) or not entry:
+            raise RadaError(
+                f"the bundle's manifest has no usable tokenizer entry (got {entry!r})",
+                "re-export the bundle with a rada-export that records the tokenizer",
+            )
+        kind = entry.get("kind")
+        if kind != KIND_CLIP_BPE:
+            raise RadaError(
+                f"tokenizer kind {kind!r} is not supported by the torch-free runtime yet "
+                f"(it runs only {KIND_CLIP_BPE!r}, the OpenAI CLIP BPE; Hugging Face and SentencePiece "
+                "tokenizers of other model families, e.g. SigLIP, are not implemented)",
+                "compute the class text features at export time (`rada-export onnx` stores them in the bundle), "
+                "or change classes on a machine with open_clip",
+            )
+        vocab = entry.get("vocab")
+        if not isinstance(vocab, str) or not vocab:
+            raise RadaError(
+                f"the manifest's tokenizer entry names no vocabulary file (got {vocab!r})",
+                'expected e.g. "vocab": "tokenizer/bpe_simple_vocab_16e6.txt.gz"; re-export the bundle',
+            )
+        return cls(
+            Path(bundle_path) / vocab,
+            context_length=entry.get("context_length", DEFAULT_CONTEXT_LENGTH),
+            clean=entry.get("clean", "lower"),
+        )
+
+    def bpe(self, word: str) -> tuple[int, ...]:
+        """Ids of one pre-tokenized word (already mapped to byte symbols)."""
+        cached = self._cache.get(word)
+        if cached is not None:
+            return cached
+        if word in (SOT, EOT):
+            ids = (self.encoder[word],)
+        else:
+            ids = tuple(self.encoder[piece] for piece in self._merge(word))
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[word] = ids
+        return ids
+
+    def _merge(self, word: str) -> list[str]:
+        # The end-of-word marker rides on the last symbol, so "a" inside a word and "a</w>" at
+        # its end are different vocabulary entries.
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        ranks = self.ranks
+        while len(parts) > 1:
+            best_rank = None
+            best = None
+            for pair in zip(parts, parts[1:]):
+                rank = ranks.get(pair)
+                if rank is not None and (best_rank is None or rank < best_rank):
+                    best_rank, best = rank, pair
+            if best is None:
+                break
+            first, second = best
+            merged = []
+            i = 0
+            while i < len(parts):
+                # Left to right, non-overlapping: "a a a" with merge (a, a) gives "aa a".
+                if i + 1 < len(parts) and parts[i] == first and parts[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        return parts
+
+    def encode(self, text: str) -> list[int]:
+        """Ids of one text, without the start/end tokens and without truncation."""
+        ids: list[int] = []
+        symbols = self._byte_symbol
+        for match in self._pattern.findall(self._clean_fn(text)):
+            ids.extend(self.bpe("".join(symbols[b] for b in match.encode("utf-8"))))
+        return ids
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
+        """int64 K x L ids: start token, the text's ids, end token, zeros after.
+
+        Text longer than L - 2 ids is cut, and the last kept position is overwritten with the end
+        token: the text encoder pools at the end token (argmax of the ids), so it must be there.
+        """
+        length = self.context_length if context_length is None else _check_context_length(context_length)
+        batch = _as_text_list(texts)
+        out = np.zeros((len(batch), length), dtype=np.int64)
+        for row, text in enumerate(batch):
+            ids = [self.sot_token_id] + self.encode(text) + [self.eot_token_id]
+            if len(ids) > length:
+                ids = ids[:length]
+                ids[-1] = self.eot_token_id
+            out[row, : len(ids)] = ids
+        return out
+
+    def __repr__(self) -> str:
+        return f"ClipTokenizer({str(self.vocab_path)!r}, context_length={self.context_length}, clean={self.clean!r})"
+
+
+def _check_context_length(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 2:
+        raise RadaError(
+            f"context_length must be an integer of at least 2 (room for the start and end tokens), got {value!r}",
+            "use the model's context length, 77 for CLIP",
+        )
+    return int(value)
+
+
+def _as_text_list(texts: Any) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+        raise RadaError(
+            f"the tokenizer takes a str or a sequence of str, got {type(texts).__name__}",
+            "decode bytes first (text.decode('utf-8')) and pass str",
+        )
+    batch = list(texts)
+    for index, text in enumerate(batch):
+        if not isinstance(text, str):
+            raise RadaError(
+                f"the tokenizer takes a sequence of str, but item {index} is a {type(text).__name__} ({text!r:.60})",
+                "pass every prompt as str",
+            )
+    return batch
+
+
+def _read_merges(path: Path) -> list[tuple[str, str]]:
+    if not path.is_file():
+        raise RadaError(
+            f"the BPE vocabulary file {path} does not exist",
+            "copy the bundle again in full (it ships tokenizer/bpe_simple_vocab_16e6.txt.gz), or re-export it",
+        )
+    try:
+        with gzip.open(path, "rb") as fh:
+            lines = fh.read().decode("utf-8").split("\n")
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise RadaError(
+            f"the BPE vocabulary file {path} is not a readable gzip text file ({err})",
+            "expected open_clip's bpe_simple_vocab_16e6.txt.gz; copy the bundle again or re-export it",
+        ) from err
+    available = len([line for line in lines[1 : _N_MERGES + 1] if line.strip()])
+    if available != _N_MERGES:
+        raise RadaError(
+            f"the BPE vocabulary file {path} holds {available} merges, CLIP needs {_N_MERGES}",
+            "expected open_clip's bpe_simple_vocab_16e6.txt.gz; copy the bundle again or re-export it",
+        )
+    merges = []
+    for line in lines[1 : _N_MERGES + 1]:
+        pair = tuple(line.split())
+        if len(pair) != 2:
+            raise RadaError(
+                f"the BPE vocabulary file {path} has a malformed merge line {line!r}",
+                "expected open_clip's bpe_simple_vocab_16e6.txt.gz; copy the bundle again or re-export it",
+            )
+        merges.append(pair)
+    return merges

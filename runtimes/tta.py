@@ -1,0 +1,168 @@
+"""Test-time adaptation settings for the device head (numpy only).
+
+Two modes, both acting on the head's six projections only (the encoders stay frozen engines):
+
+- episodic (TPT, Shu et al. 2022): per image, N augmented views; keep the lowest-entropy fraction,
+  minimise the entropy of their averaged softmax with AdamW, predict the original, reset.
+- continual: one encoder pass per frame, and the head carries its adaptation from frame to frame.
+  Naive entropy minimisation collapses on real CLIP features within a few hundred frames, so the
+  defaults here are the safe ones: update only on confident frames (EATA), anchor the weights and
+  the mask to the deployed head, and reset when the prediction stream shows collapse (SAR).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from rada_export.errors import RadaError
+
+MODES = ("episodic", "continual")
+
+
+@dataclass(frozen=True)
+class TTAConfig:
+    """How the head adapts at test time.
+
+    Attributes:
+        mode: ``"continual"`` (one pass per frame, adaptation carried across frames; the camera
+            case) or ``"episodic"`` (TPT: N views per image, adapt, predict, reset). It tells the
+            runtime which step to drive; ``Head.adapt`` and ``Head.adapt_episodic`` both work
+            whatever the mode.
+
+        views: episodic: number of views per image, the original included (TPT uses 64).
+        keep: episodic: fraction of the views with the lowest prediction entropy whose averaged
+            softmax is sharpened; at least one view is always kept.
+        steps: episodic: AdamW steps per image (the kept views are chosen again at each step).
+        lr: episodic: AdamW learning rate (TPT's 5e-3).
+        weight_decay: episodic: AdamW decoupled weight decay (torch's AdamW default, as in TPT).
+
+        continual_batch: continual: confident frames gathered per AdamW step (their loss is
+            averaged). Frames are still predicted one by one as they come; gathering only delays
+            the step, which makes it less noisy and amortises the optimizer over the batch.
+        continual_lr: continual: AdamW learning rate. Small on purpose: at 1e-4 naive entropy
+            minimisation collapses real CLIP streams within a few hundred frames.
+        e_margin: continual: a frame updates the head only when its prediction entropy is below
+            ``e_margin * ln K`` (EATA's 0.4); unsure frames are the ones that drive collapse.
+            Confident frames are weighted by ``exp(e_margin * ln K - entropy)`` (EATA).
+        anchor: continual: weight of ``anchor / 2 * ||theta - theta_deployed||^2`` in the loss,
+            an L2 pull of all six projections toward the deployed head.
+        mask_anchor: continual: weight of ``mean((M - 1)^2)`` in the loss, a pull of the mask
+            toward 1, i.e. toward zero-shot behaviour on the frames being adapted on.
+        continual_weight_decay: continual: AdamW decoupled weight decay. Zero by default: decay
+            pulls toward zero weights, not toward the deployed head (the anchor does that).
+
+        collapse_window: continual: number of recent predictions the collapse guard watches; it
+            acts only once the window is full, and starts afresh after a reset.
+        collapse_share: continual: reset to the deployed head when one class exceeds this share
+            of the window's predictions. ``None`` picks ``clamp(4 / K, 0.3, 0.9)``: well above
+            what a balanced stream shows, well below collapse. A stream genuinely dominated by one
+            class may trigger it; that costs only the adaptation (the head goes back to deployed).
+        collapse_entropy: continual: reset when the window's mean prediction entropy, divided by
+            ``ln K``, falls below this (over-confidence, SAR's recovery signal). 0 disables it.
+
+        betas: AdamW moment decay rates (both modes).
+        eps: AdamW denominator epsilon (both modes).
+    """
+
+    mode: str = "continual"
+
+    views: int = 16
+    keep: float = 0.1
+    steps: int = 1
+    lr: float = 5e-3
+    weight_decay: float = 0.01
+
+    continual_batch: int = 16
+    continual_lr: float = 1e-5
+    e_margin: float = 0.4
+    anchor: float = 1.0
+    mask_anchor: float = 1.0
+    continual_weight_decay: float = 0.0
+
+    collapse_window: int = 256
+    collapse_share: Optional[float] = None
+    collapse_entropy: float = 0.0
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            _bad("mode", self.mode, "one of " + ", ".join(repr(m) for m in MODES))
+        _check_int("views", self.views, 1)
+        _check_int("steps", self.steps, 1)
+        _check_int("continual_batch", self.continual_batch, 1)
+        _check_int("collapse_window", self.collapse_window, 2)
+        if not (_finite(self.keep) and 0.0 < self.keep <= 1.0):
+            _bad("keep", self.keep, "a fraction in (0, 1]")
+        for name in ("lr", "continual_lr"):
+            value = getattr(self, name)
+            if not (_finite(value) and 0.0 <= value <= 1.0):
+                _bad(name, value, "a learning rate in [0, 1] (0 disables updates)")
+        for name in ("weight_decay", "continual_weight_decay", "anchor", "mask_anchor"):
+            value = getattr(self, name)
+            if not (_finite(value) and value >= 0.0):
+                _bad(name, value, "a finite number >= 0")
+        if not (_finite(self.e_margin) and 0.0 < self.e_margin <= 1.0):
+            _bad("e_margin", self.e_margin, "a fraction of ln K in (0, 1]")
+        if self.collapse_share is not None and not (_finite(self.collapse_share) and 0.0 < self.collapse_share <= 1.0):
+            _bad("collapse_share", self.collapse_share, "a share in (0, 1], or None for the automatic one")
+        if not (_finite(self.collapse_entropy) and 0.0 <= self.collapse_entropy < 1.0):
+            _bad("collapse_entropy", self.collapse_entropy, "a fraction of ln K in [0, 1) (0 disables it)")
+        betas = self.betas
+        if not (
+            isinstance(betas, (tuple, list))
+            and len(betas) == 2
+            and all(_finite(b) and 0.0 <= b < 1.0 for b in betas)
+        ):
+            _bad("betas", betas, "two numbers in [0, 1)")
+        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
+        if not (_finite(self.eps) and self.eps > 0.0):
+            _bad("eps", self.eps, "a small positive number")
+
+    def kept_views(self, num_views: int) -> int:
+        """How many of ``num_views`` views the episodic step sharpens (TPT truncates)."""
+        return max(1, int(num_views * self.keep))
+
+    def share_limit(self, num_classes: int) -> float:
+        """The collapse guard's per-class share limit for ``num_classes`` classes."""
+        if self.collapse_share is not None:
+            return float(self.collapse_share)
+        return min(0.9, max(0.3, 4.0 / max(1, num_classes)))
+
+    def entropy_limit(self, num_classes: int) -> float:
+        """Entropy (nats) below which a frame counts as confident; 0 for one class (never)."""
+        return self.e_margin * math.log(num_classes) if num_classes > 1 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TTAConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RadaError(
+                f"unknown TTA setting(s): {', '.join(unknown)}",
+                f"use only: {', '.join(sorted(known))}",
+            )
+        values = dict(data)
+        if "betas" in values and isinstance(values["betas"], list):
+            values["betas"] = tuple(values["betas"])
+        return cls(**values)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum):
+        _bad(name, value, f"an integer >= {minimum}")
+
+
+def _bad(name: str, value: Any, expected: str) -> None:
+    raise RadaError(f"TTA setting {name}={value!r} is invalid: expected {expected}", f"set {name} to {expected}")
