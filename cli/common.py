@@ -16,7 +16,7 @@ from rada_export.progress import Reporter
 
 # Tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # error text greps as one line
 
 
 def handle_errors(fn: Callable) -> Callable:

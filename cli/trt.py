@@ -1,0 +1,84 @@
+"""`rada-export trt`: a TensorRT engine for this GPU or Jetson, from a bundle, with its parity table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import console, err_console, handle_errors, make_table, print_json, reporter
+
+
+@handle_errors
+def trt(
+    bundle: Path = typer.Option(..., "--bundle", help="Bundle folder (rada-export onnx --out)."),
+    precision: str = typer.Option("fp16", "--precision", help="fp16 (the bundle's FP16 graph), int8 (its Q/DQ graph) or fp32."),
+    graph: str = typer.Option("model", "--graph", help="model (fused), image_encoder, text_encoder or head."),
+    min_batch: int = typer.Option(1, "--min-batch", help="Smallest batch the engine accepts."),
+    opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Batch TensorRT tunes for (default 8, within min..max)."),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch (default: the bundle's max_batch)."),
+    workspace: Optional[float] = typer.Option(None, "--workspace", help="Builder workspace limit in GB (default: TensorRT's)."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file: read if present, updated after the build (faster rebuilds)."),
+    dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Jetson AGX Orin / Orin NX: build for this DLA core (fixed batch)."),
+    gpu_fallback: bool = typer.Option(False, "--gpu-fallback", help="With --dla-core: run layers the DLA cannot on the GPU."),
+    calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="INT8: calibrate on these images first when the bundle has no Q/DQ graph."),
+    max_classes: Optional[int] = typer.Option(None, "--max-classes", help="Head engines: most classes per call (default max(K, 256))."),
+    max_texts: Optional[int] = typer.Option(None, "--max-texts", help="Text-encoder engines: most prompts per call (default max(K x templates, 256))."),
+    tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32", help="Allow TF32 in FP32 layers (default: off for fp32 engines, on otherwise)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip the parity check against ONNX Runtime (not recommended)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Build a TensorRT engine for this GPU (or Jetson) from a bundle and check it against ONNX Runtime FP32.
+
+    The engine goes to BUNDLE/engines/<gpu>-sm<cc>-trt<version>/<graph>.<precision>.engine, with a
+    JSON beside it (TensorRT version, GPU, profiles, flags, the ONNX file's sha256). Engines only run
+    where they were built: run this command on the target device.
+
+    Example: rada-export trt --bundle bundle/ --precision fp16 --max-batch 8 --timing-cache trt.cache
+    """
+    from rada_export.errors import VerificationError
+    from rada_export.tensorrt.build import build_engine
+
+    from .onnx import print_report
+
+    title = f"parity: TensorRT {precision} against ONNX Runtime FP32 (CPU)"
+    try:
+        # build_engine checks the request, the ONNX file's checksum and its operators before it
+        # imports TensorRT, then the environment (TensorRT, cuda-python, a GPU), then builds.
+        result = build_engine(
+            bundle, graph=graph, precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+            workspace_gb=workspace, timing_cache=timing_cache, dla_core=dla_core, gpu_fallback=gpu_fallback,
+            reporter=reporter(quiet or json_out), tf32=tf32, max_classes=max_classes, max_texts=max_texts,
+            calib_images=calib_images, verify=not no_verify,
+        )
+    except VerificationError as err:
+        if json_out:
+            print_json({"engine": None, "verification": err.report.to_dict()})
+        else:
+            print_report(err.report, title)
+        err_console.print(f"[bold red]verification failed:[/bold red] {err}")
+        raise typer.Exit(1) from None
+
+    if json_out:
+        print_json(result.to_dict())
+        return
+    if result.report is not None:
+        print_report(result.report, title)
+    meta = result.meta
+    profile = "; ".join(f"{name} {p['min']}..{p['max']} (opt {p['opt']})" for name, p in meta["profiles"][0].items())
+    rows = [
+        ["engine", str(result.engine_path)],
+        ["size", f"{meta['engine_size'] / 2**20:.1f} MiB"],
+        ["TensorRT", meta["tensorrt_version"]],
+        ["GPU", f"{meta['gpu_name']} (sm {meta['compute_capability']})"],
+        ["precision", f"{meta['precision']} (strongly typed{', TF32' if meta['build_flags']['tf32'] else ''})"],
+        ["profile", profile],
+        ["build time", f"{result.build_seconds:.1f} s" + (" (timing cache reused)" if meta["build_flags"]["timing_cache_reused"] else "")],
+    ]
+    if meta.get("dla_core") is not None:
+        rows.append(["DLA", f"core {meta['dla_core']}" + (", GPU fallback" if meta["build_flags"]["gpu_fallback"] else "")])
+    console.print(make_table(f"TensorRT engine: {meta['graph']}", ["", ""], rows))
+    for warning in result.warnings:
+        err_console.print(f"[yellow]note:[/yellow] {warning}")

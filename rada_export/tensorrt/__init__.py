@@ -1,0 +1,14 @@
+"""TensorRT engines from a bundle (host side): the static operator check, building, parity.
+
+Importing this package imports neither tensorrt nor torch; TensorRT is loaded when an engine is
+built. Loading and running engines on the device is :mod:`rada_export.runtimes.tensorrt_engine`.
+"""
+
+from __future__ import annotations
+
+from .build import BuildPlan, EngineResult, build_engine, plan_build
+from .ops import OpCheck, check_ops, unsupported_ops
+from .verify import EngineReport, verify_engine
+
+__all__ = ["BuildPlan", "EngineReport", "EngineResult", "OpCheck", "build_engine", "check_ops", "plan_build",
+           "unsupported_ops", "verify_engine"]
