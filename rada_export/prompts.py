@@ -11,10 +11,10 @@ DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
 
 def parse_class_names(spec: Sequence[str] | str | Path | None) -> list[str]:
-    """Class names from a text file (one per line) or a list; checks emptiness and duplicates.
+    """Class names from text files (one per line) or comma-separated strings; checks emptiness and duplicates.
 
-    A single string that names an existing file is read as such a file; otherwise a string is a
-    comma-separated list.
+    Each string that names an existing file is read as such a file; any other string is a
+    comma-separated list (use a file for names that hold commas).
     """
     if spec is None:
         raise RadaError("no class names given", "pass --classes FILE (one name a line) or --classes 'cat,dog'")
@@ -36,7 +36,7 @@ def _expand(item: str) -> list[str]:
     path = Path(item)
     if path.is_file():
         return path.read_text(encoding="utf-8").splitlines()
-    return [item]
+    return str(item).split(",")
 
 
 def validate_class_names(names: Sequence[str]) -> list[str]:

@@ -47,7 +47,8 @@ def save_graph(model: onnx.ModelProto, path: str | os.PathLike, external_thresho
     if model.ByteSize() > external_threshold or external_threshold == 0:
         onnx.save_model(
             model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=data_path.name, size_threshold=0 if external_threshold == 0 else 1024,
+            # Small tensors (shape constants) stay inline: shape inference cannot read external ones.
+            location=data_path.name, size_threshold=1024,
         )
         return data_path
     onnx.save_model(model, str(path))

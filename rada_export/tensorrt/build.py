@@ -535,8 +535,6 @@ def build_engine(
         check_graph_ops(plan, None, warnings)
     onnx_sha = plan.manifest.files[plan.entry.file]
     check_graph_ops(plan, env.tensorrt_version, [])
-    for note in warnings:
-        reporter.log(f"[yellow]note:[/yellow] {note}")
 
     engine_env = env.engine_environment
     out_dir = plan.bundle / te.ENGINES_DIR / engine_env.dir_name
