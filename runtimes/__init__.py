@@ -1,1 +1,29 @@
-"""The device runtime: numpy, onnxruntime and tensorrt only; never torch, open_clip or export code."""
+"""The device runtime: numpy, onnxruntime and tensorrt only; never torch, open_clip or export code.
+
+    from rada_export.runtimes import load_bundle, TTAConfig
+    rt = load_bundle("bundle/", tta=TTAConfig(mode="continual"))
+    print(rt.predict(["cat.jpg"]).class_names)
+"""
+
+from __future__ import annotations
+
+_LAZY = {
+    "load_bundle": ("rada_export.runtimes.runtime", "load_bundle"),
+    "Runtime": ("rada_export.runtimes.runtime", "Runtime"),
+    "Prediction": ("rada_export.runtimes.runtime", "Prediction"),
+    "Head": ("rada_export.runtimes.head", "Head"),
+    "TTAConfig": ("rada_export.runtimes.tta", "TTAConfig"),
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rada_export.runtimes' has no attribute {name!r}")
