@@ -9,6 +9,7 @@ import typer
 from rada_export import __version__
 
 from . import onnx as onnx_cmd
+from . import predict as predict_cmd
 from . import train as train_cmd
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ def _root(
 app.command("train")(train_cmd.train)
 app.command("onnx")(onnx_cmd.onnx)
 app.command("verify")(onnx_cmd.verify)
+app.command("predict")(predict_cmd.predict)
 
 
 def main() -> None:

@@ -33,6 +33,8 @@ def train(
     """Train a RAda head on frozen CLIP features of an image folder.
 
     Example: rada-export train --data images/ --model ViT-B-16 --pretrained openai --shots 16 --out head.safetensors
+
+    Sharded feature extraction: torchrun --nproc-per-node 4 --no-python rada-export train --data images/ ...
     """
     from rada_export.train import TrainConfig
     from rada_export.train_job import TrainJob, run_train_job
@@ -43,6 +45,8 @@ def train(
         config=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, alpha=alpha, temperature=temperature, seed=seed),
     )
     result = run_train_job(job, reporter(quiet))
+    if result is None:  # a non-zero torchrun rank: rank 0 reports
+        return
     console.print(
         make_table(
             f"{model} / {result.class_names.__len__()} classes / {result.num_val_images} validation images",

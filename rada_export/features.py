@@ -15,6 +15,7 @@ import torch
 
 from .clip import LoadedClip, PreprocessConfig
 from .errors import RadaError
+from .distributed import Shard, all_gather
 from .images import open_image
 
 
@@ -50,6 +51,13 @@ def encode_pixels(clip: LoadedClip, pixels: torch.Tensor) -> torch.Tensor:
     return feats / feats.norm(dim=-1, keepdim=True)
 
 
+def _augmented(augment: Callable, img, seed: int, copy: int, index: int) -> torch.Tensor:
+    # Seeded per image and copy, not per run: any sharding of the images gives the same crops.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(((seed * 1_000_003 + copy) * 1_000_003 + index) % (1 << 63))
+        return augment(img)
+
+
 def encode_images(
     clip: LoadedClip,
     paths: Sequence[Path],
@@ -59,41 +67,46 @@ def encode_images(
     batch_size: int = 32,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    shard: Shard | None = None,
 ) -> FeatureCache:
-    """Features of every readable image, ``aug_copies`` times (copy 0 unaugmented).
+    """Features of every readable image, ``aug_copies`` times (copy 0 unaugmented), copy-major.
 
-    ``progress`` is called with the number of images just encoded.
+    Under ``shard`` each rank decodes and encodes only its share, and the shares are gathered, so
+    every rank returns the full cache, identical to a single process's.
+    ``progress`` is called with the number of images just encoded (by this rank).
     """
     if aug_copies < 1:
         raise RadaError(f"--aug-copies must be at least 1, got {aug_copies}", "use 1 for no augmentation")
-    images, kept_labels, skipped = [], [], []
-    for path, label in zip(paths, labels):
-        img = open_image(Path(path))
-        if img is None:
-            skipped.append(Path(path))
-        else:
-            images.append(img)
-            kept_labels.append(int(label))
-    if not images:
+    shard = shard or Shard()
+    decoded = [(i, open_image(Path(paths[i]))) for i in shard.indices(len(paths))]
+    readable = [(i, img) for i, img in decoded if img is not None]
+    augment = augment_transform(clip.preprocess_config)
+    rows: dict[tuple[int, int], torch.Tensor] = {}
+    passes = batches = 0
+    for copy in range(aug_copies):
+        for start in range(0, len(readable), batch_size):
+            chunk = readable[start : start + batch_size]
+            pixels = torch.stack([clip.preprocess(img) if copy == 0 else _augmented(augment, img, seed, copy, i) for i, img in chunk])
+            for (i, _), feature in zip(chunk, encode_pixels(clip, pixels)):
+                rows[(copy, i)] = feature
+            passes += len(chunk)
+            batches += 1
+            if progress is not None:
+                progress(len(chunk))
+    local = (rows, [i for i, img in decoded if img is None], passes, batches)
+    shares = all_gather(local, shard)
+    rows = {k: v for share in shares for k, v in share[0].items()}
+    skipped = sorted(i for share in shares for i in share[1])
+    if not rows:
         raise RadaError(
             f"none of the {len(paths)} image files could be read ({len(skipped)} unreadable)",
             "check that the files are real JPEG/PNG/WebP/BMP images",
         )
-    augment = augment_transform(clip.preprocess_config)
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # torchvision's random transforms draw from the global generator
-    chunks, passes, batches = [], 0, 0
-    try:
-        for copy in range(aug_copies):
-            transform = clip.preprocess if copy == 0 else augment
-            for start in range(0, len(images), batch_size):
-                batch = torch.stack([transform(img) for img in images[start : start + batch_size]])
-                chunks.append(encode_pixels(clip, batch))
-                passes += batch.shape[0]
-                batches += 1
-                if progress is not None:
-                    progress(batch.shape[0])
-    finally:
-        torch.random.set_rng_state(generator_state)
-    labels_t = torch.tensor(kept_labels * aug_copies, dtype=torch.long)
-    return FeatureCache(torch.cat(chunks), labels_t, skipped, passes, batches)
+    keys = sorted(rows)  # (copy, image index): copy-major, in the caller's image order
+    return FeatureCache(
+        features=torch.stack([rows[k] for k in keys]),
+        labels=torch.tensor([int(labels[i]) for _, i in keys], dtype=torch.long),
+        skipped=[Path(paths[i]) for i in skipped],
+        encoder_passes=sum(share[2] for share in shares),
+        encoder_batches=sum(share[3] for share in shares),
+    )

@@ -10,6 +10,7 @@ import torch
 from .checkpoint import HeadMetadata, save_head
 from .clip import load_clip
 from .errors import RadaError
+from .distributed import Shard, finish, init_from_env
 from .features import encode_images
 from .head import RAdaHead
 from .images import LabelledImages, sample_shots, scan_image_folder, split_holdout
@@ -73,8 +74,22 @@ def _datasets(job: TrainJob) -> tuple[LabelledImages, LabelledImages]:
     return train, val
 
 
-def run_train_job(job: TrainJob, reporter: Reporter = SILENT) -> TrainResult:
-    """Encodes the data once per augmented copy, trains the head on the cache, saves it."""
+def run_train_job(job: TrainJob, reporter: Reporter = SILENT) -> TrainResult | None:
+    """Encodes the data once per augmented copy, trains the head on the cache, saves it.
+
+    Under torchrun, every rank encodes its share of the images and rank 0 gathers, trains and
+    saves; the other ranks return None.
+    """
+    shard = init_from_env()
+    try:
+        if not shard.is_main:
+            reporter = SILENT
+        return _run(job, reporter, shard)
+    finally:
+        finish(shard)
+
+
+def _run(job: TrainJob, reporter: Reporter, shard: Shard) -> TrainResult | None:
     job = TrainJob(**{**job.__dict__, "data": Path(job.data), "out": Path(job.out)})
     _check_output(job)
     templates = validate_templates(job.templates)
@@ -86,15 +101,18 @@ def run_train_job(job: TrainJob, reporter: Reporter = SILENT) -> TrainResult:
     text = text_features(clip, train.class_names, templates)
 
     n_train = len(train.paths) * job.aug_copies
-    with reporter.task(f"encoding {len(train.paths)} train images x {job.aug_copies} copies", n_train) as advance:
+    share = f" (rank {shard.rank} of {shard.world_size} encodes its share)" if shard.world_size > 1 else ""
+    with reporter.task(f"encoding {len(train.paths)} train images x {job.aug_copies} copies{share}", -(-n_train // shard.world_size)) as advance:
         train_cache = encode_images(
             clip, train.paths, train.labels, aug_copies=job.aug_copies,
-            batch_size=job.encode_batch_size, seed=job.config.seed, progress=advance,
+            batch_size=job.encode_batch_size, seed=job.config.seed, progress=advance, shard=shard,
         )
     val_cache = None
     if val.paths:
-        with reporter.task(f"encoding {len(val.paths)} validation images", len(val.paths)) as advance:
-            val_cache = encode_images(clip, val.paths, val.labels, batch_size=job.encode_batch_size, progress=advance)
+        with reporter.task(f"encoding {len(val.paths)} validation images", -(-len(val.paths) // shard.world_size)) as advance:
+            val_cache = encode_images(clip, val.paths, val.labels, batch_size=job.encode_batch_size, progress=advance, shard=shard)
+    if not shard.is_main:
+        return None
     skipped = train_cache.skipped + (val_cache.skipped if val_cache else [])
     if skipped:
         reporter.log(f"[yellow]skipped {len(skipped)} unreadable image file(s), e.g. {skipped[0]}[/yellow]")
