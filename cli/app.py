@@ -11,6 +11,7 @@ from rada_export import __version__
 from . import onnx as onnx_cmd
 from . import predict as predict_cmd
 from . import train as train_cmd
+from . import trt as trt_cmd
 
 app = typer.Typer(
     name="rada-export",
@@ -38,6 +39,7 @@ app.command("train")(train_cmd.train)
 app.command("onnx")(onnx_cmd.onnx)
 app.command("verify")(onnx_cmd.verify)
 app.command("predict")(predict_cmd.predict)
+app.command("trt")(trt_cmd.trt)
 
 
 def main() -> None:

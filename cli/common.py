@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rada_export.errors import RadaError, VerificationError
@@ -27,9 +28,10 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except RadaError as err:
-            err_console.print(f"[bold red]error:[/bold red] {err.problem}")
+            # Messages hold literal brackets ("rada-export[trt]"): escape them from rich's markup.
+            err_console.print(f"[bold red]error:[/bold red] {escape(err.problem)}")
             if err.fix:
-                err_console.print(f"[bold]fix:[/bold] {err.fix}")
+                err_console.print(f"[bold]fix:[/bold] {escape(err.fix)}")
             raise typer.Exit(code=err.exit_code) from None
         except VerificationError as err:
             err_console.print(f"[bold red]verification failed:[/bold red] {err}")

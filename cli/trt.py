@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
+
+from rada_export.errors import RadaError
 
 from .common import console, err_console, handle_errors, make_table, print_json, reporter
 
@@ -40,6 +43,7 @@ def trt(
     """
     from rada_export.errors import VerificationError
     from rada_export.tensorrt.build import build_engine
+    from rada_export.tensorrt.verify import EngineReport
 
     from .onnx import print_report
 
@@ -53,12 +57,20 @@ def trt(
             reporter=reporter(quiet or json_out), tf32=tf32, max_classes=max_classes, max_texts=max_texts,
             calib_images=calib_images, verify=not no_verify,
         )
+    except RadaError as err:
+        # Printed here, escaped: messages hold pip extras such as 'rada-export[trt]', which rich
+        # would otherwise take for markup tags and drop.
+        err_console.print(f"[bold red]error:[/bold red] {escape(err.problem)}")
+        if err.fix:
+            err_console.print(f"[bold]fix:[/bold] {escape(err.fix)}")
+        raise typer.Exit(code=err.exit_code) from None
     except VerificationError as err:
+        engine_parity = isinstance(err.report, EngineReport)  # else: calibration's own report (--calib-images)
         if json_out:
-            print_json({"engine": None, "verification": err.report.to_dict()})
-        else:
+            print_json({"engine": None, "verification": err.report.to_dict() if hasattr(err.report, "to_dict") else None})
+        elif engine_parity:
             print_report(err.report, title)
-        err_console.print(f"[bold red]verification failed:[/bold red] {err}")
+        err_console.print(f"[bold red]verification failed:[/bold red] {escape(str(err))}")
         raise typer.Exit(1) from None
 
     if json_out:
@@ -79,6 +91,6 @@ def trt(
     ]
     if meta.get("dla_core") is not None:
         rows.append(["DLA", f"core {meta['dla_core']}" + (", GPU fallback" if meta["build_flags"]["gpu_fallback"] else "")])
-    console.print(make_table(f"TensorRT engine: {meta['graph']}", ["", ""], rows))
+    console.print(make_table(f"TensorRT engine: {meta['graph']}", ["", ""], [[k, escape(v)] for k, v in rows]))
     for warning in result.warnings:
-        err_console.print(f"[yellow]note:[/yellow] {warning}")
+        err_console.print(f"[yellow]note:[/yellow] {escape(warning)}")

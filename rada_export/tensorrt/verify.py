@@ -7,7 +7,7 @@ Jetson without PyTorch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -132,6 +132,13 @@ def verify_engine(
     output_names = [o.name for o in session.get_outputs()]
     thresholds = thresholds_for(precision, tf32)
     report = EngineReport()
+    random_weights = manifest.pretrained == "none" or "random" in str(manifest.pretrained)
+    if random_weights and thresholds.top1_agreement is not None:
+        # Random CLIP weights give near-tied logits, whose argmax flips on any rounding: top-1 is
+        # shown but only the cosines decide. Bundles with real weights are held to top-1 as well.
+        thresholds = replace(thresholds, top1_agreement=None)
+        report.notes.append("random CLIP weights: top-1 agreement is shown but not required (near-tied logits); "
+                            "the cosines decide")
     num_classes = len(manifest.class_names)
     num_texts = num_classes * max(1, len(manifest.templates)) + len(EXTRA_TEXTS)
     for suffix, sizes in _sizes_to_check(ranges, graph, num_classes, num_texts):
@@ -145,6 +152,4 @@ def verify_engine(
     if precision == "fp32":
         report.notes.append("FP32 engine built with TF32 (fp16 thresholds apply)" if tf32
                             else "FP32 engine built with TF32 off (fp32 thresholds apply)")
-    if manifest.pretrained == "none" or "random" in str(manifest.pretrained):
-        report.notes.append("random CLIP weights: parity is meaningful, accuracy is not")
     return report
