@@ -8,6 +8,7 @@ import typer
 
 from rada_export import __version__
 
+from . import demo as demo_cmd
 from . import onnx as onnx_cmd
 from . import predict as predict_cmd
 from . import train as train_cmd
@@ -35,6 +36,7 @@ def _root(
     pass
 
 
+app.command("demo")(demo_cmd.demo)
 app.command("train")(train_cmd.train)
 app.command("onnx")(onnx_cmd.onnx)
 app.command("verify")(onnx_cmd.verify)
