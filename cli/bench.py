@@ -1,0 +1,48 @@
+"""`rada-export bench`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .common import console, handle_errors, make_table, print_json, reporter
+
+
+@handle_errors
+def bench(
+    bundle: Path = typer.Option(..., "--bundle", help="Bundle folder."),
+    backend: Optional[List[str]] = typer.Option(None, "--backend", help="onnxruntime-cpu, onnxruntime-cuda, tensorrt, pytorch-eager (repeat; default: all present)."),
+    batch: str = typer.Option("1,8,32", "--batch", help="Comma-separated batch sizes."),
+    repeats: int = typer.Option(20, "--repeats", help="Timed runs per batch size (after 2 warm-up runs)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of latency against batch size per backend."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Latency p50/p90/p99, throughput and peak memory of the fused graph per backend, side by side.
+
+    Example: rada-export bench --bundle bundle/ --batch 1,8,32 --plot latency.png
+    """
+    from rada_export.bench import plot as plot_results
+    from rada_export.bench import run_bench
+    from rada_export.errors import RadaError
+
+    try:
+        batches = [int(b) for b in batch.split(",") if b.strip()]
+    except ValueError:
+        raise RadaError(f"--batch {batch!r} is not a list of integers", "pass e.g. --batch 1,8,32") from None
+    with reporter(quiet or json_out).task("benchmarking backends", 1) as advance:
+        results = run_bench(bundle, backend or None, batches, repeats, progress=advance)
+    if plot is not None:
+        plot_results(results, plot, f"{bundle.name}: fused graph latency")
+    if json_out:
+        print_json({"bundle": str(bundle), "results": [asdict(r) for r in results], "plot": str(plot) if plot else None})
+        return
+    rows = [[r.backend, r.precision, r.batch, f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.throughput:.1f}",
+             f"{r.peak_rss_mb:.0f}"] for r in results]
+    console.print(make_table(f"{bundle}: fused graph", ["backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms",
+                                                        "images/s", "peak RSS MB"], rows))
+    if plot is not None:
+        console.print(f"wrote {plot}")

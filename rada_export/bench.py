@@ -1,0 +1,224 @@
+"""`rada-export bench`: latency, throughput and peak memory of a bundle per backend.
+
+Each backend runs in its own child process, so that its peak memory is its own. The fused graph
+(pixels or frames in, logits out) is timed on seeded inputs after warm-up runs; PyTorch eager on
+the same model is the baseline whenever torch and open_clip are installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import RadaError
+
+PYTORCH = "pytorch-eager"
+
+
+@dataclass(frozen=True)
+class BenchTarget:
+    backend: str  # onnxruntime-cpu | onnxruntime-cuda | tensorrt | pytorch-eager
+    precision: str  # fp32 | fp16 | int8
+
+
+@dataclass
+class BenchResult:
+    backend: str
+    precision: str
+    batch: int
+    p50_ms: float  # latency of one batch, median
+    p90_ms: float
+    p99_ms: float
+    throughput: float  # images per second at p50
+    peak_rss_mb: float  # peak resident memory of the process that ran this backend
+    repeats: int
+
+
+def available_targets(bundle: Path, backends: Sequence[str] | None = None) -> list[BenchTarget]:
+    """What can run here: every ONNX variant on ONNX Runtime (CPU, and CUDA when present), engines, PyTorch."""
+    from .runtimes.manifest import FUSED, read_manifest
+    from .runtimes.ort_session import available_providers
+
+    manifest = read_manifest(bundle)
+    precisions = [p for p in ("fp32", "fp16", "int8") if manifest.graph_key(FUSED, p) in manifest.graphs]
+    targets = []
+    try:
+        providers = available_providers()
+    except RadaError:
+        providers = []
+    if providers:
+        targets += [BenchTarget("onnxruntime-cpu", p) for p in precisions]
+    if "CUDAExecutionProvider" in providers:
+        targets += [BenchTarget("onnxruntime-cuda", p) for p in precisions]
+    try:
+        from .runtimes.tensorrt_engine import find_engine
+
+        targets += [BenchTarget("tensorrt", p) for p in ("fp32", "fp16", "int8") if find_engine(bundle, FUSED, p)]
+    except (ImportError, RadaError):
+        pass
+    if _has_torch():
+        targets.append(BenchTarget(PYTORCH, "fp32"))
+    if backends:
+        unknown = set(backends) - {"onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", PYTORCH}
+        if unknown:
+            raise RadaError(f"unknown backend(s) {sorted(unknown)}", "use onnxruntime-cpu, onnxruntime-cuda, tensorrt or pytorch-eager")
+        missing = set(backends) - {t.backend for t in targets}
+        if missing:
+            raise RadaError(f"backend(s) {sorted(missing)} not available for this bundle here",
+                            "install the runtime (onnxruntime-gpu, tensorrt), build engines with `rada-export trt`, or drop --backend")
+        targets = [t for t in targets if t.backend in backends]
+    return targets
+
+
+def _has_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("open_clip") is not None
+
+
+def _fused_callable(bundle: Path, target: BenchTarget):
+    """A function of a batch size that runs the fused graph once on seeded inputs."""
+    from .runtimes.backends import BackendChoice, make_runner
+    from .runtimes.manifest import FUSED, read_manifest
+
+    manifest = read_manifest(bundle)
+    h, w = manifest.preprocess.size
+    rng = np.random.default_rng(0)
+    if target.backend == PYTORCH:
+        import torch
+
+        from .checkpoint import load_head
+        from .clip import load_clip
+        from .export.modules import FusedModel
+
+        clip = load_clip(manifest.model, manifest.pretrained)
+        text = torch.from_numpy(np.load(bundle / "text_features.npy"))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        fused = FusedModel(clip.model, load_head(bundle / "head.safetensors").head, text).eval().to(device)
+
+        def run_torch(batch: int):
+            pixels = torch.from_numpy(rng.standard_normal((batch, 3, h, w), dtype=np.float32)).to(device)
+            with torch.no_grad():
+                out = fused(pixels)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return out
+
+        return run_torch
+    runner = make_runner(BackendChoice(target.backend, "bench"), bundle, manifest, FUSED, target.precision)
+    name = runner.input_names[0]
+    frames = manifest.embed_preprocess
+
+    def run_graph(batch: int):
+        feed = (rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8) if frames
+                else rng.standard_normal((batch, 3, h, w), dtype=np.float32))
+        return runner.run({name: feed})
+
+    return run_graph
+
+
+def bench_in_process(bundle: Path, target: BenchTarget, batches: Sequence[int], repeats: int, warmup: int = 2) -> list[BenchResult]:
+    run = _fused_callable(bundle, target)
+    results = []
+    for batch in batches:
+        for _ in range(warmup):
+            run(batch)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(batch)
+            times.append(1000 * (time.perf_counter() - start))
+        p50 = statistics.median(times)
+        q = np.percentile(times, [90, 99])
+        results.append(BenchResult(target.backend, target.precision, batch, p50, float(q[0]), float(q[1]),
+                                   1000 * batch / p50, peak_rss_mb(), repeats))
+    return results
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def bench_isolated(bundle: Path, target: BenchTarget, batches: Sequence[int], repeats: int) -> list[BenchResult]:
+    """Runs one target in a child process (its own peak memory), returns its results."""
+    cmd = [sys.executable, "-m", "rada_export.bench", str(bundle), target.backend, target.precision,
+           ",".join(map(str, batches)), str(repeats)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if result.returncode != 0:
+        raise RadaError(f"benchmarking {target.backend} {target.precision} failed: {result.stderr.strip().splitlines()[-1:]}",
+                        "run `rada-export verify --bundle ...` to check the bundle, or drop that --backend")
+    return [BenchResult(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
+
+
+def run_bench(bundle: str | os.PathLike, backends: Sequence[str] | None = None, batches: Sequence[int] = (1, 8, 32),
+              repeats: int = 20, progress=None) -> list[BenchResult]:
+    bundle = Path(bundle)
+    if not batches or any(b < 1 for b in batches):
+        raise RadaError(f"batch sizes must be positive integers, got {list(batches)}", "pass e.g. --batch 1,8,32")
+    if repeats < 1:
+        raise RadaError(f"--repeats must be positive, got {repeats}", "pass e.g. --repeats 20")
+    from .runtimes.manifest import read_manifest, verify_checksums
+
+    manifest = read_manifest(bundle)
+    verify_checksums(bundle, manifest)
+    too_big = [b for b in batches if b > manifest.max_batch]
+    if too_big:
+        raise RadaError(f"batch size(s) {too_big} exceed the bundle's max batch {manifest.max_batch}",
+                        f"use batches up to {manifest.max_batch}, or re-export with a larger --max-batch")
+    results = []
+    for target in available_targets(bundle, backends):
+        results += bench_isolated(bundle, target, batches, repeats)
+        if progress is not None:
+            progress(1)
+    return results
+
+
+def plot(results: Sequence[BenchResult], path: str | os.PathLike, title: str) -> Path:
+    """Latency (p50) against batch size, one line per backend and precision."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise RadaError("--plot needs matplotlib", "pip install 'rada-export[plot]'") from err
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for key in sorted({(r.backend, r.precision) for r in results}):
+        rows = sorted((r for r in results if (r.backend, r.precision) == key), key=lambda r: r.batch)
+        ax.plot([r.batch for r in rows], [r.p50_ms for r in rows], marker="o", label=f"{key[0]} {key[1]}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("latency per batch, p50 (ms)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _worker(argv: list[str]) -> None:
+    bundle, backend, precision, batches, repeats = argv
+    results = bench_in_process(Path(bundle), BenchTarget(backend, precision), [int(b) for b in batches.split(",")], int(repeats))
+    print(json.dumps([asdict(r) for r in results]))
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1:])
