@@ -9,6 +9,7 @@ import typer
 from rada_export import __version__
 
 from . import bench as bench_cmd
+from . import calibrate as calibrate_cmd
 from . import demo as demo_cmd
 from . import onnx as onnx_cmd
 from . import predict as predict_cmd
@@ -42,6 +43,7 @@ app.command("train")(train_cmd.train)
 app.command("onnx")(onnx_cmd.onnx)
 app.command("verify")(onnx_cmd.verify)
 app.command("predict")(predict_cmd.predict)
+app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("trt")(trt_cmd.trt)
 app.command("bench")(bench_cmd.bench)
 

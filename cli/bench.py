@@ -15,7 +15,7 @@ from .common import console, handle_errors, make_table, print_json, reporter
 def bench(
     bundle: Path = typer.Option(..., "--bundle", help="Bundle folder."),
     backend: Optional[List[str]] = typer.Option(None, "--backend", help="onnxruntime-cpu, onnxruntime-cuda, tensorrt, pytorch-eager (repeat; default: all present)."),
-    batch: str = typer.Option("1,8,32", "--batch", help="Comma-separated batch sizes."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="Comma-separated batch sizes (default 1,8,32 up to the bundle's max batch)."),
     repeats: int = typer.Option(20, "--repeats", help="Timed runs per batch size (after 2 warm-up runs)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of latency against batch size per backend."),
@@ -25,16 +25,20 @@ def bench(
 
     Example: rada-export bench --bundle bundle/ --batch 1,8,32 --plot latency.png
     """
+    from rada_export.bench import bench_isolated, plan_bench
     from rada_export.bench import plot as plot_results
-    from rada_export.bench import run_bench
     from rada_export.errors import RadaError
 
     try:
-        batches = [int(b) for b in batch.split(",") if b.strip()]
+        batches = None if batch is None else [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:
         raise RadaError(f"--batch {batch!r} is not a list of integers", "pass e.g. --batch 1,8,32") from None
-    with reporter(quiet or json_out).task("benchmarking backends", 1) as advance:
-        results = run_bench(bundle, backend or None, batches, repeats, progress=advance)
+    targets, batches = plan_bench(bundle, backend or None, batches, repeats)
+    results = []
+    with reporter(quiet or json_out).task("benchmarking backends", len(targets)) as advance:
+        for target in targets:
+            results += bench_isolated(bundle, target, batches, repeats)
+            advance(1)
     if plot is not None:
         plot_results(results, plot, f"{bundle.name}: fused graph latency")
     if json_out:

@@ -87,7 +87,7 @@ def _has_torch() -> bool:
 
 
 def _fused_callable(bundle: Path, target: BenchTarget):
-    """A function of a batch size that runs the fused graph once on seeded inputs."""
+    """(make_input(batch), run(input)): seeded inputs are made outside the timed runs."""
     from .runtimes.backends import BackendChoice, make_runner
     from .runtimes.manifest import FUSED, read_manifest
 
@@ -106,37 +106,39 @@ def _fused_callable(bundle: Path, target: BenchTarget):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         fused = FusedModel(clip.model, load_head(bundle / "head.safetensors").head, text).eval().to(device)
 
-        def run_torch(batch: int):
-            pixels = torch.from_numpy(rng.standard_normal((batch, 3, h, w), dtype=np.float32)).to(device)
+        def make_pixels(batch: int):
+            return torch.from_numpy(rng.standard_normal((batch, 3, h, w), dtype=np.float32)).to(device)
+
+        def run_torch(pixels):
             with torch.no_grad():
                 out = fused(pixels)
             if device == "cuda":
                 torch.cuda.synchronize()
             return out
 
-        return run_torch
+        return make_pixels, run_torch
     runner = make_runner(BackendChoice(target.backend, "bench"), bundle, manifest, FUSED, target.precision)
     name = runner.input_names[0]
     frames = manifest.embed_preprocess
 
-    def run_graph(batch: int):
-        feed = (rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8) if frames
-                else rng.standard_normal((batch, 3, h, w), dtype=np.float32))
-        return runner.run({name: feed})
+    def make_feed(batch: int):
+        return {name: rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8) if frames
+                else rng.standard_normal((batch, 3, h, w), dtype=np.float32)}
 
-    return run_graph
+    return make_feed, runner.run
 
 
 def bench_in_process(bundle: Path, target: BenchTarget, batches: Sequence[int], repeats: int, warmup: int = 2) -> list[BenchResult]:
-    run = _fused_callable(bundle, target)
+    make_input, run = _fused_callable(bundle, target)
     results = []
     for batch in batches:
+        data = make_input(batch)
         for _ in range(warmup):
-            run(batch)
+            run(data)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            run(batch)
+            run(data)
             times.append(1000 * (time.perf_counter() - start))
         p50 = statistics.median(times)
         q = np.percentile(times, [90, 99])
@@ -162,24 +164,38 @@ def bench_isolated(bundle: Path, target: BenchTarget, batches: Sequence[int], re
     return [BenchResult(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
 
 
-def run_bench(bundle: str | os.PathLike, backends: Sequence[str] | None = None, batches: Sequence[int] = (1, 8, 32),
-              repeats: int = 20, progress=None) -> list[BenchResult]:
+DEFAULT_BATCHES = (1, 8, 32)
+
+
+def plan_bench(bundle: str | os.PathLike, backends: Sequence[str] | None = None, batches: Sequence[int] | None = None,
+               repeats: int = 20) -> tuple[list[BenchTarget], list[int]]:
+    """Checks the request; returns the targets to run and the batch sizes (defaults capped at max batch)."""
     bundle = Path(bundle)
+    from .runtimes.manifest import read_manifest, verify_checksums
+
+    manifest = read_manifest(bundle)
+    if batches is None:
+        batches = [b for b in DEFAULT_BATCHES if b <= manifest.max_batch] or [manifest.max_batch]
+    batches = list(batches)
     if not batches or any(b < 1 for b in batches):
         raise RadaError(f"batch sizes must be positive integers, got {list(batches)}", "pass e.g. --batch 1,8,32")
     if repeats < 1:
         raise RadaError(f"--repeats must be positive, got {repeats}", "pass e.g. --repeats 20")
-    from .runtimes.manifest import read_manifest, verify_checksums
-
-    manifest = read_manifest(bundle)
     verify_checksums(bundle, manifest)
     too_big = [b for b in batches if b > manifest.max_batch]
     if too_big:
         raise RadaError(f"batch size(s) {too_big} exceed the bundle's max batch {manifest.max_batch}",
                         f"use batches up to {manifest.max_batch}, or re-export with a larger --max-batch")
+    return available_targets(bundle, backends), batches
+
+
+def run_bench(bundle: str | os.PathLike, backends: Sequence[str] | None = None, batches: Sequence[int] | None = None,
+              repeats: int = 20, progress=None) -> list[BenchResult]:
+    """Every available (or requested) backend and precision at every batch size, each in its own process."""
+    targets, batches = plan_bench(bundle, backends, batches, repeats)
     results = []
-    for target in available_targets(bundle, backends):
-        results += bench_isolated(bundle, target, batches, repeats)
+    for target in targets:
+        results += bench_isolated(Path(bundle), target, batches, repeats)
         if progress is not None:
             progress(1)
     return results
@@ -200,6 +216,8 @@ def plot(results: Sequence[BenchResult], path: str | os.PathLike, title: str) ->
         rows = sorted((r for r in results if (r.backend, r.precision) == key), key=lambda r: r.batch)
         ax.plot([r.batch for r in rows], [r.p50_ms for r in rows], marker="o", label=f"{key[0]} {key[1]}")
     ax.set_xscale("log", base=2)
+    batches = sorted({r.batch for r in results})
+    ax.set_xticks(batches, labels=[str(b) for b in batches])
     ax.set_yscale("log")
     ax.set_xlabel("batch size")
     ax.set_ylabel("latency per batch, p50 (ms)")

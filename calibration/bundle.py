@@ -1,0 +1,265 @@
+"""`rada-export calibrate`: INT8 Q/DQ graphs written into an existing bundle, with their report.
+
+Order of work: check the bundle (manifest, requested graphs, checksums, a writable folder) before
+touching any image; decode (or read from the cache) the calibration and held-out images;
+quantize each graph into a staging folder inside the bundle; measure INT8 against FP32; and only
+when the figures pass (or ``accept_degraded``) move the files into place and rewrite the manifest.
+A failure at any point leaves the bundle as it was: staged files are deleted, files replaced
+during the final moves are restored, and the manifest is written last (atomically).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rada_export.errors import RadaError, VerificationError
+from rada_export.progress import SILENT, Reporter
+from rada_export.runtimes import manifest as mf
+
+from .dataset import DEFAULT_HOLDOUT, DEFAULT_SAMPLES, CalibrationSet, build_calibration_set
+from .int8 import METHODS, QuantizedGraph, QuantRecipe, progress_steps, quantize_graph
+from .report import AccuracyReport, CalibrationReport, accuracy_report
+
+GRAPH_CHOICES = ("model", "image_encoder", "all")
+_GRAPHS = {"model": (mf.FUSED,), "image_encoder": (mf.IMAGE_ENCODER,), "all": (mf.FUSED, mf.IMAGE_ENCODER)}
+TEXT_FEATURES = "text_features.npy"
+
+
+@dataclass
+class CalibrateRequest:
+    bundle: Path
+    images: Path
+    samples: int = DEFAULT_SAMPLES
+    method: str = "minmax"
+    graph: str = "all"
+    seed: int = 0
+    accept_degraded: bool = False
+    holdout: int = DEFAULT_HOLDOUT
+    cache_dir: Path | None = None  # None: ~/.cache/rada-export/calibration
+    batch_size: int = 8
+    percentile: float = 99.999
+
+
+@dataclass
+class GraphOutcome:
+    key: str  # manifest key, e.g. "model.int8"
+    file: str  # relative to the bundle
+    layers: int  # Linear layers quantized
+    report: AccuracyReport
+
+
+@dataclass
+class CalibrateResult:
+    bundle: Path
+    data: CalibrationSet
+    graphs: list[GraphOutcome]
+    report: CalibrationReport
+    manifest: mf.Manifest
+    recipe: QuantRecipe
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "bundle": str(self.bundle),
+            "calibration": dataset_summary(self.data),
+            "recipe": self.recipe.describe(),
+            "graphs": {g.key: {"file": g.file, "layers": g.layers, **g.report.figures()} for g in self.graphs},
+            "passed": self.report.passed,
+            "notes": self.notes,
+        }
+
+
+def dataset_summary(data: CalibrationSet) -> dict:
+    return {
+        "images": data.images_dir, "samples": data.samples, "requested_samples": data.requested,
+        "held_out": len(data.holdout), "skipped": len(data.skipped), "seed": data.seed,
+        "from_cache": data.from_cache, "cache": str(data.cache_path) if data.cache_path else None,
+    }
+
+
+def _check_request(req: CalibrateRequest) -> None:
+    if req.graph not in GRAPH_CHOICES:
+        raise RadaError(f"unknown graph {req.graph!r}", f"use --graph {' or '.join(GRAPH_CHOICES)}")
+    if req.method not in METHODS:
+        raise RadaError(f"unknown calibration method {req.method!r}", f"use --method {' or '.join(METHODS)}")
+    if req.samples < 1:
+        raise RadaError(f"--calib-samples must be at least 1, got {req.samples}", "pass --calib-samples 512 (the default)")
+    if req.holdout < 1:
+        raise RadaError(f"--holdout must be at least 1, got {req.holdout}", "pass --holdout 100 (the default)")
+    if req.batch_size < 1:
+        raise RadaError(f"the calibration batch size must be at least 1, got {req.batch_size}", "use the default of 8")
+    if not 0 < req.percentile <= 100:
+        raise RadaError(f"the percentile must lie in (0, 100], got {req.percentile}", "use the default of 99.999")
+
+
+def source_entries(bundle: Path, manifest: mf.Manifest, graph: str) -> dict[str, mf.GraphEntry]:
+    """The FP32 graphs to quantize, checked against the manifest's checksums."""
+    entries = {}
+    for name in _GRAPHS[graph]:
+        if name not in manifest.graphs:
+            have = ", ".join(sorted(manifest.graphs)) or "none"
+            raise RadaError(f"bundle {bundle} has no FP32 {name} graph to calibrate (it has: {have})",
+                            "re-export the bundle with `rada-export onnx`, or pick another --graph")
+        entries[name] = manifest.graphs[name]
+    needed = [p for e in entries.values() for p in (e.file, e.external_data) if p]
+    unlisted = [p for p in needed if p not in manifest.files]
+    if unlisted:
+        raise RadaError(f"bundle {bundle}: the manifest lists no checksum for {', '.join(unlisted)}",
+                        "re-export the bundle with `rada-export onnx`")
+    mf.verify_checksums(bundle, manifest, only=needed)
+    return entries
+
+
+def _staging_dir(bundle: Path) -> Path:
+    try:
+        if not os.access(bundle, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", str(bundle))
+        return Path(tempfile.mkdtemp(prefix=".calibrate-", suffix=".partial", dir=bundle))
+    except OSError as err:
+        raise RadaError(f"cannot write into bundle folder {bundle} ({err.strerror or err})",
+                        "make the folder writable, or copy the bundle somewhere writable and calibrate the copy") from err
+
+
+def _report_inputs(bundle: Path, manifest: mf.Manifest) -> tuple[np.ndarray | None, Path | None]:
+    """Text features and the FP32 head, for graphs that output features only (checksummed)."""
+    if TEXT_FEATURES not in manifest.files:
+        return None, None
+    head = manifest.graphs.get(mf.HEAD)
+    only = [TEXT_FEATURES] + ([p for p in (head.file, head.external_data) if p] if head else [])
+    mf.verify_checksums(bundle, manifest, only=only)
+    return np.load(bundle / TEXT_FEATURES), (bundle / head.file if head else None)
+
+
+def calibrate_bundle(req: CalibrateRequest, reporter: Reporter = SILENT) -> CalibrateResult:
+    """Writes ``<graph>.int8.onnx`` for the requested graphs into the bundle, with manifest entries.
+
+    Raises RadaError for bad input (nothing written) and VerificationError, carrying the
+    CalibrationReport, when INT8 falls below the thresholds and ``accept_degraded`` is False.
+    """
+    _check_request(req)
+    bundle = Path(req.bundle)
+    manifest = mf.read_manifest(bundle)
+    sources = source_entries(bundle, manifest, req.graph)
+    text_features, head_path = _report_inputs(bundle, manifest)
+    if text_features is None and mf.IMAGE_ENCODER in sources:
+        raise RadaError(f"bundle {bundle} has no {TEXT_FEATURES}: the image encoder's report needs it for its logits",
+                        "re-export the bundle with `rada-export onnx`")
+    staging = _staging_dir(bundle)
+    try:
+        data = build_calibration_set(req.images, manifest.preprocess, req.samples, req.seed, req.holdout,
+                                     req.cache_dir, reporter)
+        for note in data.notes:
+            reporter.log(f"[yellow]note:[/yellow] {note}")
+        recipe = QuantRecipe(method=req.method, percentile=req.percentile, batch_size=req.batch_size)
+        staged: dict[str, QuantizedGraph] = {}
+        outcomes = []
+        for name, entry in sources.items():
+            key = f"{name}.int8"
+            steps = progress_steps(data.samples, recipe)
+            with reporter.task(f"calibrating {name} ({req.method})", steps) as advance:
+                q = quantize_graph(bundle / entry.file, staging / f"{key}.onnx", data.calibration,
+                                   manifest.preprocess, recipe, progress=advance)
+            staged[key] = q
+            report_batches = 2 * -(-len(data.holdout) // recipe.batch_size)
+            with reporter.task(f"checking {key} against FP32", report_batches) as advance:
+                report = accuracy_report(
+                    key, bundle / entry.file, q.path, data.holdout, q.input_name, q.wants_frames, manifest.preprocess,
+                    text_features=text_features, head_path=head_path, logit_scale=manifest.logit_scale,
+                    batch_size=recipe.batch_size, on_batch=advance)
+            outcomes.append(GraphOutcome(key=key, file=f"{key}.onnx", layers=len(q.layers), report=report))
+        full = CalibrationReport([o.report for o in outcomes])
+        if not full.passed and not req.accept_degraded:
+            raise VerificationError(full, f"INT8 below the thresholds, nothing written: {full.describe()}")
+        notes = list(data.notes)
+        if not full.passed:
+            notes.append(f"written despite failing the thresholds (--accept-degraded): {full.describe()}")
+        updated = _updated_manifest(manifest, sources, staging, staged, outcomes, data, recipe, req)
+        _commit(bundle, staging, staged, manifest, updated)
+    except OSError as err:  # disk full or permissions while staging: the bundle itself is untouched
+        raise RadaError(f"could not write the INT8 graphs into {bundle} ({err.strerror or err})",
+                        "free disk space or fix the folder's permissions and rerun; the bundle was left as it was") from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return CalibrateResult(bundle=bundle, data=data, graphs=outcomes, report=full, manifest=updated,
+                           recipe=recipe, notes=notes)
+
+
+def _staged_files(q: QuantizedGraph) -> list[str]:
+    return [q.path.name] + ([q.external_data.name] if q.external_data else [])
+
+
+def _updated_manifest(
+    manifest: mf.Manifest, sources: dict[str, mf.GraphEntry], staging: Path, staged: dict[str, QuantizedGraph],
+    outcomes: list[GraphOutcome], data: CalibrationSet, recipe: QuantRecipe, req: CalibrateRequest,
+) -> mf.Manifest:
+    """A copy of the manifest with the INT8 entries, their calibration record and checksums."""
+    import onnxruntime
+
+    updated = mf.Manifest.from_dict(manifest.to_dict())
+    for outcome in outcomes:
+        q = staged[outcome.key]
+        old = updated.graphs.get(outcome.key)
+        if old is not None:  # an earlier INT8 graph's files leave the manifest with it
+            for rel in (old.file, old.external_data):
+                if rel:
+                    updated.files.pop(rel, None)
+        # Q/DQ insertion keeps the graph's inputs and outputs, so they are the FP32 graph's.
+        source = sources[outcome.key.removesuffix(".int8")]
+        updated.graphs[outcome.key] = mf.GraphEntry(
+            file=q.path.name, precision="int8", inputs=dict(source.inputs), outputs=dict(source.outputs),
+            input_dtypes=dict(source.input_dtypes),
+            external_data=q.external_data.name if q.external_data else None,
+            notes=f"explicit Q/DQ: {recipe.describe()}",
+        )
+        updated.files.update(mf.checksum_files(staging, _staged_files(q)))
+        updated.calibration[outcome.key] = {
+            "method": recipe.method, **({"percentile": recipe.percentile} if recipe.method == "percentile" else {}),
+            "samples": data.samples, "requested_samples": data.requested, "seed": data.seed,
+            "images": str(Path(data.images_dir).resolve()), "skipped": len(data.skipped),
+            "held_out": len(data.holdout), "quantized_layers": outcome.layers,
+            "quantizer": f"onnxruntime {onnxruntime.__version__}", "recipe": recipe.describe(),
+            "accepted_degraded": bool(req.accept_degraded and not outcome.report.passed),
+            "report": outcome.report.figures(),
+        }
+    updated.files = dict(sorted(updated.files.items()))
+    return updated
+
+
+def _commit(bundle: Path, staging: Path, staged: dict[str, QuantizedGraph], old: mf.Manifest, new: mf.Manifest) -> None:
+    """Moves the staged files into the bundle, then writes the manifest; undoes the moves on failure."""
+    moves = [(staging / name, bundle / name) for q in staged.values() for name in _staged_files(q)]
+    # A replaced INT8 graph may leave a file the new one does not use (its old .data file).
+    stale = []
+    for key in staged:
+        entry = old.graphs.get(key)
+        if entry is not None:
+            stale += [rel for rel in (entry.file, entry.external_data) if rel and rel not in new.files]
+    backups: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    try:
+        for rel in sorted(set(stale) | {dst.name for _, dst in moves}):
+            target = bundle / rel
+            if target.exists():
+                backup = staging / f"{target.name}.previous"
+                os.replace(target, backup)
+                backups.append((backup, target))
+        for src, dst in moves:
+            os.replace(src, dst)
+            placed.append(dst)
+        mf.write_manifest(bundle, new)
+    except BaseException as err:
+        for path in placed:
+            path.unlink(missing_ok=True)
+        for backup, target in backups:
+            os.replace(backup, target)
+        (bundle / f"{mf.MANIFEST_NAME}.tmp").unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise RadaError(f"could not write the INT8 graphs into {bundle} ({err.strerror or err})",
+                            "free disk space or fix the folder's permissions and rerun; the bundle was left as it was") from err
+        raise

@@ -1,0 +1,54 @@
+"""`rada-export bench`: its JSON fields (documented in the README) and the plot."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from rada_export.cli.app import app
+from rada_export.export.bundle import ExportRequest, export_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+FIELDS = {"backend", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput", "peak_rss_mb", "repeats"}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, tiny_clip) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "bundle"
+    export_bundle(ExportRequest(out=out, model="rada-tiny-ViT", pretrained="none", classes=["a", "b", "c"], fp16=True,
+                                max_batch=8, verify=False), clip=tiny_clip)
+    return out
+
+
+def test_bench_json_and_plot(bundle, tmp_path):
+    png = tmp_path / "latency.png"
+    result = CliRunner().invoke(app, ["bench", "--bundle", str(bundle), "--batch", "1,4", "--repeats", "3", "--json", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    rows = data["results"]
+    assert {(r["backend"], r["precision"]) for r in rows} >= {("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16"), ("pytorch-eager", "fp32")}
+    for row in rows:
+        assert set(row) == FIELDS
+        assert row["batch"] in (1, 4) and row["repeats"] == 3
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["throughput"] == pytest.approx(1000 * row["batch"] / row["p50_ms"])
+        assert row["peak_rss_mb"] > 10
+    with Image.open(png) as img:
+        assert img.format == "PNG" and img.size[0] > 300
+    readme = (REPO / "README.md").read_text()
+    for field in FIELDS:
+        assert re.search(rf"`{field}`", readme), f"bench --json field {field} is not documented in the README"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch", "0"], "positive"), (["--batch", "x"], "integers"), (["--batch", "64"], "max batch"),
+    (["--batch", "1", "--backend", "tensorrt"], "not available"), (["--batch", "1", "--backend", "jax"], "unknown backend"),
+])
+def test_bench_bad_input(bundle, args, message):
+    result = CliRunner().invoke(app, ["bench", "--bundle", str(bundle), *args])
+    assert result.exit_code == 2 and message in " ".join(result.output.split())
