@@ -70,7 +70,7 @@ class Runtime:
         self.head = Head.from_bundle(bundle, tta=tta)
         self.classes = list(manifest.class_names)
         self._choice = choice
-        self._encoder: GraphRunner = make_runner(choice, bundle, manifest, IMAGE_ENCODER, self._variant(IMAGE_ENCODER))
+        self._encoder: GraphRunner | None = None  # made on first use: a fused-only deployment never loads it
         self._fused: GraphRunner | None = None
         self._text: GraphRunner | None = None
         self._tokenizer = None
@@ -148,6 +148,8 @@ class Runtime:
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Image features (N x D, L2-normalised) of a preprocessed float32 batch."""
+        if self._encoder is None:
+            self._encoder = make_runner(self._choice, self.bundle, self.manifest, IMAGE_ENCODER, self._variant(IMAGE_ENCODER))
         out = self._encoder.run({"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})
         return out["image_features"]
 
