@@ -11,7 +11,6 @@ Targets: ONNX Runtime no slower than PyTorch eager; the head under 5 % of the fu
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,21 +20,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from rada_export.timing import median_ms
+
 from rada_export.clip import load_clip
 from rada_export.export.modules import FusedModel, HeadGraph
 from rada_export.export.onnx_io import GraphSpec, export_module
 from rada_export.head import RAdaHead
 from rada_export.runtimes.ort_session import create_session
 
-
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def random_head(dim: int, scale: float) -> RAdaHead:

@@ -14,11 +14,9 @@ RSS growth over 100,000 continual steps is the head's alone: `benchmarks/bench_t
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +24,8 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from rada_export.timing import median_ms
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def images(n: int) -> list[Image.Image]:

@@ -14,24 +14,14 @@ without it the INT8 rows are skipped, with the reason.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from rada_export.timing import median_ms
 
-def _timed(fn, runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _export(model: str, out: Path) -> Path:
@@ -75,7 +65,7 @@ def _torch_rows(bundle: Path, batches: list[int], runs: int, warmup: int) -> dic
                     _ = [o.float().cpu() for o in out]
                 torch.cuda.synchronize()
 
-            rows[(label, batch)] = _timed(step, runs, warmup)
+            rows[(label, batch)] = median_ms(step, runs, warmup) / 1000
     return rows
 
 
@@ -132,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                         feed = np.random.default_rng(0).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
                     else:
                         feed = np.random.default_rng(0).standard_normal((batch, 3, height, width)).astype(np.float32)
-                    rows[(f"TensorRT {precision}", batch)] = _timed(lambda: engine.run({name: feed}), args.runs, args.warmup)
+                    rows[(f"TensorRT {precision}", batch)] = median_ms(lambda: engine.run({name: feed}), args.runs, args.warmup) / 1000
         if not manifest.embed_preprocess:
             rows.update(_torch_rows(bundle, args.batches, args.runs, args.warmup))
 

@@ -87,7 +87,8 @@ def bench_continual(num_classes: int, calls: int) -> None:
     per_frame = per_call(lambda: every.adapt(frame()), max(3, calls // 4))
 
     print(f"K={num_classes:<5d} forward-only logits (B=1)          {forward * 1e3:8.3f} ms   1.00 x")
-    print(f"        continual adapt, amortised ({batch}/step)    {amortised * 1e3:8.3f} ms {amortised / forward:6.2f} x")
+    label = f"continual adapt, amortised ({batch}/step)"
+    print(f"        {label:<39s}{amortised * 1e3:8.3f} ms {amortised / forward:6.2f} x")
     print(f"        continual adapt, frame with the step   {step * 1e3:8.3f} ms {step / forward:6.2f} x")
     print(f"        continual adapt, a step every frame    {per_frame * 1e3:8.3f} ms {per_frame / forward:6.2f} x")
 

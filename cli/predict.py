@@ -28,7 +28,7 @@ def predict(
     Example: rada-export predict --bundle bundle/ photos/*.jpg --tta episodic --top 3
     """
     from rada_export.errors import RadaError
-    from rada_export.images import find_images, is_image_file
+    from rada_export.images import find_images
     from rada_export.runtimes import TTAConfig, load_bundle
 
     if tta not in ("off", "episodic", "continual"):

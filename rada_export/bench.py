@@ -13,7 +13,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import RadaError
+from .timing import time_calls
 
 PYTORCH = "pytorch-eager"
 
@@ -133,13 +133,7 @@ def bench_in_process(bundle: Path, target: BenchTarget, batches: Sequence[int], 
     results = []
     for batch in batches:
         data = make_input(batch)
-        for _ in range(warmup):
-            run(data)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run(data)
-            times.append(1000 * (time.perf_counter() - start))
+        times = [1000 * t for t in time_calls(lambda: run(data), repeats, warmup)]
         p50 = statistics.median(times)
         q = np.percentile(times, [90, 99])
         results.append(BenchResult(target.backend, target.precision, batch, p50, float(q[0]), float(q[1]),

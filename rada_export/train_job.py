@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from .checkpoint import HeadMetadata, save_head
 from .clip import load_clip
