@@ -42,7 +42,7 @@ def demo(
             ["PyTorch (training)", "trained head", pct(summary.trained_accuracy), "-"]]
     rows += [[r.name, f"tta {r.tta}", pct(r.accuracy), f"{r.ms_per_image:.1f}"] for r in summary.rows]
     console.print(make_table(f"{summary.model}: validation accuracy and latency (2 CPU threads unless a GPU backend)",
-                             ["runtime", "head", "val top-1", "ms / image"], rows))
+                             ["runtime", "head", "val top-1", "ms / image (batch 8; TTA: 1 image a call)"], rows))
     console.print(f"TensorRT: {summary.tensorrt}")
     for note in summary.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
