@@ -44,7 +44,11 @@ def unit(rng: np.random.Generator, rows: int) -> np.ndarray:
 
 
 def per_call(fn: Callable[[], object], calls: int, rounds: int = 5) -> float:
-    """Median over rounds of the mean seconds per call."""
+    """Median over rounds of the mean seconds per call.
+
+    Not rada_export.timing's median of single calls: continual adapt() takes its AdamW step on
+    one frame in 16, and a median of single calls would leave those frames out of the cost.
+    """
     fn()
     times = []
     for _ in range(rounds):

@@ -222,8 +222,9 @@ def _forward(
 
 def _softmax_backward_joint(a: np.ndarray, d_a: np.ndarray, num_classes: int, c: float) -> np.ndarray:
     """Gradient w.r.t. the raw scores of a = K * joint softmax(c * scores)."""
-    inner = np.einsum("...ij,...ij->...", d_a, a)[..., None, None]
-    d = d_a - inner / num_classes
+    inner = (d_a * a).sum(axis=(-2, -1), keepdims=True)
+    inner *= 1.0 / num_classes
+    d = d_a - inner
     d *= a
     d *= c
     return d
@@ -267,7 +268,7 @@ def _backward(
     d_s3 = _softmax_backward_joint(cache.a3, d_a, k, c)
 
     d_q1 = d_s1 @ cache.keys
-    d_q2 = np.einsum("bhij,bhjd->hid", d_s2, cache.keys)
+    d_q2 = (d_s2 @ cache.keys).sum(axis=0)  # the text queries are shared by the batch
     d_q3 = d_s3 @ cache.keys
     d_keys = np.swapaxes(d_s1, -1, -2) @ cache.q1
     d_keys += np.swapaxes(d_s2, -1, -2) @ cache.q2
@@ -363,13 +364,16 @@ def adamw_step(
     eps: float,
     scratch: np.ndarray,
     anchor: float = 0.0,
+    restore: float = 0.0,
     reference: Optional[np.ndarray] = None,
 ) -> None:
     """One AdamW step in place, as torch.optim.AdamW computes it (decoupled decay, bias-corrected).
 
     ``anchor`` adds ``anchor * (params - reference)`` to the gradient first (the gradient of
-    ``anchor / 2 * ||params - reference||^2``). The vectors are walked in blocks that fit in cache:
-    a whole-vector pass per operation is bound by memory bandwidth, several times slower.
+    ``anchor / 2 * ||params - reference||^2``); ``restore`` moves the params that fraction of the
+    way back to ``reference`` before the step (decoupled, like the weight decay, but toward the
+    reference rather than zero). The vectors are walked in blocks that fit in cache: a
+    whole-vector pass per operation is bound by memory bandwidth, several times slower.
     """
     beta1, beta2 = betas
     state.step += 1
@@ -385,6 +389,10 @@ def adamw_step(
             g += tmp
         if weight_decay:
             p *= decay
+        if restore:
+            np.subtract(p, reference[block], out=tmp)
+            tmp *= restore
+            p -= tmp
         m *= beta1
         np.multiply(g, 1.0 - beta1, out=tmp)
         m += tmp
@@ -463,6 +471,16 @@ class Counters:
     episodes: int = 0  # adapt_episodic() calls
 
 
+@dataclass(frozen=True)
+class EpisodeReport:
+    """What the last adapt_episodic() did."""
+
+    kept: np.ndarray  # indices of the views kept at the first step, lowest entropy first
+    loss_before: float  # their marginal entropy at the starting weights (nan when no step ran)
+    loss_after: float  # the same views' marginal entropy at the adapted weights
+    steps: int  # AdamW steps taken (fewer than asked when a gradient was not finite)
+
+
 @dataclass
 class _Pending:
     """Confident frames awaiting the next continual step.
@@ -516,7 +534,10 @@ def _check_matrix(value: Any, name: str, columns: int, expected: str) -> np.ndar
         raise RadaError(f"{name} has dtype {array.dtype}, expected floating point", f"pass {expected}")
     if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] != columns:
         raise RadaError(f"{name} has shape {array.shape}, expected {expected}", f"pass {expected}")
-    array = np.ascontiguousarray(array, dtype=_F32)
+    # A copy: the head keeps some inputs (text features, frames awaiting a step), and callers
+    # often reuse their buffers. Values beyond float32 become inf, reported just below.
+    with np.errstate(over="ignore"):
+        array = np.array(array, dtype=_F32, order="C", copy=True)
     if not np.isfinite(array).all():
         raise RadaError(
             f"{name} holds NaN or infinite values (or values beyond float32 range)",
@@ -574,8 +595,11 @@ class Head:
         tta: Optional[TTAConfig] = None,
     ):
         arrays, dim = _check_weights(weights)
-        if not (isinstance(num_heads, (int, np.integer)) and not isinstance(num_heads, bool) and num_heads >= 1 and dim % num_heads == 0):
-            raise RadaError(f"num_heads={num_heads!r} does not divide embed_dim {dim}", "use the head's own num_heads (8)")
+        integral = isinstance(num_heads, (int, np.integer)) and not isinstance(num_heads, bool)
+        if not (integral and num_heads >= 1 and dim % num_heads == 0):
+            raise RadaError(
+                f"num_heads={num_heads!r} does not divide embed_dim {dim}", "use the head's own num_heads (8)"
+            )
         for name, value in (("logit_scale", logit_scale), ("temperature", temperature)):
             if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value > 0):
                 raise RadaError(f"{name}={value!r} must be a positive finite number", f"use the head's own {name}")
@@ -596,6 +620,7 @@ class Head:
         self._adam = AdamState.zeros(self._params.size)
         self._episode_adam: Optional[AdamState] = None
         self._pending = _Pending()
+        self.last_episode: Optional[EpisodeReport] = None
         self._adapted = False  # whether continual adaptation has moved the weights
         self._version = 0  # bumps whenever the weights or the classes change
         self._q2: Optional[np.ndarray] = None
@@ -626,13 +651,17 @@ class Head:
         try:
             weights = load_file(str(bundle / HEAD_FILE))
         except Exception as err:
-            raise RadaError(f"{bundle / HEAD_FILE} is not a readable safetensors file ({err})", "re-export the bundle") from err
+            raise RadaError(
+                f"{bundle / HEAD_FILE} is not a readable safetensors file ({err})", "re-export the bundle"
+            ) from err
         # The head checkpoint may carry its own copy of the text features; the .npy file rules.
         weights.pop("text_features", None)
         try:
             text = np.load(bundle / TEXT_FEATURES_FILE, allow_pickle=False)
         except Exception as err:
-            raise RadaError(f"{bundle / TEXT_FEATURES_FILE} is not a readable .npy file ({err})", "re-export the bundle") from err
+            raise RadaError(
+                f"{bundle / TEXT_FEATURES_FILE} is not a readable .npy file ({err})", "re-export the bundle"
+            ) from err
         config = manifest.head
         head = cls(
             weights,
@@ -737,7 +766,9 @@ class Head:
         ``continual_batch`` of them are gathered; unless the collapse guard resets the head first.
         """
         f = self._features(features)
-        logits, _, cache = _forward(self._p, self.spec, f, self._text, self._text_queries(), True)
+        # Overflow is possible with absurd (finite) inputs: it is caught, counted and skipped below.
+        with np.errstate(over="ignore", invalid="ignore"):
+            logits, _, cache = _forward(self._p, self.spec, f, self._text, self._text_queries(), True)
         self.counters.frames += f.shape[0]
         ent, d_ent = entropy_and_grad(logits)
         finite = np.isfinite(logits).all(axis=1) & np.isfinite(ent)
@@ -827,7 +858,9 @@ class Head:
         cfg = self.tta
         self._continual_gradient(self._pending)
         self._pending.clear()
-        if self._apply(self._adam, cfg.continual_lr, cfg.continual_weight_decay, anchor=cfg.anchor):
+        if self._apply(
+            self._adam, cfg.continual_lr, cfg.continual_weight_decay, anchor=cfg.anchor, restore=cfg.restore
+        ):
             self._adapted = True
 
     def _observe(self, logits: np.ndarray, ent: np.ndarray, finite: np.ndarray) -> bool:
@@ -860,6 +893,7 @@ class Head:
         views with the lowest entropy and takes an AdamW step (fresh moments per image) on the
         entropy of their mean softmax. Afterwards the weights are back where they were: the
         deployed head, or the continual weights if continual adaptation is under way.
+        ``last_episode`` then tells which views were kept and their loss before and after.
         """
         views = self._features(view_features)
         if original is None:
@@ -868,26 +902,43 @@ class Head:
             array = np.asarray(original)
             first = self._features(array.reshape(1, -1) if array.ndim == 1 else array)
             if first.shape[0] != 1:
-                raise RadaError(f"original has {first.shape[0]} rows, expected one image", "pass one D or 1 x D feature")
+                raise RadaError(
+                    f"original has {first.shape[0]} rows, expected one image", "pass one D or 1 x D feature"
+                )
         cfg = self.tta
         saved = self._params.copy() if self._adapted else None
         if self._episode_adam is None:
             self._episode_adam = AdamState.zeros(self._params.size)
         else:
             self._episode_adam.clear()
+        kept: Optional[np.ndarray] = None
+        loss_before, steps = math.nan, 0
         try:
             for _ in range(cfg.steps):
-                chosen = self._kept_views(views)
-                if chosen is None:
+                order = self._kept_order(views)
+                if order is None:
                     self.counters.skipped_nonfinite += 1
                     break
-                logits, _, cache = _forward(self._p, self.spec, chosen, self._text, self._text_queries(), True)
-                _, d_logits = marginal_entropy_and_grad(logits)
+                kept = order if kept is None else kept
+                logits, _, cache = _forward(self._p, self.spec, views[order], self._text, self._text_queries(), True)
+                loss, d_logits = marginal_entropy_and_grad(logits)
+                loss_before = loss if steps == 0 else loss_before
                 assert cache is not None
                 _backward(self._p, self.spec, cache, self._text, d_logits, None, self._g)
                 if not self._apply(self._episode_adam, cfg.lr, cfg.weight_decay):
                     break
-            return self.logits(first)
+                steps += 1
+            # One forward for the prediction and for the kept views' loss after adaptation.
+            rows = first if kept is None else np.concatenate([first, views[kept]])
+            out = self.logits(rows)
+            loss_after = marginal_entropy_and_grad(out[1:])[0] if kept is not None else math.nan
+            self.last_episode = EpisodeReport(
+                kept=np.zeros(0, dtype=np.int64) if kept is None else kept,
+                loss_before=loss_before,
+                loss_after=loss_after,
+                steps=steps,
+            )
+            return out[:1].copy()
         finally:
             self._params[...] = self._deployed if saved is None else saved
             self._version += 1
@@ -895,28 +946,30 @@ class Head:
 
     def episodic_loss(self, view_features: np.ndarray) -> float:
         """TPT's objective at the current weights: entropy of the kept views' mean softmax."""
-        chosen = self._kept_views(self._features(view_features))
-        if chosen is None:
+        views = self._features(view_features)
+        order = self._kept_order(views)
+        if order is None:
             return math.nan
-        return marginal_entropy_and_grad(self.logits(chosen))[0]
+        return marginal_entropy_and_grad(self.logits(views[order]))[0]
 
     def episodic_gradients(self, view_features: np.ndarray) -> dict[str, np.ndarray]:
-        """The gradient of ``episodic_loss``: what one adapt_episodic() step descends."""
-        chosen = self._kept_views(self._features(view_features))
-        if chosen is None:
+        """The gradient of ``episodic_loss``: what the first adapt_episodic() step descends."""
+        views = self._features(view_features)
+        order = self._kept_order(views)
+        if order is None:
             raise RadaError("the views give non-finite logits", "check the encoder output for this image")
-        logits, _, cache = _forward(self._p, self.spec, chosen, self._text, self._text_queries(), True)
+        logits, _, cache = _forward(self._p, self.spec, views[order], self._text, self._text_queries(), True)
         _, d_logits = marginal_entropy_and_grad(logits)
         assert cache is not None
         _backward(self._p, self.spec, cache, self._text, d_logits, None, self._g)
         return _unflatten(self._grad, self.embed_dim)
 
-    def _kept_views(self, views: np.ndarray) -> Optional[np.ndarray]:
-        """The views TPT keeps (lowest entropy first), or None when their logits are not finite."""
+    def _kept_order(self, views: np.ndarray) -> Optional[np.ndarray]:
+        """Indices of the views TPT keeps, lowest entropy first; None when the logits are not finite."""
         ent = entropy(self.logits(views))
         if not np.isfinite(ent).all():
             return None
-        return views[np.argsort(ent, kind="stable")[: self.tta.kept_views(views.shape[0])]]
+        return np.argsort(ent, kind="stable")[: self.tta.kept_views(views.shape[0])]
 
     # -- gradients (exposed for checks) -------------------------------------------------------
 
@@ -1050,7 +1103,9 @@ class Head:
             self._q2_version = self._version
         return self._q2
 
-    def _apply(self, adam: AdamState, lr: float, weight_decay: float, anchor: float = 0.0) -> bool:
+    def _apply(
+        self, adam: AdamState, lr: float, weight_decay: float, anchor: float = 0.0, restore: float = 0.0
+    ) -> bool:
         """An AdamW step on the gradient in _grad, unless it is not finite (then counts the skip)."""
         # A dot product is the cheapest full pass; any NaN or inf (or overflow) makes it non-finite.
         if not math.isfinite(float(np.dot(self._grad, self._grad))):
@@ -1060,7 +1115,7 @@ class Head:
             return False
         adamw_step(
             self._params, self._grad, adam, lr=lr, weight_decay=weight_decay, betas=self.tta.betas,
-            eps=self.tta.eps, scratch=self._scratch, anchor=anchor, reference=self._deployed,
+            eps=self.tta.eps, scratch=self._scratch, anchor=anchor, restore=restore, reference=self._deployed,
         )
         self._version += 1
         self.counters.updates += 1

@@ -6,8 +6,12 @@ Two modes, both acting on the head's six projections only (the encoders stay fro
   minimise the entropy of their averaged softmax with AdamW, predict the original, reset.
 - continual: one encoder pass per frame, and the head carries its adaptation from frame to frame.
   Naive entropy minimisation collapses on real CLIP features within a few hundred frames, so the
-  defaults here are the safe ones: update only on confident frames (EATA), anchor the weights and
-  the mask to the deployed head, and reset when the prediction stream shows collapse (SAR).
+  defaults here are the safe ones: update only on confident frames (EATA), average them over a
+  few frames per step, pull the weights back toward the deployed head at every step so that the
+  drift stays bounded, and reset when the prediction stream shows collapse (SAR). Measured on real
+  CLIP ViT-B features (DTD val, 10,000 frames, batch 1), they stay within 0.2 points of the frozen
+  head, trained or zero-init, where naive entropy minimisation falls to 14-19 % within a few
+  hundred frames.
 """
 
 from __future__ import annotations
@@ -42,17 +46,26 @@ class TTAConfig:
         continual_batch: continual: confident frames gathered per AdamW step (their loss is
             averaged). Frames are still predicted one by one as they come; gathering only delays
             the step, which makes it less noisy and amortises the optimizer over the batch.
-        continual_lr: continual: AdamW learning rate. Small on purpose: at 1e-4 naive entropy
-            minimisation collapses real CLIP streams within a few hundred frames.
+        continual_lr: continual: AdamW learning rate. Small on purpose: at 1e-4 per frame, naive
+            entropy minimisation collapses real CLIP streams within a few hundred frames.
         e_margin: continual: a frame updates the head only when its prediction entropy is below
             ``e_margin * ln K`` (EATA's 0.4); unsure frames are the ones that drive collapse.
             Confident frames are weighted by ``exp(e_margin * ln K - entropy)`` (EATA).
-        anchor: continual: weight of ``anchor / 2 * ||theta - theta_deployed||^2`` in the loss,
-            an L2 pull of all six projections toward the deployed head.
-        mask_anchor: continual: weight of ``mean((M - 1)^2)`` in the loss, a pull of the mask
-            toward 1, i.e. toward zero-shot behaviour on the frames being adapted on.
+        restore: continual: fraction of the drift from the deployed weights undone before each
+            step, ``theta <- theta_0 + (1 - restore) (theta - theta_0)``: the default anchor, a
+            decoupled pull like AdamW's weight decay but toward the deployed head. An Adam step
+            moves each weight by about ``continual_lr``, so the drift stays within about
+            ``continual_lr / restore`` per weight however long the stream runs (2e-4 by default,
+            a few per cent of a trained head's out_proj weights).
+        anchor: continual: weight of ``anchor / 2 * ||theta - theta_deployed||^2`` in the loss.
+            Off by default: Adam rescales each weight's gradient, so this pull is strong on
+            weights with small entropy gradients and weak where it matters (out_proj), and it
+            bounds nothing over a long stream; ``restore`` does.
+        mask_anchor: continual: weight of ``mean((M - 1)^2)`` over the adapted frames in the loss,
+            a pull of the mask toward 1 (zero-shot behaviour). Off by default: for a trained head
+            the mask is not 1, and pulling it there undoes the training.
         continual_weight_decay: continual: AdamW decoupled weight decay. Zero by default: decay
-            pulls toward zero weights, not toward the deployed head (the anchor does that).
+            pulls toward zero weights, not toward the deployed head.
 
         collapse_window: continual: number of recent predictions the collapse guard watches; it
             acts only once the window is full, and starts afresh after a reset.
@@ -78,8 +91,9 @@ class TTAConfig:
     continual_batch: int = 16
     continual_lr: float = 1e-5
     e_margin: float = 0.4
-    anchor: float = 1.0
-    mask_anchor: float = 1.0
+    restore: float = 0.05
+    anchor: float = 0.0
+    mask_anchor: float = 0.0
     continual_weight_decay: float = 0.0
 
     collapse_window: int = 256
@@ -102,6 +116,8 @@ class TTAConfig:
             value = getattr(self, name)
             if not (_finite(value) and 0.0 <= value <= 1.0):
                 _bad(name, value, "a learning rate in [0, 1] (0 disables updates)")
+        if not (_finite(self.restore) and 0.0 <= self.restore < 1.0):
+            _bad("restore", self.restore, "a fraction in [0, 1)")
         for name in ("weight_decay", "continual_weight_decay", "anchor", "mask_anchor"):
             value = getattr(self, name)
             if not (_finite(value) and value >= 0.0):
