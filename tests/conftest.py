@@ -12,6 +12,16 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "clip-vitb-features" / "dtd"
 TINY = "rada-tiny-ViT"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_blas_thread():
+    """numpy's BLAS on one thread: the tests' matmuls are small, and on a shared 2-core machine a
+    BLAS thread pool thrashes (the 10,000-frame TTA streams ran 8x slower with it)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_clip():
     from rada_export.clip import load_clip
@@ -44,3 +54,28 @@ def image_folder(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("images")
     make_image_folder(root, images_per_class=8, size=96)
     return root
+
+
+@pytest.fixture(scope="session")
+def vit_b32_bundle(tmp_path_factory):
+    """One full-size bundle (ViT-B-32, random weights, FP32 + FP16, verified), shared by the slow tests.
+
+    Returns the ExportResult; its bundle folder is ``result.bundle``.
+    """
+    from rada_export.export.bundle import ExportRequest, export_bundle
+    from rada_export.synthetic import CLASSES
+
+    out = tmp_path_factory.mktemp("vit-b-32") / "bundle"
+    return export_bundle(ExportRequest(out=out, model="ViT-B-32", pretrained="none", classes=[c[0] for c in CLASSES], fp16=True))
+
+
+@pytest.fixture(scope="session")
+def vit_b32_int8(vit_b32_bundle, tmp_path_factory):
+    """The shared ViT-B-32 bundle with its fused graph calibrated to INT8; returns the CalibrateResult."""
+    from rada_export.calibration.bundle import CalibrateRequest, calibrate_bundle
+    from rada_export.synthetic import make_image_folder
+
+    root = tmp_path_factory.mktemp("vit-b-32-calibration")
+    make_image_folder(root / "images", images_per_class=5, size=240)
+    return calibrate_bundle(CalibrateRequest(bundle=vit_b32_bundle.bundle, images=root / "images", samples=16, holdout=8,
+                                             graph="model", cache_dir=root / "cache", accept_degraded=True))

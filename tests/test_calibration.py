@@ -478,16 +478,9 @@ def test_cli_writes_and_reports(pristine, images, tmp_path):
 
 
 @pytest.mark.slow
-def test_vit_b_32(tmp_path):
-    from rada_export.export.bundle import ExportRequest, export_bundle
-    from rada_export.synthetic import CLASSES, make_image_folder
-
-    bundle = tmp_path / "b32"
-    export_bundle(ExportRequest(out=bundle, model="ViT-B-32", pretrained="none", classes=[c[0] for c in CLASSES],
-                                verify=False))
-    make_image_folder(tmp_path / "images", images_per_class=5, size=240)
-    result = calibrate_bundle(CalibrateRequest(bundle=bundle, images=tmp_path / "images", samples=16, holdout=8,
-                                               graph="model", cache_dir=tmp_path / "cache", accept_degraded=True))
+def test_vit_b_32(vit_b32_int8):
+    result = vit_b32_int8
+    bundle = result.bundle
     report = result.report.reports[0]
     print(f"ViT-B-32 (random weights): {report.describe()}")
     assert result.graphs[0].layers == 48  # 12 blocks x 4 Linear layers

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -19,44 +18,6 @@ from rada_export.runtimes.tta import TTAConfig  # noqa: E402
 
 D = 512
 SCALE = 100.0
-
-
-def _openblas_threads_setter():
-    """numpy's bundled OpenBLAS thread-count functions, or None (another BLAS, or not found).
-
-    Setting OPENBLAS_NUM_THREADS works only before numpy loads, which conftest.py already does.
-    """
-    import ctypes
-    import glob
-
-    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*")
-    for path in glob.glob(libs):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                if get is not None and put is not None:
-                    return get, put
-    return None
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_blas_thread():
-    """Small matmuls on a shared 2-core machine thrash with a BLAS thread pool; one thread is
-    several times faster here."""
-    found = _openblas_threads_setter()
-    if found is None:
-        yield
-        return
-    get, put = found
-    before = get()
-    put(1)
-    yield
-    put(before)
 
 
 @pytest.fixture(autouse=True)
