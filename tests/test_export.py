@@ -315,3 +315,25 @@ def test_full_size_architecture_vit_b_32(vit_b32_bundle):
     m = read_manifest(vit_b32_bundle.bundle)
     assert m.embed_dim == 512 and m.preprocess.size == [224, 224]
     assert {"model", "image_encoder", "text_encoder", "head", "model.fp16", "image_encoder.fp16"} <= set(m.graphs)
+
+
+def test_cli_exports_a_reference_checkpoint(tmp_path):
+    """The paper's torch checkpoints (mha.* keys) export once --model/--pretrained/--classes fill the gaps."""
+    torch.manual_seed(3)
+    head = RAdaHead(64)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0, 0.05)
+    ckpt = tmp_path / "model-best.pth.tar"
+    torch.save({"state_dict": {f"mha.{k}": v for k, v in head.state_dict().items()}, "epoch": 5}, ckpt)
+    out = tmp_path / "b"
+    result = _onnx(["--ckpt", str(ckpt), "--out", str(out)], tmp_path)
+    assert result.exit_code == 2 and "--model" in flat(result.output)  # the pickle records no model
+    result = _onnx(["--ckpt", str(ckpt), "--model", "rada-tiny-ViT", "--pretrained", "none", "--classes", "cat,dog,bird", "--out", str(out)], tmp_path)
+    assert result.exit_code == 0, result.output
+    from rada_export.checkpoint import load_head
+
+    exported = load_head(out / "head.safetensors").head
+    for (name, a), (_, b) in zip(head.state_dict().items(), exported.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert read_manifest(out).class_names == ["cat", "dog", "bird"]
