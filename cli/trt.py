@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from rada_export.errors import RadaError
 
 from .common import console, err_console, handle_errors, make_table, print_json, reporter
 
@@ -57,14 +56,7 @@ def trt(
             reporter=reporter(quiet or json_out), tf32=tf32, max_classes=max_classes, max_texts=max_texts,
             calib_images=calib_images, verify=not no_verify,
         )
-    except RadaError as err:
-        # Printed here, escaped: messages hold pip extras such as 'rada-export[trt]', which rich
-        # would otherwise take for markup tags and drop.
-        err_console.print(f"[bold red]error:[/bold red] {escape(err.problem)}")
-        if err.fix:
-            err_console.print(f"[bold]fix:[/bold] {escape(err.fix)}")
-        raise typer.Exit(code=err.exit_code) from None
-    except VerificationError as err:
+    except VerificationError as err:  # RadaError (exit 2) is handle_errors' job
         engine_parity = isinstance(err.report, EngineReport)  # else: calibration's own report (--calib-images)
         if json_out:
             print_json({"engine": None, "verification": err.report.to_dict() if hasattr(err.report, "to_dict") else None})
