@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from rada_export.errors import RadaError
 from rada_export.export.onnx_io import TWO_GB, check_graph, load_graph, save_graph
+from rada_export.progress import quiet_root_logger
 
 from .dataset import to_pixels
 from .recipe import QdqAudit, TRANSFORMER_SCOPE, audit_qdq, confine_qdq, select_linear_nodes
@@ -135,14 +135,8 @@ def quantizer_options(recipe: QuantRecipe) -> dict[str, Any]:
 def _quiet_quantizer():
     # onnxruntime.quantization warns through the root logger (pre-processing advice, per-node notes)
     # and its histogram calibrators print to stdout, which would corrupt `--json` output.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
+    with quiet_root_logger(), contextlib.redirect_stdout(io.StringIO()):
+        yield
 
 
 def quantize_graph(

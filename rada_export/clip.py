@@ -6,8 +6,6 @@ all come from the model that open_clip builds.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import RadaError
+from .progress import quiet_root_logger
 
 # Small configurations of our own (tests, `demo --quick`); registered beside open_clip's.
 _OWN_CONFIGS = Path(__file__).parent / "model_configs"
@@ -87,17 +86,6 @@ class LoadedClip:
 RANDOM_WEIGHTS_SEED = 0
 
 
-@contextlib.contextmanager
-def _quiet_open_clip():
-    # open_clip logs a warning for every model built without weights; we say it once, our way.
-    logger = logging.getLogger()
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
-
 
 def register_own_configs() -> None:
     global _registered
@@ -148,7 +136,7 @@ def load_clip(model_name: str, pretrained: str | os.PathLike | None = "none", de
     resolved = _resolve_pretrained(model_name, pretrained)
     try:
         # Random weights come from a fixed seed, so that a later `verify` rebuilds the same model.
-        with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+        with torch.random.fork_rng(devices=[]), quiet_root_logger():  # open_clip warns for every model built without weights
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=resolved, device=device)
     except (RuntimeError, OSError, ValueError) as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Callable, Iterator
 
 from rich.console import Console
@@ -39,3 +40,16 @@ class Reporter:
 
 
 SILENT = Reporter(enabled=False)
+
+
+@contextlib.contextmanager
+def quiet_root_logger(level: int = logging.ERROR) -> Iterator[None]:
+    """Raises the root logger's level for a block: libraries that log chatter through it (open_clip,
+    onnxruntime.quantization) stay quiet, and our own reports say what matters once."""
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.setLevel(previous)

@@ -79,3 +79,19 @@ def vit_b32_int8(vit_b32_bundle, tmp_path_factory):
     make_image_folder(root / "images", images_per_class=5, size=240)
     return calibrate_bundle(CalibrateRequest(bundle=vit_b32_bundle.bundle, images=root / "images", samples=16, holdout=8,
                                              graph="model", cache_dir=root / "cache", accept_degraded=True))
+
+
+def calibrate_for_tests(bundle: Path, work: Path) -> None:
+    """Adds INT8 Q/DQ graphs to ``bundle`` from 32 seeded random images (for tests that need the graph,
+    not its accuracy: calibration's own thresholds are tested in test_calibration.py)."""
+    from PIL import Image
+
+    from rada_export.calibration.bundle import CalibrateRequest, calibrate_bundle
+
+    images = work / "calibration-images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(32):
+        Image.fromarray(rng.integers(0, 256, size=(120, 160, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    calibrate_bundle(CalibrateRequest(bundle=bundle, images=images, samples=24, holdout=8, accept_degraded=True,
+                                      cache_dir=work / "calibration-cache"))

@@ -34,6 +34,8 @@ from rada_export.runtimes import cuda_memory as cm
 from rada_export.runtimes import tensorrt_engine as te
 from rada_export.runtimes.manifest import read_manifest, sha256_file, write_manifest
 
+from conftest import calibrate_for_tests
+
 CLASSES = ["cat", "dog", "bird"]
 
 
@@ -308,30 +310,11 @@ def trt_env():
         pytest.skip(f"needs TensorRT and an NVIDIA GPU: {err.problem}")
 
 
-def _int8_or_skip(bundle: Path, tmp_path: Path) -> None:
-    if "model.int8" in read_manifest(bundle).graphs:
-        return
-    try:
-        from rada_export.calibration.bundle import CalibrateRequest, calibrate_bundle
-    except ImportError:
-        pytest.skip("rada_export.calibration.bundle.calibrate_bundle is not available: no INT8 graph to build")
-    from PIL import Image
-
-    images = tmp_path / "calib"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(32):
-        Image.fromarray(rng.integers(0, 256, size=(240, 320, 3), dtype=np.uint8)).save(images / f"{i}.png")
-    # accept_degraded: these tests need the Q/DQ graph; calibration's accuracy gate is tested with calibration
-    calibrate_bundle(CalibrateRequest(bundle=bundle, images=images, samples=24, holdout=8, accept_degraded=True,
-                                      cache_dir=tmp_path / "calib-cache"))
-
-
 def _build_and_check(bundle: Path, precision: str, env, tmp_path: Path):
     from rada_export.tensorrt.build import build_engine
 
-    if precision == "int8":
-        _int8_or_skip(bundle, tmp_path)
+    if precision == "int8" and "model.int8" not in read_manifest(bundle).graphs:
+        calibrate_for_tests(bundle, tmp_path)
     result = build_engine(bundle, "model", precision, max_batch=8, environment=env)
     assert result.report.passed, result.report.to_dict()
     with te.TensorRTEngine(result.engine_path, read_manifest(bundle), environment=env) as engine:

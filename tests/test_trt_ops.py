@@ -18,6 +18,8 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from rada_export.tensorrt.ops import OPS_FILE, check_ops, load_supported_ops, unsupported_ops  # noqa: E402
 
+from conftest import calibrate_for_tests  # noqa: E402
+
 TARGET = "10.3"
 CLASSES = ["cat", "dog", "bird"]
 
@@ -54,27 +56,10 @@ def test_every_graph_of_a_tiny_bundle_is_supported(tiny_bundle):
     assert {"model", "image_encoder", "text_encoder", "head", "model.fp16", "image_encoder.fp16"} <= set(checked)
 
 
-def _calibrate_or_skip(bundle: Path, tmp_path: Path) -> None:
-    try:
-        from rada_export.calibration.bundle import CalibrateRequest, calibrate_bundle
-    except ImportError:
-        pytest.skip("rada_export.calibration.bundle.calibrate_bundle is not available yet: INT8 graphs not checked")
-    from PIL import Image
-
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(24):
-        Image.fromarray(rng.integers(0, 256, size=(80, 96, 3), dtype=np.uint8)).save(images / f"{i}.png")
-    # accept_degraded: these tests need the Q/DQ graph; calibration's accuracy gate is tested with calibration
-    calibrate_bundle(CalibrateRequest(bundle=bundle, images=images, samples=24, holdout=8, accept_degraded=True,
-                                      cache_dir=tmp_path / "calib-cache"))
-
-
 def test_int8_graphs_are_supported(tiny_bundle, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    _calibrate_or_skip(bundle, tmp_path)
+    calibrate_for_tests(bundle, tmp_path)
     checked = _assert_all_supported(bundle)
     assert any(key.endswith(".int8") for key in checked), f"calibration wrote no .int8 graph ({checked})"
 
