@@ -8,9 +8,10 @@ TensorRT API used here: the name-based I/O of TensorRT 10 (``num_io_tensors``, `
 ``get_tensor_mode``, ``get_tensor_dtype``, ``set_input_shape``, ``set_tensor_address``,
 ``execute_async_v3``), which TensorRT 11 keeps unchanged. The binding-index API
 (``get_binding_*``, ``execute_async_v2``) was removed in 10.0 and is not used. Device memory and
-the stream come from cuda-python (:mod:`rada_export.runtimes.cuda_memory`), not pycuda or torch.
+the stream come from the CUDA runtime library through ctypes (:mod:`rada_export.runtimes.cuda_memory`),
+not cuda-python, pycuda or torch.
 
-Importing this module imports neither tensorrt nor cuda-python: the pure helpers
+Importing this module imports neither tensorrt nor libcudart: the pure helpers
 (:func:`engine_dir_name`, :func:`check_engine_compat`, ...) work on any machine.
 """
 
@@ -21,6 +22,7 @@ import importlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -38,10 +40,13 @@ MIN_TENSORRT_MAJOR = 10
 REQUIRED_META = ("tensorrt_version", "gpu_name", "compute_capability", "graph", "precision")
 
 TENSORRT_FIX = (
-    "pip install 'rada-export[trt]' (TensorRT 10+ wheels for x86-64 and ARM SBSA Linux with an NVIDIA driver); "
-    "on a Jetson, use JetPack's own TensorRT: sudo apt install python3-libnvinfer "
-    "(JetPack 6 ships TensorRT 10.3; a Jetson cannot use the pip wheels)"
+    "x86-64 / ARM SBSA: pip install 'rada-export[trt-cu12]' (TensorRT 10.x-11.x for CUDA 12, drivers >= 525) or "
+    "'rada-export[trt-cu13]' (CUDA 13, drivers >= 580); "
+    "Jetson: use JetPack's own TensorRT (JetPack 6.1/6.2 ship TensorRT 10.3): sudo apt install python3-libnvinfer "
+    "(the pip wheels do not target Jetson)"
 )
+# JetPack releases and the TensorRT they ship (JetPack release notes / TensorRT support matrix).
+JETPACK_TENSORRT = {"6.0": "8.6", "6.1": "10.3", "6.2": "10.3"}
 
 ImportModule = Callable[[str], Any]
 
@@ -79,12 +84,36 @@ def import_tensorrt(import_module: ImportModule = importlib.import_module):
     version = str(getattr(trt, "__version__", "unknown"))
     parsed = parse_version(version)
     if not parsed or parsed[0] < MIN_TENSORRT_MAJOR:
+        jetpack = " (JetPack 6.0 ships TensorRT 8.6)" if parsed[:2] == (8, 6) else ""
         raise RadaError(
-            f"TensorRT {version} is too old: rada-export needs TensorRT {MIN_TENSORRT_MAJOR} or newer "
+            f"TensorRT {version} is too old{jetpack}: rada-export needs TensorRT {MIN_TENSORRT_MAJOR} or newer "
             "(name-based I/O, strongly typed networks)",
-            "pip install 'tensorrt>=10' (x86-64/SBSA), or upgrade a Jetson to JetPack 6 (TensorRT 10.3)",
+            "on a Jetson, upgrade to JetPack 6.1 or 6.2 (TensorRT 10.3); elsewhere pip install 'rada-export[trt-cu12]'",
         )
     return trt
+
+
+TENSORRT_DISTRIBUTIONS = (("tensorrt-cu13-libs", 13), ("tensorrt_cu13_libs", 13), ("tensorrt-cu13", 13),
+                          ("tensorrt-cu12-libs", 12), ("tensorrt_cu12_libs", 12), ("tensorrt-cu12", 12))
+
+
+def tensorrt_cuda_major(version_of: Callable[[str], str] | None = None) -> int | None:
+    """The CUDA major the installed TensorRT wheels are built for (tensorrt-cu12 / -cu13), None when unknown.
+
+    JetPack's apt packages are no pip distribution: None there (they match JetPack's CUDA 12).
+    """
+    if version_of is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        def version_of(name: str) -> str:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                return ""
+    for name, major in TENSORRT_DISTRIBUTIONS:
+        if version_of(name):
+            return major
+    return None
 
 
 @dataclass(frozen=True)
@@ -127,31 +156,44 @@ class TensorRTEnvironment:
 
 @dataclass(frozen=True)
 class Missing:
-    component: str  # "TensorRT", "cuda-python", "NVIDIA GPU"
+    component: str  # "TensorRT", "CUDA runtime", "NVIDIA driver", "NVIDIA GPU", "onnxruntime", ...
     detail: str
     fix: str
 
 
 def diagnose_environment(
-    import_module: ImportModule = importlib.import_module, device: int = 0,
+    import_module: ImportModule = importlib.import_module, device: int = 0, *,
+    load_cudart: Callable[..., Any] | None = None, cuda_major: int | None | str = "detect",
 ) -> tuple[list[Missing], TensorRTEnvironment | None]:
-    """Everything TensorRT needs that is missing here (all of it, not only the first), or the environment."""
+    """Everything TensorRT needs that is missing here (all of it, not only the first), or the environment.
+
+    Checked: TensorRT itself (10 or newer), the CUDA runtime library, a driver new enough for the
+    CUDA major TensorRT was built for (``tensorrt-cu12`` / ``-cu13`` wheels), and a GPU.
+    """
     missing: list[Missing] = []
     trt = cudart = None
     try:
         trt = import_tensorrt(import_module)
     except RadaError as err:
         missing.append(Missing("TensorRT", err.problem, err.fix or TENSORRT_FIX))
+    major = tensorrt_cuda_major() if cuda_major == "detect" else cuda_major
     try:
-        cudart = cm.import_cudart(import_module)
+        cudart = (load_cudart or cm.cudart)(prefer_major=major)
     except RadaError as err:
-        missing.append(Missing("cuda-python", err.problem, err.fix or cm.CUDA_PYTHON_FIX))
+        missing.append(Missing("CUDA runtime", err.problem, err.fix or cm.CUDART_FIX))
     if cudart is not None:
-        count, reason = cm.gpu_count(cudart)
-        if count < 1:
-            missing.append(Missing("NVIDIA GPU", reason or "no CUDA device", cm.GPU_FIX))
-        elif device >= count:
-            missing.append(Missing("NVIDIA GPU", f"device {device} requested, {count} present", "use a device index below the count"))
+        driver = cudart.driver_version()
+        problem = cm.diagnose_driver(driver, major, f"TensorRT {getattr(trt, '__version__', '')}".strip())
+        if problem is None:
+            problem = cm.diagnose_driver(driver, cudart.major, f"the CUDA runtime {cudart.path}")
+        if problem is not None:
+            missing.append(Missing("NVIDIA driver", problem, cm.driver_fix(driver) if driver else cm.GPU_FIX))
+        else:
+            count, reason = cm.gpu_count(cudart)
+            if count < 1:
+                missing.append(Missing("NVIDIA GPU", reason or "no CUDA device", cm.GPU_FIX))
+            elif device >= count:
+                missing.append(Missing("NVIDIA GPU", f"device {device} requested, {count} present", "use a device index below the count"))
     if missing:
         return missing, None
     return [], TensorRTEnvironment(trt=trt, cudart=cudart, device=cm.device_info(cudart, device))
@@ -296,6 +338,143 @@ def list_engines(bundle: str | os.PathLike) -> list[tuple[Path, dict[str, Any] |
     return found
 
 
+def scan_engines(bundle: str | os.PathLike) -> dict[str, dict[str, Any] | None]:
+    """``{path relative to the bundle: description or None}`` for every engine under BUNDLE/engines/<dir>/.
+
+    The folder is untrusted like the rest of a bundle: entries that resolve outside it (symlinks)
+    are left out, and unreadable descriptions are None.
+    """
+    bundle = Path(bundle)
+    root = bundle / ENGINES_DIR
+    if not root.is_dir():
+        return {}
+    inside = root.resolve()
+    found: dict[str, dict[str, Any] | None] = {}
+    for path, meta in list_engines(bundle):
+        try:
+            resolved = path.resolve()
+            meta_resolved = meta_path(path).resolve()
+        except OSError:
+            continue
+        if not (resolved.is_relative_to(inside) and meta_resolved.is_relative_to(inside)):
+            continue
+        found[path.relative_to(bundle).as_posix()] = meta
+    return found
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one graph runs: a TensorRT engine (``engine``, relative to the bundle) or ONNX Runtime."""
+
+    graph: str
+    backend: str  # "tensorrt" or "onnxruntime"
+    precision: str
+    reason: str
+    engine: str | None = None
+
+
+def _engine_problem(meta: Mapping[str, Any] | None, manifest: Any, current: EngineEnvironment) -> str | None:
+    if meta is None:
+        return "its description (.json) is missing or unreadable"
+    built = (str(meta.get("tensorrt_version")), str(meta.get("gpu_name")), str(meta.get("compute_capability")))
+    if built != (current.tensorrt_version, current.gpu_name, current.compute_capability):
+        return f"built with TensorRT {built[0]} on {built[1]} (sm {built[2]})"
+    expected = (getattr(manifest, "files", {}) or {}).get(str(meta.get("onnx_file")))
+    if not expected or expected != meta.get("onnx_sha256"):
+        return f"built from another version of {meta.get('onnx_file')}"
+    verification = meta.get("verification")
+    if isinstance(verification, Mapping) and verification.get("passed") is False:
+        return "it failed the parity check when it was built"
+    return None
+
+
+def select_engines(
+    manifest: Any,
+    engines: Mapping[str, Mapping[str, Any] | None],
+    current: EngineEnvironment | None,
+    precision: str,
+    unavailable: str | None = None,
+) -> dict[str, Placement]:
+    """Per graph of the bundle: the engine to run it with, or ONNX Runtime, and why. A pure function.
+
+    ``engines`` is :func:`scan_engines`' answer (engine path -> description), ``current`` the GPU and
+    TensorRT version here (None when TensorRT cannot run: ``unavailable`` says why). A graph gets
+    an engine built on this GPU with this TensorRT version, from this bundle's ONNX file (same
+    sha256), that did not fail parity, in ``precision``, or in FP32 for graphs that the bundle has
+    no ``precision`` variant of (text encoder, head). Every other graph runs on ONNX Runtime.
+    """
+    graphs = getattr(manifest, "graphs", {}) or {}
+    base_graphs = [g for g in graphs if "." not in g]
+    placements: dict[str, Placement] = {}
+    for graph in base_graphs:
+        has_variant = manifest.graph_key(graph, precision) in graphs
+        ort_precision = precision if has_variant else "fp32"
+        wanted = [precision] if has_variant or precision == "fp32" else [precision, "fp32"]
+        if current is None:
+            placements[graph] = Placement(graph, "onnxruntime", ort_precision, unavailable or "TensorRT is not available here")
+            continue
+        rejected: list[str] = []
+        chosen: tuple[str, Mapping[str, Any]] | None = None
+        for want in wanted:
+            for rel, meta in sorted(engines.items()):
+                name = Path(rel).name
+                if meta is not None and (meta.get("graph") != graph or meta.get("precision") != want):
+                    continue
+                if meta is None and name != engine_file_name(graph, want):
+                    continue
+                problem = _engine_problem(meta, manifest, current)
+                if problem is None:
+                    chosen = (rel, meta)
+                    break
+                rejected.append(f"{rel}: {problem}")
+            if chosen:
+                break
+        if chosen is not None:
+            rel, meta = chosen
+            verification = meta.get("verification") if isinstance(meta.get("verification"), Mapping) else {}
+            note = "" if verification.get("passed") is True else ", parity not checked"
+            placements[graph] = Placement(graph, "tensorrt", str(meta.get("precision")), f"TensorRT engine {rel}{note}", rel)
+        else:
+            why = "; ".join(rejected[:3]) if rejected else f"no {'/'.join(wanted)} {graph} engine for {current.dir_name}"
+            placements[graph] = Placement(graph, "onnxruntime", ort_precision, why)
+    return placements
+
+
+def describe_placements(placements: Mapping[str, Placement], onnxruntime: str) -> str:
+    """'model: TensorRT (engines/.../model.fp16.engine); image_encoder, text_encoder, head: ONNX Runtime CPU'."""
+    groups: dict[str, list[str]] = {}
+    for graph, placement in placements.items():
+        label = f"TensorRT {placement.precision} ({placement.engine})" if placement.backend == "tensorrt" else onnxruntime
+        groups.setdefault(label, []).append(graph)
+    return "; ".join(f"{', '.join(graphs)}: {label}" for label, graphs in groups.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting batches to an engine's profile
+
+
+def plan_chunks(total: int, low: int, high: int) -> list[tuple[int, int, int]]:
+    """(start, stop, rows sent) per engine call for ``total`` rows and a profile accepting ``low``..``high``.
+
+    Slices hold at most ``high`` rows; a last slice below ``low`` (fixed-batch DLA engines) is
+    padded up to ``low`` rows and its extra outputs are dropped. A pure function.
+    """
+    if low < 1 or high < low:
+        raise RadaError(f"the engine's batch range {low}..{high} is not usable", "rebuild the engine with rada-export trt")
+    chunks = []
+    for start in range(0, int(total), high):
+        stop = min(start + high, int(total))
+        chunks.append((start, stop, max(stop - start, low)))
+    return chunks
+
+
+def _rows(array: np.ndarray, start: int, stop: int, size: int) -> np.ndarray:
+    part = array[start:stop]
+    if size > len(part):  # pad with copies of the last row; its outputs are dropped
+        part = np.concatenate([part, np.repeat(part[-1:], size - len(part), axis=0)])
+    return np.ascontiguousarray(part)
+
+
 # ---------------------------------------------------------------------------------------------
 # Logging
 
@@ -368,8 +547,8 @@ class TensorRTEngine:
     """One deserialized engine with its execution context, stream and reusable device buffers.
 
     ``run(feeds)`` takes numpy arrays by input name and returns numpy arrays by output name; input
-    shapes may change from call to call within the engine's optimisation profile. Not thread-safe:
-    use one instance per thread.
+    shapes may change from call to call within the engine's optimisation profile; larger batches
+    are split to it. Thread-safe: calls are serialised on the engine's one execution context.
     """
 
     def __init__(
@@ -420,6 +599,7 @@ class TensorRTEngine:
             raise RadaError(f"TensorRT could not create an execution context for {self.path} (out of GPU memory?)"
                             + _bullets(self._logger.errors()), "close other GPU programs, or rebuild with a smaller --max-batch")
         self._stream = cm.Stream(cudart)
+        self._lock = threading.Lock()
         self._closed = False
 
         self.input_names: list[str] = []
@@ -470,8 +650,21 @@ class TensorRTEngine:
                         "(rada-export trt --max-batch / --max-classes / --max-texts)") if got > high else f"pass at least {low}"
                 raise RadaError(f"input {name!r}: size {got} on axis {axis} is outside the engine's range [{low}, {high}]", hint)
 
+    def _batch_inputs(self) -> list[str]:
+        """Inputs whose first axis is a batch of independent rows (images, prompts): those a big call is split on."""
+        recorded = self.meta.get("batch_inputs")
+        if isinstance(recorded, list):
+            return [n for n in recorded if n in self.input_names]
+        # Engines described before batch_inputs was recorded: only a single-input engine is split.
+        return list(self.input_names) if len(self.input_names) == 1 and self._shapes[self.input_names[0]][:1] == (-1,) else []
+
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Runs the engine on ``feeds`` (numpy arrays by input name); returns the outputs by name."""
+        """Runs the engine on ``feeds`` (numpy arrays by input name); returns the outputs by name.
+
+        A batch larger than the engine's profile (or smaller than a fixed-batch DLA engine's) is
+        run in slices the profile accepts (:func:`plan_chunks`), the outputs joined on axis 0.
+        Calls from several threads are serialised: the context, stream and buffers are shared.
+        """
         if self._closed:
             raise RadaError("this TensorRT engine was closed", "create a new TensorRTEngine")
         unknown = sorted(set(feeds) - set(self.input_names))
@@ -481,14 +674,35 @@ class TensorRTEngine:
                 f"the engine takes inputs {self.input_names}; got {sorted(feeds)}",
                 f"pass exactly these inputs: {', '.join(self.input_names)}",
             )
-        arrays = {}
-        for name in self.input_names:
-            arr = _coerce(feeds[name], self._dtypes[name], name)
+        arrays = {name: _coerce(feeds[name], self._dtypes[name], name) for name in self.input_names}
+        batched = [n for n in self._batch_inputs() if arrays[n].ndim >= 1]
+        sizes = {len(arrays[n]) for n in batched}
+        if len(sizes) == 1:
+            total = sizes.pop()
+            low = max(self._profiles[n][0][0] for n in batched)
+            high = min(self._profiles[n][2][0] for n in batched)
+            if total and not low <= total <= high:
+                parts = []
+                for start, stop, size in plan_chunks(total, low, high):
+                    chunk = {n: (_rows(a, start, stop, size) if n in batched else a) for n, a in arrays.items()}
+                    out = self._run_checked(chunk)
+                    parts.append({k: v[: stop - start] for k, v in out.items()})
+                return {k: np.concatenate([p[k] for p in parts]) for k in self.output_names}
+        return self._run_checked(arrays)
+
+    def _run_checked(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, arr in arrays.items():
             self._check_shape(name, tuple(arr.shape))
+        with self._lock:
+            if self._closed:
+                raise RadaError("this TensorRT engine was closed", "create a new TensorRTEngine")
+            return self._run_once(arrays)
+
+    def _run_once(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, arr in arrays.items():
             if not self._context.set_input_shape(name, tuple(arr.shape)):
                 raise RadaError(f"TensorRT rejected shape {tuple(arr.shape)} for input {name!r}" + _bullets(self._logger.errors()),
                                 "pass a shape within the engine's optimisation profile")
-            arrays[name] = arr
         outputs = {}
         for name in self.output_names:
             shape = _dims(self._context.get_tensor_shape(name))
@@ -515,14 +729,17 @@ class TensorRTEngine:
         """Frees the device buffers, the stream, the context and the engine (idempotent)."""
         if getattr(self, "_closed", True):
             return
-        self._closed = True
-        try:
-            self._stream.synchronize()
-        except Exception:
-            pass
-        for buf in self._buffers.values():
-            buf.free()
-        self._stream.close()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._stream.synchronize()
+            except Exception:
+                pass
+            for buf in self._buffers.values():
+                buf.free()
+            self._stream.close()
         # The context must go before the engine, the engine before the runtime.
         self._context = None
         self._engine = None
