@@ -1,13 +1,15 @@
 """Graph runners: one ONNX graph (or TensorRT engine) behind a `run(feeds) -> outputs` call.
 
-The runtime picks a backend per bundle: a TensorRT engine built for this GPU and TensorRT version,
-else ONNX Runtime on CUDA, else ONNX Runtime on the CPU.
+The runtime picks a backend per graph: a TensorRT engine built for this GPU and TensorRT version
+where the bundle has one (``rada-export trt`` builds ``--graph model`` by default), ONNX Runtime
+(CUDA, else CPU) for the other graphs. :func:`rada_export.runtimes.tensorrt_engine.select_engines`
+makes the choice as a pure function of the manifest, the engines folder and this device.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -40,10 +42,10 @@ class OrtRunner:
 
 
 class TrtRunner:
-    def __init__(self, engine_path: Path):
+    def __init__(self, engine_path: Path, manifest: Manifest | None = None):
         from .tensorrt_engine import TensorRTEngine
 
-        self.engine = TensorRTEngine(engine_path)
+        self.engine = TensorRTEngine(engine_path, manifest)
         self.input_names = list(self.engine.input_names)
         self.output_names = list(self.engine.output_names)
 
@@ -53,55 +55,72 @@ class TrtRunner:
 
 @dataclass(frozen=True)
 class BackendChoice:
-    name: str  # "tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"
-    reason: str
+    name: str  # "onnxruntime-cpu", "onnxruntime-cuda", or "tensorrt+onnxruntime-..." when some graph has an engine
+    reason: str  # says which graph runs where
+    onnxruntime: str = ""  # the ONNX Runtime device for graphs without an engine (default: ``name``)
+    engines: dict = field(default_factory=dict)  # graph -> engine path (relative to the bundle)
 
 
 def choose_backend(bundle: Path, manifest: Manifest, backend: str, device: str, precision: str) -> BackendChoice:
-    """Which backend `auto` (or an explicit request) resolves to, and why."""
+    """Which backend each graph runs on (`auto`, or an explicit request), and why."""
     if backend not in BACKENDS:
         raise RadaError(f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
     if device not in ("auto", "cpu", "cuda"):
         raise RadaError(f"unknown device {device!r}", "use 'auto', 'cpu' or 'cuda'")
+    placements = {}
     if backend in ("auto", "tensorrt") and device != "cpu":
-        problem = _tensorrt_problem(bundle, precision)
-        if problem is None:
-            return BackendChoice("tensorrt", f"a TensorRT engine built for this GPU ({precision})")
-        if backend == "tensorrt":
-            raise RadaError(f"cannot use the TensorRT backend: {problem}", "build one with `rada-export trt --bundle ...` on this device, or use backend='onnxruntime'")
-        if (bundle / "engines").is_dir():  # engines were built, yet none fits: worth saying
-            warnings.warn(f"TensorRT not used: {problem}", stacklevel=3)
+        placements = _placements(bundle, manifest, precision)
+        engines = {g: p.engine for g, p in placements.items() if p.backend == "tensorrt"}
+        if backend == "tensorrt" and not engines:
+            problem = "; ".join(f"{g}: {p.reason}" for g, p in placements.items())
+            raise RadaError(f"cannot use the TensorRT backend: {problem}",
+                            "build an engine with `rada-export trt --bundle ...` on this device, or use backend='onnxruntime'")
+        if not engines and (bundle / "engines").is_dir():  # engines were built, yet none fits: worth saying
+            first = next(iter(placements.values()), None)
+            warnings.warn(f"TensorRT not used: {first.reason if first else 'no engine fits'}", stacklevel=3)
+    else:
+        engines = {}
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available_providers():
-        return BackendChoice("onnxruntime-cuda", "ONNX Runtime with the CUDA execution provider")
-    if device == "cuda":
+        ort, ort_label = "onnxruntime-cuda", "ONNX Runtime CUDA"
+    elif device == "cuda":
         raise RadaError("ONNX Runtime has no CUDA execution provider here",
                         "pip install 'rada-export[gpu]' (onnxruntime-gpu), or use device='cpu'")
-    return BackendChoice("onnxruntime-cpu", "ONNX Runtime on the CPU" + (" (no GPU backend available)" if device == "auto" else ""))
+    else:
+        ort, ort_label = "onnxruntime-cpu", "ONNX Runtime CPU" + (" (no GPU backend available)" if device == "auto" and not engines else "")
+    if not engines:
+        return BackendChoice(ort, ort_label, ort)
+    from .tensorrt_engine import describe_placements
+
+    return BackendChoice(f"tensorrt+{ort}", describe_placements(placements, ort_label), ort, engines)
 
 
-def _tensorrt_problem(bundle: Path, precision: str) -> str | None:
-    """None when an engine for this GPU and TensorRT version exists; else what is missing."""
+def _placements(bundle: Path, manifest: Manifest, precision: str) -> dict:
+    from .tensorrt_engine import scan_engines, select_engines
+
+    engines = scan_engines(bundle)
+    if not engines:
+        return select_engines(manifest, {}, None, precision, f"no engines in {bundle / 'engines'}")
     try:
-        from .tensorrt_engine import find_engine
-    except ImportError as err:  # the module itself imports tensorrt lazily; this is a broken install
-        return f"the TensorRT backend cannot be imported ({err})"
-    try:
-        engine = find_engine(bundle, "image_encoder", precision)
+        from .tensorrt_engine import current_engine_environment
+
+        current, unavailable = current_engine_environment(), None
     except RadaError as err:
-        return err.problem
-    if engine is None:
-        return f"no {precision} image_encoder engine for this GPU and TensorRT version in {bundle / 'engines'}"
-    return None
+        current, unavailable = None, f"TensorRT cannot run here ({err.problem.splitlines()[0]})"
+    return select_engines(manifest, engines, current, precision, unavailable)
 
 
 def make_runner(choice: BackendChoice, bundle: Path, manifest: Manifest, graph: str, precision: str) -> GraphRunner:
-    if choice.name == "tensorrt":
+    engine = choice.engines.get(graph)
+    if engine is not None:
+        return TrtRunner(bundle / engine, manifest)
+    if choice.name == "tensorrt":  # an explicit TensorRT-only choice (rada-export bench): this graph's engine or an error
         from .tensorrt_engine import find_engine
 
-        engine = find_engine(bundle, graph, precision)
-        if engine is None:
+        path = find_engine(bundle, graph, precision)
+        if path is None:
             raise RadaError(f"no {graph}.{precision} engine for this GPU in {bundle / 'engines'}",
                             f"run `rada-export trt --bundle {bundle} --graph {graph} --precision {precision}` on this device")
-        return TrtRunner(engine)
+        return TrtRunner(path, manifest)
     entry = manifest.graph(graph, precision)
-    return OrtRunner(bundle / entry.file, "cuda" if choice.name == "onnxruntime-cuda" else "cpu", entry.precision)
+    ort = choice.onnxruntime or choice.name
+    return OrtRunner(bundle / entry.file, "cuda" if ort == "onnxruntime-cuda" else "cpu", entry.precision)
