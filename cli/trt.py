@@ -29,6 +29,8 @@ def trt(
     max_texts: Optional[int] = typer.Option(None, "--max-texts", help="Text-encoder engines: most prompts per call (default max(K x templates, 256))."),
     tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32", help="Allow TF32 in FP32 layers (default: off for fp32 engines, on otherwise)."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the parity check against ONNX Runtime (not recommended)."),
+    check: bool = typer.Option(False, "--check", help="Only lint every graph against TensorRT's parser rules (no TensorRT or GPU needed); exit 2 when one would be rejected."),
+    trt_version: Optional[str] = typer.Option(None, "--trt-version", help="With --check: the TensorRT release to check against (default 10.3, JetPack 6.1/6.2)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -39,7 +41,18 @@ def trt(
     where they were built: run this command on the target device.
 
     Example: rada-export trt --bundle bundle/ --precision fp16 --max-batch 8 --timing-cache trt.cache
+
+    `--check` lints every graph of the bundle against the documented rules of TensorRT's ONNX parser
+    (one line per finding: graph, node, rule, fix) without TensorRT or a GPU; the build runs the same
+    lint on the graph it builds.
     """
+    if check:
+        return _check(bundle, trt_version, json_out)
+    if trt_version is not None:
+        from rada_export.errors import RadaError
+
+        raise RadaError("--trt-version only applies with --check (a build uses the installed TensorRT)",
+                        "add --check, or drop --trt-version")
     from rada_export.errors import VerificationError
     from rada_export.tensorrt.build import build_engine
     from rada_export.tensorrt.verify import EngineReport
@@ -86,3 +99,21 @@ def trt(
     console.print(make_table(f"TensorRT engine: {meta['graph']}", ["", ""], [[k, escape(v)] for k, v in rows]))
     for warning in result.warnings:
         err_console.print(f"[yellow]note:[/yellow] {escape(warning)}")
+
+
+def _check(bundle: Path, trt_version: Optional[str], json_out: bool) -> None:
+    from rada_export.tensorrt.lint import lint_bundle
+    from rada_export.tensorrt.ops import DEFAULT_TARGET
+
+    report = lint_bundle(bundle, trt_version or DEFAULT_TARGET)
+    if json_out:
+        print_json(report.to_dict())
+    else:
+        for finding in report.findings:
+            console.print(escape(finding.line()), soft_wrap=True)
+        for note in report.notes:
+            err_console.print(f"[yellow]note:[/yellow] {escape(note)}")
+        verdict = "passes" if report.ok else f"would be rejected ({len(report.findings)} finding{'s' if len(report.findings) != 1 else ''})"
+        console.print(f"TensorRT {report.target} check of {len(report.graphs)} graph(s) in {escape(str(bundle))}: {verdict}", soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(2)

@@ -201,7 +201,7 @@ def diagnose_environment(
 
 def environment_error(missing: list[Missing]) -> RadaError:
     names = ", ".join(m.component for m in missing)
-    problem = f"TensorRT cannot run here: missing {names}" + "".join(f"\n  - {m.component}: {m.detail}" for m in missing)
+    problem = f"cannot build or run TensorRT engines here: missing {names}" + "".join(f"\n  - {m.component}: {m.detail}" for m in missing)
     fix = "\n  ".join(f"{m.component}: {m.fix}" for m in missing)
     return RadaError(problem, fix)
 

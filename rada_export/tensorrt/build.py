@@ -301,23 +301,110 @@ def verify_sources(plan: BuildPlan) -> str:
 
 
 def check_graph_ops(plan: BuildPlan, trt_version: str | None, notes: list[str]):
-    """The static op check; raises when TensorRT ``trt_version`` (None: the newest listed) cannot parse the graph."""
-    from .ops import check_ops, load_supported_ops
+    """The lint of the graph to build (rada_export.tensorrt.lint); raises with one line per finding.
+
+    ``trt_version`` None (before TensorRT is loaded): the newest release the operator list knows,
+    so nothing a newer TensorRT takes is refused early; then again with the installed version.
+    """
+    from .lint import lint_model
+    from .ops import load_supported_ops
 
     if importlib.util.find_spec("onnx") is None:
-        notes.append("static operator check skipped: the onnx package is not installed")
+        notes.append("static check skipped: the onnx package is not installed")
         return None
     supported = load_supported_ops()
     version = trt_version or ".".join(map(str, supported.newest_known))
-    result = check_ops(plan.onnx_path, version, supported)
-    notes.extend(result.notes)
-    if not result.ok:
+    findings = lint_model(plan.onnx_path, plan.manifest.graph_key(plan.graph, plan.precision), version,
+                          manifest_inputs=plan.entry.inputs if plan.entry else None)
+    if findings:
         raise RadaError(
-            f"TensorRT {version} cannot parse {plan.entry.file}: {result.describe()}",
-            "re-export with a supported opset/operators (rada-export onnx --opset 18), or use a newer TensorRT; "
-            f"the operator list is {Path(__file__).with_name('onnx_ops.txt')}",
+            f"TensorRT {version} cannot parse {plan.entry.file}:" + "".join(f"\n  - {f.line()}" for f in findings[:20]),
+            f"re-export the bundle with this rada-export; `rada-export trt --bundle {plan.bundle} --check` lists every finding",
         )
-    return result
+    return findings
+
+
+@dataclass(frozen=True)
+class DlaMode:
+    """How a DLA engine is built with one TensorRT release (a pure function of the version: :func:`dla_build_mode`)."""
+
+    supported: bool
+    strongly_typed: bool
+    precision_flags: tuple[str, ...]  # BuilderFlag names set besides GPU_FALLBACK
+    reason: str
+
+
+def dla_build_mode(trt_version: str, precision: str) -> DlaMode:
+    """DLA support and build recipe per TensorRT release.
+
+    - 10.0-10.7 (JetPack 6.1/6.2 ship 10.3): DLA takes FP16/INT8 through the builder flags, which a
+      strongly typed network forbids, and strongly typed DLA arrived only in 11.4.1. So the network
+      is built weakly typed with BuilderFlag.FP16 (and INT8 for the Q/DQ graph), as trtexec does
+      there (``trtexec --onnx=... --useDLACore=0 --fp16 [--int8] --allowGPUFallback``; TensorRT
+      10.x "Working with DLA", Using trtexec).
+    - 10.8 and later 10.x, 11.0-11.3, 11.4.0: no DLA on JetPack ("TensorRT 10.7 was the last 10.x
+      release that supported DLA"; 11.x "Working with DLA").
+    - 11.4.1 and newer (JetPack 7.2.2+, AGX Orin): strongly typed DLA; precision comes from the
+      graph's types, no precision flags (TensorRT 11.4.1 release notes, "Strongly Typed Networks for DLA").
+    """
+    version = te.parse_version(trt_version)
+    if (10, 0) <= version[:2] < (10, 8):
+        flags = ("FP16", "INT8") if precision == "int8" else ("FP16",)
+        return DlaMode(True, False, flags, f"TensorRT {trt_version}: weakly typed network with the {'/'.join(flags)} "
+                                           "builder flag(s), as trtexec --useDLACore does on 10.x")
+    if version[:3] >= (11, 4, 1):
+        return DlaMode(True, True, (), f"TensorRT {trt_version}: strongly typed DLA (types from the graph)")
+    if version[:1] == (10,):
+        why = f"TensorRT {trt_version} has no DLA (10.7 was the last 10.x release with DLA)"
+    else:
+        why = f"TensorRT {trt_version} has no DLA on Jetson (11.0-11.4.0; it returned in 11.4.1 with JetPack 7.2.2)"
+    return DlaMode(False, True, (), why)
+
+
+def check_prerequisites(
+    plan: BuildPlan, verify: bool, environment: te.TensorRTEnvironment | None = None,
+    diagnose: Callable[[], tuple[list, te.TensorRTEnvironment | None]] | None = None,
+) -> te.TensorRTEnvironment:
+    """Everything the build needs, checked before it starts; one RadaError naming all that is missing.
+
+    TensorRT (10+), the CUDA runtime, a driver new enough for TensorRT's CUDA, a GPU, onnx (the
+    static check), onnxruntime (the parity check, unless --no-verify), the calibration code (INT8
+    without a Q/DQ graph yet), and DLA support in this TensorRT release (--dla-core).
+    """
+    missing: list[te.Missing] = []
+    env = environment
+    if env is None:
+        found, env = (diagnose or te.diagnose_environment)()
+        missing.extend(found)
+    if importlib.util.find_spec("onnx") is None:
+        missing.append(te.Missing("onnx", "the static check of the graph needs the onnx package", "pip install onnx"))
+    if verify:
+        problem = _import_problem("onnxruntime")
+        if problem:
+            missing.append(te.Missing("onnxruntime", f"the parity check needs ONNX Runtime ({problem})",
+                                      "pip install onnxruntime (on a Jetson: NVIDIA's onnxruntime-gpu wheel for JetPack), or pass --no-verify"))
+    if plan.needs_calibration:
+        for module in ("rada_export.calibration.bundle", "onnxruntime.quantization"):
+            problem = _import_problem(module)
+            if problem:
+                missing.append(te.Missing("calibration", f"INT8 calibration needs {module} ({problem})",
+                                          "pip install 'rada-export[calib]' and onnxruntime, or calibrate elsewhere and copy the bundle"))
+                break
+    if plan.dla_core is not None and env is not None:
+        mode = dla_build_mode(env.tensorrt_version, plan.precision)
+        if not mode.supported:
+            missing.append(te.Missing("DLA", mode.reason, "drop --dla-core to build for the GPU, or use JetPack 6.1/6.2 (TensorRT 10.3)"))
+    if missing:
+        raise te.environment_error(missing)
+    return env
+
+
+def _import_problem(module: str) -> str | None:
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # ImportError, or a broken install failing while it loads
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else 'not importable'}"
+    return None
 
 
 def run_calibration(bundle: Path, images: Path, graph: str = FUSED, reporter: Reporter = SILENT) -> None:
@@ -405,7 +492,7 @@ def _write_atomic(path: Path, data) -> None:
             tmp.unlink()
 
 
-def _serialize(env: te.TensorRTEnvironment, plan: BuildPlan, reporter: Reporter, warnings: list[str]):
+def _serialize(env: te.TensorRTEnvironment, plan: BuildPlan, reporter: Reporter, warnings: list[str], dla: DlaMode | None = None):
     """Parses the graph and builds it; returns (serialized engine, profile shapes, build flags, seconds)."""
     trt = env.trt
     logger = te.make_logger(trt)
@@ -418,7 +505,10 @@ def _serialize(env: te.TensorRTEnvironment, plan: BuildPlan, reporter: Reporter,
     if builder is None:
         raise RadaError("TensorRT could not start its builder" + (f" ({reason})" if reason else "") + te._bullets(logger.errors()),
                         cm.GPU_FIX)
-    flags, strongly_typed = network_flags(trt)
+    if dla is not None and not dla.strongly_typed:
+        flags, strongly_typed = 0, False  # DLA on 10.x: weakly typed, precision from builder flags (dla_build_mode)
+    else:
+        flags, strongly_typed = network_flags(trt)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     # parse_from_file (not parse(bytes)): the parser finds external weights (<name>.onnx.data) beside the file.
@@ -463,6 +553,7 @@ def _serialize(env: te.TensorRTEnvironment, plan: BuildPlan, reporter: Reporter,
         else:
             cache_reused = bool(blob)
 
+    mode, dla_fallback = dla, {}
     if plan.dla_core is not None:
         dla = getattr(getattr(trt, "DeviceType", None), "DLA", None)
         if dla is None:
@@ -473,8 +564,18 @@ def _serialize(env: te.TensorRTEnvironment, plan: BuildPlan, reporter: Reporter,
                             "drop --dla-core (Orin Nano has none), or pass a lower core number")
         config.default_device_type = dla
         config.DLA_core = plan.dla_core
+        for name in (mode.precision_flags if mode is not None else ()):
+            config.set_flag(getattr(trt.BuilderFlag, name))
         if plan.gpu_fallback:
             config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        # Which layers the DLA cannot take (they run on the GPU with --gpu-fallback, else the build fails).
+        can_run = getattr(config, "can_run_on_DLA", None)
+        if can_run is not None:
+            for i in range(network.num_layers):
+                layer = network.get_layer(i)
+                if not can_run(layer):
+                    kind = str(layer.type).split(".")[-1]
+                    dla_fallback[kind] = dla_fallback.get(kind, 0) + 1
 
     reporter.log(f"building the {plan.precision} {plan.graph} engine with TensorRT {trt.__version__} on {env.device.name} "
                  "(minutes on a Jetson) ...")
@@ -495,6 +596,8 @@ def _serialize(env: te.TensorRTEnvironment, plan: BuildPlan, reporter: Reporter,
         "dla_core": plan.dla_core, "gpu_fallback": plan.gpu_fallback,
         "timing_cache": str(plan.timing_cache) if plan.timing_cache else None, "timing_cache_reused": cache_reused,
         "network_flags": flags,
+        "dla_mode": mode.reason if mode is not None else None,
+        "dla_gpu_layers": dla_fallback if plan.dla_core is not None else None,
     }
     return serialized, shapes, build_flags, seconds
 
@@ -522,11 +625,16 @@ def build_engine(
 ) -> EngineResult:
     """Builds ``bundle/engines/<gpu>-sm<cc>-trt<version>/<graph>.<precision>.engine`` and its JSON.
 
-    Order: the request, the ONNX file's checksum and its operators are checked first (no
-    TensorRT needed), then the environment, then (INT8 with ``calib_images`` and no Q/DQ graph yet)
-    calibration, then the build, then parity against ONNX Runtime FP32. The engine and its JSON are
-    written only when parity passes (VerificationError otherwise), each atomically.
-    ``tf32`` defaults to off for FP32 engines (they meet the FP32 thresholds) and on otherwise.
+    Order: the request, the ONNX file's checksum and the lint of the graph (no TensorRT needed);
+    then every prerequisite at once (TensorRT, CUDA runtime, driver, GPU, onnxruntime for parity,
+    calibration code, DLA support: :func:`check_prerequisites`); then (INT8 with ``calib_images``
+    and no Q/DQ graph yet) calibration; the lint again for the installed TensorRT; the build; then
+    parity against ONNX Runtime FP32.
+
+    An engine that built is never deleted: it is written (atomically) with its JSON before parity
+    runs. When parity cannot run, the JSON says "parity not checked" and a warning says why; when
+    parity fails, the JSON says so (the runtime then does not pick the engine) and
+    VerificationError is raised. ``tf32`` defaults to off for FP32 engines, on otherwise.
     """
     plan = plan_build(bundle, graph, precision, min_batch, opt_batch, max_batch, workspace_gb, timing_cache, dla_core,
                       gpu_fallback, tf32=tf32, max_classes=max_classes, max_texts=max_texts, calib_images=calib_images)
@@ -534,15 +642,17 @@ def build_engine(
     if not plan.needs_calibration:
         verify_sources(plan)
         check_graph_ops(plan, None, warnings)
-    env = environment if environment is not None else te.require_environment()
+    env = check_prerequisites(plan, verify, environment)
     if plan.needs_calibration:
         run_calibration(plan.bundle, plan.calib_images, plan.graph, reporter)
         plan = plan_build(bundle, graph, precision, min_batch, opt_batch, max_batch, workspace_gb, timing_cache, dla_core,
                           gpu_fallback, tf32=tf32, max_classes=max_classes, max_texts=max_texts)
         verify_sources(plan)
-        check_graph_ops(plan, None, warnings)
     onnx_sha = plan.manifest.files[plan.entry.file]
     check_graph_ops(plan, env.tensorrt_version, [])
+    dla = dla_build_mode(env.tensorrt_version, plan.precision) if plan.dla_core is not None else None
+    if dla is not None:
+        warnings.append(f"DLA: {dla.reason}")
 
     engine_env = env.engine_environment
     out_dir = plan.bundle / te.ENGINES_DIR / engine_env.dir_name
@@ -553,8 +663,9 @@ def build_engine(
     final = out_dir / te.engine_file_name(plan.graph, plan.precision)
     meta_file = te.meta_path(final)
 
-    serialized, shapes, build_flags, seconds = _serialize(env, plan, reporter, warnings)
+    serialized, shapes, build_flags, seconds = _serialize(env, plan, reporter, warnings, dla)
     tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    entry_inputs = plan.entry.inputs
     try:
         digest = hashlib.sha256()
         with open(tmp, "wb") as fh:
@@ -562,51 +673,66 @@ def build_engine(
         digest.update(memoryview(serialized))
         size = tmp.stat().st_size
         del serialized
-        meta = {
-            "format": te.META_FORMAT,
-            "graph": plan.graph,
-            "precision": plan.precision,
-            "engine_file": final.name,
-            "engine_size": size,
-            "engine_sha256": digest.hexdigest(),
-            "onnx_file": plan.entry.file,
-            "onnx_sha256": onnx_sha,
-            "external_data": plan.entry.external_data,
-            "tensorrt_version": engine_env.tensorrt_version,
-            "gpu_name": engine_env.gpu_name,
-            "compute_capability": engine_env.compute_capability,
-            "cuda_runtime": cm.runtime_version(env.cudart),
-            "dla_core": plan.dla_core,
-            "profiles": [shapes],
-            "build_flags": build_flags,
-            "build_seconds": round(seconds, 3),
-            "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "bundle_model": plan.manifest.model,
-            "bundle_pretrained": plan.manifest.pretrained,
-            "num_classes": len(plan.manifest.class_names),
-            "opset": plan.manifest.opset,
-            "rada_export_version": __version__,
-        }
-        report = None
-        if verify:
-            reporter.log("checking parity against ONNX Runtime FP32 ...")
-            engine = te.TensorRTEngine(tmp, environment=env, meta=meta, verify_file=False)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    meta = {
+        "format": te.META_FORMAT,
+        "graph": plan.graph,
+        "precision": plan.precision,
+        "engine_file": final.name,
+        "engine_size": size,
+        "engine_sha256": digest.hexdigest(),
+        "onnx_file": plan.entry.file,
+        "onnx_sha256": onnx_sha,
+        "external_data": plan.entry.external_data,
+        "tensorrt_version": engine_env.tensorrt_version,
+        "gpu_name": engine_env.gpu_name,
+        "compute_capability": engine_env.compute_capability,
+        "cuda_runtime": cm.runtime_version(env.cudart),
+        "dla_core": plan.dla_core,
+        "profiles": [shapes],
+        # inputs whose first axis holds independent rows: the runtime splits larger batches on them
+        "batch_inputs": [n for n, dims in entry_inputs.items() if dims and dims[0] in ("batch", "num_texts")],
+        "build_flags": build_flags,
+        "build_seconds": round(seconds, 3),
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "bundle_model": plan.manifest.model,
+        "bundle_pretrained": plan.manifest.pretrained,
+        "num_classes": len(plan.manifest.class_names),
+        "opset": plan.manifest.opset,
+        "rada_export_version": __version__,
+        "verification": {"passed": None, "status": "parity not checked",
+                         "reason": "--no-verify" if not verify else "the parity check did not finish"},
+    }
+    _write_atomic(meta_file, (json_dumps(meta) + "\n").encode("utf-8"))  # the engine is usable from here on
+
+    report = None
+    if verify:
+        reporter.log("checking parity against ONNX Runtime FP32 ...")
+        try:
+            engine = te.TensorRTEngine(final, environment=env, meta=meta, verify_file=False)
             try:
                 report = verify_engine(plan.bundle, plan.manifest, plan.graph, plan.precision, engine.run, plan.ranges,
                                        tf32=plan.tf32, seed=seed)
             finally:
                 engine.close()
+        except Exception as err:  # parity could not run (ONNX Runtime, memory, ...): keep the engine, say so
+            reason = err.problem if isinstance(err, RadaError) else f"{type(err).__name__}: {err}"
+            meta["verification"] = {"passed": None, "status": "parity not checked", "reason": reason}
+            warnings.append(f"parity not checked ({reason}); the engine is kept at {final}: "
+                            f"check it with `rada-export trt --bundle {plan.bundle} --graph {plan.graph} --precision {plan.precision}` again")
+        else:
             used = report.results[0].thresholds if report.results else thresholds_for(plan.precision, plan.tf32)
-            meta["verification"] = {"passed": report.passed, "thresholds": used.describe(),
-                                    "reference": "ONNX Runtime FP32 (CPU)", "notes": report.notes}
-            if not report.passed:
-                raise VerificationError(report, f"the TensorRT {plan.precision} {plan.graph} engine is below the parity "
-                                                "thresholds; it was not kept")
-        os.replace(tmp, final)
+            meta["verification"] = {"passed": report.passed, "status": "passed" if report.passed else "failed",
+                                    "thresholds": used.describe(), "reference": "ONNX Runtime FP32 (CPU)", "notes": report.notes}
         _write_atomic(meta_file, (json_dumps(meta) + "\n").encode("utf-8"))
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        if report is not None and not report.passed:
+            raise VerificationError(report, f"the TensorRT {plan.precision} {plan.graph} engine is below the parity thresholds; "
+                                            f"it is kept at {final} for inspection, and the runtime will not use it")
+    else:
+        warnings.append("parity not checked (--no-verify)")
     return EngineResult(engine_path=final, meta_path=meta_file, meta=meta, report=report, build_seconds=seconds,
                         timing_cache=plan.timing_cache, warnings=warnings)
 
@@ -617,5 +743,5 @@ def json_dumps(data: Any) -> str:
     return json.dumps(data, indent=2, default=str)
 
 
-__all__ = ["BuildPlan", "EngineResult", "build_engine", "plan_build", "verify_sources", "check_graph_ops", "network_flags",
-           "run_calibration", "is_jetson", "PRECISIONS"]
+__all__ = ["BuildPlan", "DlaMode", "EngineResult", "build_engine", "check_prerequisites", "dla_build_mode", "plan_build",
+           "verify_sources", "check_graph_ops", "network_flags", "run_calibration", "is_jetson", "PRECISIONS"]
