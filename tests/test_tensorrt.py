@@ -126,14 +126,14 @@ def test_find_engine(tmp_path):
 
 
 def _real_cudart_without_gpu():
-    """The real cuda-python runtime bindings on a machine without a usable GPU, or a skip saying why not."""
+    """The real libcudart (through ctypes) on a machine without a usable GPU/driver, or a skip saying why not."""
     try:
-        cudart = cm.import_cudart()
+        cudart = cm.load_cudart()
     except RadaError as err:
-        pytest.skip(f"needs the real cuda-python on a machine without a GPU; cuda-python is missing: {err.problem}")
+        pytest.skip(f"needs a CUDA runtime library (libcudart) on a machine without a GPU: {err.problem}")
     count, _ = cm.gpu_count(cudart)
     if count:
-        pytest.skip("needs the real cuda-python on a machine without a GPU; this machine has a GPU")
+        pytest.skip("needs libcudart on a machine without a GPU; this machine has a GPU")
     return cudart
 
 
@@ -145,44 +145,75 @@ def test_missing_tensorrt_says_how_to_get_it(monkeypatch):
         te.import_tensorrt()
     assert "`tensorrt` is not installed" in err.value.problem
     err = te.environment_error(missing)
-    assert "tensorrt" in err.problem and "rada-export[trt]" in err.fix and "python3-libnvinfer" in err.fix
+    assert "tensorrt" in err.problem and "rada-export[trt-cu12]" in err.fix and "python3-libnvinfer" in err.fix
 
 
-def test_missing_tensorrt_and_cuda_python_are_each_named(monkeypatch):
+class _OldTensorRT:
+    __version__ = "8.6.2.3"
+
+
+def test_jetpack_6_0_tensorrt_8_6_is_refused_clearly():
+    with pytest.raises(RadaError) as err:
+        te.import_tensorrt(lambda name: _OldTensorRT())
+    assert "8.6.2.3 is too old" in err.value.problem and "JetPack 6.0 ships TensorRT 8.6" in err.value.problem
+    assert "JetPack 6.1 or 6.2 (TensorRT 10.3)" in err.value.fix
+
+
+def test_missing_tensorrt_and_cuda_runtime_are_each_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    for name in cm.CUDART_MODULES:
-        monkeypatch.setitem(sys.modules, name, None)
-    missing, env = te.diagnose_environment()
-    assert env is None and [m.component for m in missing] == ["TensorRT", "cuda-python"]
+    missing, env = te.diagnose_environment(load_cudart=lambda prefer_major: cm.load_cudart(["/no/such/libcudart.so.12"]))
+    assert env is None and [m.component for m in missing] == ["TensorRT", "CUDA runtime"]
     err = te.environment_error(missing)
-    assert "missing TensorRT, cuda-python" in err.problem
-    assert "rada-export[trt]" in err.fix and "cuda-python" in err.fix
-    assert all(name in missing[1].detail for name in cm.CUDART_MODULES), "both module names are tried and reported"
+    assert "missing TensorRT, CUDA runtime" in err.problem and "/no/such/libcudart.so.12" in err.problem
+    assert "rada-export[trt-cu12]" in err.fix and "JetPack" in err.fix
 
 
-def test_missing_tensorrt_and_gpu_are_each_named(monkeypatch):
+def test_missing_tensorrt_and_driver_are_each_named(monkeypatch):
     _real_cudart_without_gpu()
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     missing, env = te.diagnose_environment()
-    assert env is None and [m.component for m in missing] == ["TensorRT", "NVIDIA GPU"]
+    assert env is None and [m.component for m in missing] == ["TensorRT", "NVIDIA driver"]
     err = te.environment_error(missing)
-    assert "NVIDIA GPU" in err.problem and "nvidia-smi" in err.fix
+    assert "NVIDIA driver" in err.problem and "nvidia-smi" in err.fix
 
 
-def test_old_cuda_python_module_name_is_accepted(monkeypatch):
-    try:
-        old = importlib.import_module("cuda.cudart")
-    except Exception as err:
-        pytest.skip(f"needs cuda-python's old `cuda.cudart` module (cuda-python 12.x): {type(err).__name__}: {err}")
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
-    assert cm.import_cudart() is old
+def test_a_driver_too_old_for_the_tensorrt_wheel_names_the_extra_that_fits():
+    # Pure functions of the driver's CUDA version and TensorRT's CUDA major (the wheels' names).
+    assert cm.diagnose_driver(13000, 13, "TensorRT 11.4") is None
+    assert cm.diagnose_driver(12080, 12, "TensorRT 10.13") is None
+    problem = cm.diagnose_driver(12040, 13, "TensorRT 11.4")
+    assert "supports CUDA up to 12.4" in problem and "CUDA 13" in problem and "580.65.06" in problem
+    assert "rada-export[trt-cu12]" in cm.driver_fix(12040) and "tensorrt-cu13" in cm.driver_fix(12040)
+    assert "525.60.13" in cm.driver_fix(11080)
+    assert "no NVIDIA driver" in cm.diagnose_driver(0, 12, "TensorRT")
+    versions = {"tensorrt-cu13-libs": "11.4.0.106"}
+    assert te.tensorrt_cuda_major(lambda n: versions.get(n, "")) == 13
+    assert te.tensorrt_cuda_major(lambda n: {"tensorrt_cu12_libs": "10.3.0"}.get(n, "")) == 12
+    assert te.tensorrt_cuda_major(lambda n: "") is None  # JetPack's apt TensorRT: no wheel
 
 
-def test_real_cuda_python_without_a_gpu_reports_the_driver():
+def test_real_libcudart_without_a_gpu_reports_the_driver():
     cudart = _real_cudart_without_gpu()
+    assert cudart.runtime_version() >= 12000, cudart.path
     with pytest.raises(RadaError) as err:
         cm.require_gpu(cudart)
-    assert "cudaGetDeviceCount" in err.value.problem and "driver" in err.value.fix
+    # CUDA's own error name, through cudaGetErrorName with a declared prototype (no truncated pointers)
+    assert "cudaGetDeviceCount" in err.value.problem and "cudaError" in err.value.problem and "driver" in err.value.fix
+    with pytest.raises(cm.CudaError) as err:
+        cudart.malloc(1024)
+    assert "cudaMalloc" in err.value.problem
+
+
+def test_libcudart_candidates_cover_wheels_jetpack_and_the_loader(tmp_path):
+    wheel = tmp_path / "nvidia" / "cuda_runtime" / "lib"
+    wheel.mkdir(parents=True)
+    (wheel / "libcudart.so.12").write_bytes(b"")
+    found = cm.candidate_libraries([str(tmp_path)])
+    assert found[0] == str(wheel / "libcudart.so.12")
+    assert found[-3:] == ["libcudart.so.13", "libcudart.so.12", "libcudart.so"]
+    with pytest.raises(RadaError) as err:
+        cm.load_cudart([str(wheel / "libcudart.so.12")])  # an empty file does not load
+    assert "libcudart" in err.value.problem and "trt-cu12" in err.value.fix
 
 
 def test_runtime_and_engine_building_import_no_torch():
@@ -287,7 +318,7 @@ def test_missing_tensorrt_exits_2_naming_it(bundle, monkeypatch):
     code, out = _run(["--bundle", bundle], monkeypatch)
     assert code == 2, out
     flat = " ".join(out.split())
-    assert "missing TensorRT" in flat and "pip install 'rada-export[trt]'" in flat and "python3-libnvinfer" in flat
+    assert "missing TensorRT" in flat and "pip install 'rada-export[trt-cu12]'" in flat and "python3-libnvinfer" in flat
 
 
 def test_missing_gpu_exits_2_naming_it(bundle, monkeypatch):
@@ -295,7 +326,49 @@ def test_missing_gpu_exits_2_naming_it(bundle, monkeypatch):
     code, out = _run(["--bundle", bundle], monkeypatch)
     assert code == 2, out
     flat = " ".join(out.split())
-    assert "missing TensorRT, NVIDIA GPU" in flat and "nvidia-smi" in flat
+    assert "missing TensorRT, NVIDIA driver" in flat and "nvidia-smi" in flat
+
+
+def test_every_missing_prerequisite_is_named_at_once_before_building(bundle, monkeypatch):
+    # Defect 2: onnxruntime (parity) used to be imported only after a build of many minutes.
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    code, out = _run(["--bundle", bundle], monkeypatch)
+    flat = " ".join(out.split())
+    assert code == 2, out
+    assert "missing TensorRT" in flat and "onnxruntime" in flat and "--no-verify" in flat
+    assert not (bundle / "engines").exists() or not any((bundle / "engines").rglob("*.engine"))
+    # --no-verify drops the onnxruntime requirement (and only that one)
+    code, out = _run(["--bundle", bundle, "--no-verify"], monkeypatch)
+    assert code == 2 and "onnxruntime" not in " ".join(out.split()).split("missing", 1)[1].split("-")[0]
+
+
+def test_int8_calibration_and_dla_prerequisites_are_checked_before_building(bundle, tmp_path):
+    from rada_export.tensorrt import build
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    plan = build.plan_build(bundle, precision="int8", calib_images=images)
+    assert plan.needs_calibration
+    with pytest.raises(RadaError) as err:
+        build.check_prerequisites(plan, verify=True, diagnose=lambda: ([te.Missing("TensorRT", "absent", "install it")], None))
+    assert "missing TensorRT" in err.value.problem  # calibration code is installed here, so only TensorRT is named
+
+
+@pytest.mark.parametrize("version, precision, supported, strongly_typed, flags", [
+    ("10.3.0.30", "fp16", True, False, ("FP16",)),  # JetPack 6.1/6.2: weakly typed + FP16 flag, as trtexec --fp16
+    ("10.3.0.30", "int8", True, False, ("FP16", "INT8")),
+    ("10.7.0", "fp16", True, False, ("FP16",)),
+    ("10.8.0", "fp16", False, True, ()),  # 10.7 was the last 10.x release with DLA
+    ("11.2.1", "fp16", False, True, ()),
+    ("11.4.0", "fp16", False, True, ()),
+    ("11.4.1", "int8", True, True, ()),  # strongly typed DLA (JetPack 7.2.2+)
+])
+def test_dla_build_mode_per_tensorrt_release(version, precision, supported, strongly_typed, flags):
+    from rada_export.tensorrt.build import dla_build_mode
+
+    mode = dla_build_mode(version, precision)
+    assert (mode.supported, mode.strongly_typed, mode.precision_flags) == (supported, strongly_typed, flags)
+    assert version in mode.reason
 
 
 # ---------------------------------------------------------------------------------------------
