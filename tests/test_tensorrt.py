@@ -431,3 +431,99 @@ def test_real_engine_from_another_version_or_gpu_is_refused(bundle, trt_env):
         result.meta_path.write_text(json.dumps({**original, **change}))
         with pytest.raises(RadaError, match="rebuild it on this device"):
             te.TensorRTEngine(result.engine_path, environment=trt_env)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-graph engine selection (defect 3) and batch splitting (defect 4): pure functions
+
+
+HERE = te.EngineEnvironment("10.3.0.30", "Orin", "8.7")
+
+
+def _engine_meta(manifest, graph, precision, **over):
+    key = manifest.graph_key(graph, precision)
+    onnx_file = manifest.graphs[key].file if key in manifest.graphs else manifest.graphs[graph].file
+    meta = {"tensorrt_version": HERE.tensorrt_version, "gpu_name": HERE.gpu_name, "compute_capability": HERE.compute_capability,
+            "graph": graph, "precision": precision, "onnx_file": onnx_file, "onnx_sha256": manifest.files[onnx_file],
+            "verification": {"passed": True}}
+    meta.update(over)
+    return meta
+
+
+def test_the_default_model_engine_is_used_and_the_other_graphs_run_on_onnxruntime(tiny_bundle):
+    manifest = read_manifest(tiny_bundle)
+    rel = f"engines/{HERE.dir_name}/model.fp16.engine"
+    placements = te.select_engines(manifest, {rel: _engine_meta(manifest, "model", "fp16")}, HERE, "fp16")
+    assert placements["model"].backend == "tensorrt" and placements["model"].engine == rel
+    assert {g: p.backend for g, p in placements.items() if g != "model"} == {
+        "image_encoder": "onnxruntime", "text_encoder": "onnxruntime", "head": "onnxruntime"}
+    assert placements["text_encoder"].precision == "fp32" and placements["image_encoder"].precision == "fp16"
+    text = te.describe_placements(placements, "ONNX Runtime CPU")
+    assert text.startswith(f"model: TensorRT fp16 ({rel})") and "image_encoder, text_encoder, head: ONNX Runtime CPU" in text
+
+
+def test_engines_for_another_gpu_version_onnx_file_or_failed_parity_are_not_selected(tiny_bundle):
+    manifest = read_manifest(tiny_bundle)
+    cases = {
+        "built with TensorRT 10.7.0": _engine_meta(manifest, "model", "fp16", tensorrt_version="10.7.0"),
+        "on RTX 4090": _engine_meta(manifest, "model", "fp16", gpu_name="RTX 4090", compute_capability="8.9"),
+        "another version of model.fp16.onnx": _engine_meta(manifest, "model", "fp16", onnx_sha256="0" * 64),
+        "failed the parity check": _engine_meta(manifest, "model", "fp16", verification={"passed": False}),
+    }
+    for reason, meta in cases.items():
+        placement = te.select_engines(manifest, {"engines/x/model.fp16.engine": meta}, HERE, "fp16")["model"]
+        assert placement.backend == "onnxruntime" and reason in placement.reason, (reason, placement)
+    unverified = _engine_meta(manifest, "model", "fp16", verification={"passed": None, "status": "parity not checked"})
+    placement = te.select_engines(manifest, {"engines/x/model.fp16.engine": unverified}, HERE, "fp16")["model"]
+    assert placement.backend == "tensorrt" and "parity not checked" in placement.reason
+    # No TensorRT here: everything on ONNX Runtime, with the reason
+    none = te.select_engines(manifest, {"engines/x/model.fp16.engine": cases["on RTX 4090"]}, None, "fp16", "no GPU")
+    assert {p.backend for p in none.values()} == {"onnxruntime"} and none["model"].reason == "no GPU"
+
+
+def test_graphs_without_a_variant_take_their_fp32_engine_and_precision_must_match(tiny_bundle):
+    manifest = read_manifest(tiny_bundle)
+    engines = {"engines/x/text_encoder.fp32.engine": _engine_meta(manifest, "text_encoder", "fp32"),
+               "engines/x/model.int8.engine": {**_engine_meta(manifest, "model", "fp16"), "precision": "int8"}}
+    placements = te.select_engines(manifest, engines, HERE, "fp16")
+    assert placements["text_encoder"].backend == "tensorrt"  # no FP16 text encoder exists: its FP32 engine serves
+    assert placements["model"].backend == "onnxruntime"  # an INT8 engine does not serve an FP16 request
+
+
+def test_scan_engines_reads_the_folder_and_stays_inside_it(bundle, tmp_path):
+    manifest = read_manifest(bundle)
+    folder = bundle / "engines" / HERE.dir_name
+    folder.mkdir(parents=True)
+    (folder / "model.fp16.engine").write_bytes(b"engine")
+    te.meta_path(folder / "model.fp16.engine").write_text(json.dumps(_engine_meta(manifest, "model", "fp16")))
+    outside = tmp_path / "outside.engine"
+    outside.write_bytes(b"x")
+    (folder / "head.fp32.engine").symlink_to(outside)
+    found = te.scan_engines(bundle)
+    assert list(found) == [f"engines/{HERE.dir_name}/model.fp16.engine"]
+    assert te.select_engines(manifest, found, HERE, "fp16")["model"].backend == "tensorrt"
+
+
+def test_runtime_description_says_which_graph_runs_where(bundle):
+    from rada_export.runtimes import load_bundle
+
+    rt = load_bundle(bundle, device="cpu")
+    assert rt.backend == "onnxruntime-cpu" and "ONNX Runtime CPU" in rt.description
+
+
+@pytest.mark.parametrize("total, low, high, chunks", [
+    (10, 1, 4, [(0, 4, 4), (4, 8, 4), (8, 10, 2)]),
+    (4, 1, 4, [(0, 4, 4)]),
+    (6, 4, 4, [(0, 4, 4), (4, 6, 4)]),  # fixed-batch (DLA) engine: the last slice is padded
+    (3, 1, 1, [(0, 1, 1), (1, 2, 1), (2, 3, 1)]),  # DLA engines built for batch 1
+    (0, 1, 8, []),
+])
+def test_batches_are_split_to_the_engine_profile(total, low, high, chunks):
+    assert te.plan_chunks(total, low, high) == chunks
+
+
+def test_an_unusable_profile_is_refused():
+    with pytest.raises(RadaError):
+        te.plan_chunks(4, 0, 2)
+    with pytest.raises(RadaError):
+        te.plan_chunks(4, 3, 2)
