@@ -527,3 +527,93 @@ def test_an_unusable_profile_is_refused():
         te.plan_chunks(4, 0, 2)
     with pytest.raises(RadaError):
         te.plan_chunks(4, 3, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real TensorRT: one test per defect of issue 12 (skipped here, with the reason)
+
+
+@pytest.mark.tensorrt
+def test_real_engine_is_kept_when_parity_cannot_run(bundle, trt_env, monkeypatch):
+    from rada_export.tensorrt import build
+
+    def parity_crashes(*args, **kwargs):
+        raise RadaError("ONNX Runtime could not create a session", "reinstall onnxruntime")
+
+    monkeypatch.setattr(build, "verify_engine", parity_crashes)  # failure injection into ONNX Runtime's side only
+    result = build.build_engine(bundle, "model", "fp16", max_batch=4, environment=trt_env)
+    meta = json.loads(result.meta_path.read_text())
+    assert result.engine_path.is_file() and meta["verification"]["status"] == "parity not checked"
+    assert "could not create a session" in meta["verification"]["reason"]
+    assert any("parity not checked" in w for w in result.warnings)
+
+
+@pytest.mark.tensorrt
+def test_real_runtime_uses_the_default_model_engine_and_onnxruntime_for_the_rest(bundle, trt_env):
+    from rada_export.runtimes import load_bundle
+    from rada_export.tensorrt.build import build_engine
+
+    build_engine(bundle, "model", "fp16", max_batch=4, environment=trt_env)
+    rt = load_bundle(bundle, precision="fp16")
+    assert rt.backend.startswith("tensorrt+onnxruntime"), rt.description
+    assert "model: TensorRT fp16" in rt.description and "text_encoder" in rt.description
+    size = read_manifest(bundle).preprocess.size
+    frames = np.random.default_rng(0).integers(0, 256, (6, *size, 3), dtype=np.uint8)
+    pred = rt.predict(list(frames))  # 6 images through an engine whose profile stops at 4
+    assert pred.logits.shape == (6, len(CLASSES)) and np.isfinite(pred.logits).all()
+    reference = load_bundle(bundle, backend="onnxruntime", precision="fp32").predict(list(frames))
+    cos = (pred.image_features * reference.image_features).sum(1)
+    assert cos.min() > 0.99, cos
+
+
+@pytest.mark.tensorrt
+def test_real_engine_splits_batches_above_its_profile(bundle, trt_env):
+    from rada_export.tensorrt.build import build_engine
+
+    result = build_engine(bundle, "image_encoder", "fp16", max_batch=2, environment=trt_env, verify=False)
+    assert result.meta["batch_inputs"] == ["pixels"]
+    pixels = np.random.default_rng(1).standard_normal((5, 3, *read_manifest(bundle).preprocess.size)).astype(np.float32)
+    with te.TensorRTEngine(result.engine_path, read_manifest(bundle), environment=trt_env) as engine:
+        assert engine.max_batch == 2
+        whole = engine.run({"pixels": pixels})["image_features"]
+        one_by_one = np.concatenate([engine.run({"pixels": pixels[i:i + 1]})["image_features"] for i in range(5)])
+    assert whole.shape == (5, one_by_one.shape[1])
+    np.testing.assert_allclose(whole, one_by_one, atol=2e-3)
+
+
+@pytest.mark.tensorrt
+def test_real_environment_records_cuda_and_the_driver_fits(trt_env):
+    assert trt_env.cudart.driver_version() // 1000 >= trt_env.cudart.major
+    assert cm.runtime_version(trt_env.cudart) and trt_env.device.total_memory > 0
+    major = te.tensorrt_cuda_major()
+    assert major is None or cm.diagnose_driver(trt_env.cudart.driver_version(), major, "TensorRT") is None
+
+
+@pytest.mark.tensorrt
+def test_real_dla_engine_on_a_jetson_with_dla(bundle, trt_env):
+    from rada_export.tensorrt.build import build_engine, dla_build_mode, is_jetson
+
+    if not is_jetson():
+        pytest.skip("needs a Jetson with DLA cores (AGX Orin / Orin NX)")
+    mode = dla_build_mode(trt_env.tensorrt_version, "fp16")
+    if not mode.supported:
+        pytest.skip(mode.reason)
+    result = build_engine(bundle, "image_encoder", "fp16", dla_core=0, gpu_fallback=True, environment=trt_env)
+    assert result.meta["build_flags"]["strongly_typed"] == mode.strongly_typed
+    assert isinstance(result.meta["build_flags"]["dla_gpu_layers"], dict)  # which layers fell back to the GPU
+    assert result.report.passed, result.report.to_dict()
+
+
+@pytest.mark.tensorrt
+def test_real_parser_accepts_what_the_lint_passes(tmp_path, trt_env):
+    from rada_export.tensorrt.build import build_engine
+    from rada_export.tensorrt.lint import lint_bundle
+
+    pytest.importorskip("open_clip")
+    from rada_export.export.bundle import ExportRequest, export_bundle
+
+    out = tmp_path / "frames"
+    export_bundle(ExportRequest(out=out, model="rada-tiny-ViT", pretrained="none", classes=CLASSES, fp16=True, embed_preprocess=True))
+    assert lint_bundle(out, trt_env.tensorrt_version).ok
+    for precision in ("fp32", "fp16"):
+        build_engine(out, "model", precision, max_batch=2, environment=trt_env)
