@@ -150,3 +150,219 @@ def test_the_list_names_its_source_and_holds_onnx_operators():
     # Three legacy experimental operators are no longer in ONNX's registry; every other name is.
     legacy = {"ImageScaler", "ParametricSoftplus", "ScaledTanh"}
     assert [op for op in supported.ops if op not in legacy and not onnx.defs.has(op)] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The lint (rada_export/tensorrt/lint.py): every graph the project writes, and one bad graph per rule
+
+from rada_export.tensorrt.lint import RULES, lint_bundle, lint_model  # noqa: E402
+
+
+def _rules(model, **kw) -> set[str]:
+    return {f.rule for f in lint_model(model, "g", TARGET, **kw)}
+
+
+def test_lint_passes_every_graph_of_a_tiny_bundle_fp32_fp16_and_int8(tiny_bundle, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    calibrate_for_tests(bundle, tmp_path)
+    report = lint_bundle(bundle, TARGET)
+    assert {"model", "model.fp16", "image_encoder.int8" if "image_encoder.int8" in report.graphs else "model.int8"} <= set(report.graphs)
+    assert any(g.endswith(".int8") for g in report.graphs)
+    assert report.ok, [f.line() for f in report.findings]
+
+
+@pytest.fixture(scope="module")
+def frames_bundle(tmp_path_factory) -> Path:
+    from rada_export.export.bundle import ExportRequest, export_bundle
+
+    out = tmp_path_factory.mktemp("frames") / "tiny"
+    export_bundle(ExportRequest(out=out, model="rada-tiny-ViT", pretrained="none", classes=CLASSES, fp16=True, embed_preprocess=True))
+    return out
+
+
+def test_frames_bundle_has_uint8_only_at_the_input_which_feeds_only_cast(frames_bundle, tmp_path):
+    # Must show (issue 12): --embed-preprocess --fp16, then calibrated: every graph passes, and the
+    # frames input is the only uint8 tensor, feeding only Cast. Needs defect 1's Cast-first preprocess.
+    from rada_export.runtimes.manifest import read_manifest
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(frames_bundle, bundle)
+    calibrate_for_tests(bundle, tmp_path)
+    report = lint_bundle(bundle, TARGET)
+    assert report.ok, [f.line() for f in report.findings]
+    for key, entry in read_manifest(bundle).graphs.items():
+        model = onnx.load(str(bundle / entry.file), load_external_data=False)
+        frames = [i.name for i in model.graph.input if i.type.tensor_type.elem_type == TensorProto.UINT8]
+        for name in frames:
+            assert {n.op_type for n in model.graph.node if name in n.input} == {"Cast"}, key
+
+
+def test_check_cli_fails_a_copy_with_a_uint8_intermediate(frames_bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from rada_export.cli.app import app
+    from rada_export.runtimes.manifest import read_manifest, sha256_file, write_manifest
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(frames_bundle, bundle)
+    # Put a uint8 Transpose in front of everything, as the pre-fix preprocess did.
+    path = bundle / "model.onnx"
+    model = onnx.load(str(path))
+    name = model.graph.input[0].name
+    for node in model.graph.node:
+        node.input[:] = ["frames_t" if i == name else i for i in node.input]
+    model.graph.node.insert(0, helper.make_node("Transpose", [name], ["frames_t"], perm=[0, 1, 2, 3]))
+    onnx.save(model, str(path))
+    manifest = read_manifest(bundle)
+    manifest.files["model.onnx"] = sha256_file(path)
+    write_manifest(bundle, manifest)
+    result = CliRunner().invoke(app, ["trt", "--bundle", str(bundle), "--check", "--trt-version", "10.3"])
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.output.split())
+    assert "model: Transpose" in flat and "[uint8-intermediate]" in flat and "uint8" in flat and "fix:" in flat
+
+
+def test_check_cli_passes_a_good_bundle_and_needs_no_tensorrt(tiny_bundle, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from rada_export.cli.app import app
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    result = CliRunner().invoke(app, ["trt", "--bundle", str(tiny_bundle), "--check"])
+    assert result.exit_code == 0, result.output
+    assert "passes" in result.output
+    result = CliRunner().invoke(app, ["trt", "--bundle", str(tiny_bundle), "--trt-version", "10.3"])
+    assert result.exit_code == 2 and "only applies with --check" in " ".join(result.output.split())
+
+
+def _u8(nodes, outputs=None, inputs=None, initializers=()):
+    inputs = inputs or [helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", 4, 4, 3])]
+    outputs = outputs or [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    return _model(nodes, inputs=inputs, outputs=outputs, initializers=initializers)
+
+
+def test_rule_uint8_intermediate_and_input_cast():
+    bad = _u8([helper.make_node("Transpose", ["frames"], ["t"], perm=[0, 3, 1, 2]),
+               helper.make_node("Cast", ["t"], ["y"], to=TensorProto.FLOAT)])
+    assert {"uint8-intermediate", "uint8-input-cast"} <= _rules(bad)
+    good = _u8([helper.make_node("Cast", ["frames"], ["c"], to=TensorProto.FLOAT),
+                helper.make_node("Transpose", ["c"], ["y"], perm=[0, 3, 1, 2])])
+    assert _rules(good) == set()
+
+
+def test_rule_cast_types_uint8_only_to_float():
+    bad = _u8([helper.make_node("Cast", ["frames"], ["i"], to=TensorProto.INT32),
+               helper.make_node("Cast", ["i"], ["y"], to=TensorProto.FLOAT)])
+    assert "cast-types" in _rules(bad)
+    to_int8 = _model([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.INT8)])
+    assert "cast-types" in _rules(to_int8)
+
+
+def test_rule_uint8_output_must_come_from_a_float_cast():
+    out = [helper.make_tensor_value_info("y", TensorProto.UINT8, None)]
+    assert "uint8-output" in _rules(_u8([helper.make_node("Identity", ["frames"], ["y"])], outputs=out))
+    fine = _model([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.UINT8)], outputs=out)
+    assert _rules(fine) == set()
+
+
+def test_rule_bool_only_into_operators_that_take_it():
+    inputs = [helper.make_tensor_value_info("m", TensorProto.BOOL, ["batch", 3])]
+    bad = _model([helper.make_node("Equal", ["m", "m"], ["y"])], inputs=inputs,
+                 outputs=[helper.make_tensor_value_info("y", TensorProto.BOOL, None)])
+    assert "bool" in _rules(bad)  # ONNX allows bool Equal; TensorRT's Equal takes FP32/FP16/INT32/INT64
+    ok = _model([helper.make_node("Not", ["m"], ["y"])], inputs=inputs, outputs=[helper.make_tensor_value_info("y", TensorProto.BOOL, None)])
+    assert "bool" not in _rules(ok)
+
+
+def test_rule_int8_only_inside_qdq():
+    inputs = [helper.make_tensor_value_info("q", TensorProto.INT8, ["batch", 3])]
+    bad = _model([helper.make_node("Identity", ["q"], ["y"])], inputs=inputs,
+                 outputs=[helper.make_tensor_value_info("y", TensorProto.INT8, None)])
+    assert "int8" in _rules(bad)
+
+
+def test_rule_qdq_form():
+    assert _rules(_qdq(np.array(0, dtype=np.int8))) == set()
+    assert "parser-restriction" in _rules(_qdq(np.array(3, dtype=np.int8)))  # zero point not 0
+    assert "qdq" in _rules(_qdq(np.array(0, dtype=np.uint8)))  # uint8 quantization
+    # per-channel activation scales, and a negative scale
+    scale = onnx.numpy_helper.from_array(np.array([0.1, 0.2, 0.3], np.float32), "s")
+    zp = onnx.numpy_helper.from_array(np.zeros(3, np.int8), "zp")
+    per_channel = _model([helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], axis=1),
+                          helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], axis=1)], initializers=[scale, zp])
+    assert any(f.rule == "qdq" and "per tensor" in f.problem for f in lint_model(per_channel, "g", TARGET))
+    negative = onnx.numpy_helper.from_array(np.array(-0.1, np.float32), "s")
+    zp0 = onnx.numpy_helper.from_array(np.array(0, np.int8), "zp")
+    neg = _model([helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+                  helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"])], initializers=[negative, zp0])
+    assert any("positive" in f.problem for f in lint_model(neg, "g", TARGET))
+    # per-channel weights: one scale per channel along the axis
+    w = onnx.numpy_helper.from_array(np.ones((4, 3), np.int8), "w")
+    ws = onnx.numpy_helper.from_array(np.full(3, 0.1, np.float32), "ws")
+    wz = onnx.numpy_helper.from_array(np.zeros(3, np.int8), "wz")
+    wrong_axis = _model([helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0),
+                         helper.make_node("MatMul", ["x", "wf"], ["y"])], initializers=[w, ws, wz],
+                        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])])
+    assert any("along axis 0" in f.problem for f in lint_model(wrong_axis, "g", TARGET))
+
+
+def test_rule_opset_and_operator():
+    assert "opset" in _rules(_model([helper.make_node("Relu", ["x"], ["y"])], opset=21))
+    assert "operator" in _rules(_model([helper.make_node("Unique", ["x"], ["y"])]))
+
+
+def test_rule_dynamic_dims_need_a_profile():
+    unnamed = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])]
+    assert "dynamic-dims" in _rules(_model([helper.make_node("Relu", ["x"], ["y"])], inputs=unnamed))
+    other = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["seq", 3])]
+    assert "dynamic-dims" in _rules(_model([helper.make_node("Relu", ["x"], ["y"])], inputs=other))
+    named = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])]
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], inputs=named)
+    assert _rules(model) == set()
+    assert "dynamic-dims" in _rules(model, manifest_inputs={"x": ["batch", 4]})  # graph and manifest disagree
+
+
+def test_rule_external_data_must_be_beside_the_graph_and_complete(tmp_path):
+    weight = onnx.numpy_helper.from_array(np.ones((3, 3), np.float32), "w")
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], initializers=[weight],
+                   inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])])
+    path = tmp_path / "g.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="g.onnx.data", size_threshold=0)
+    assert _rules(path) == set()
+    (tmp_path / "g.onnx.data").write_bytes(b"\0" * 4)  # truncated
+    assert "external-data" in _rules(path)
+    (tmp_path / "g.onnx.data").unlink()
+    assert "external-data" in _rules(path)
+
+
+def test_rule_protobuf_2gb(tmp_path, monkeypatch):
+    from rada_export.tensorrt import lint
+
+    path = tmp_path / "g.onnx"
+    onnx.save(_model([helper.make_node("Relu", ["x"], ["y"])],
+                     inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])]), str(path))
+    assert _rules(path) == set()
+    monkeypatch.setattr(lint, "PROTOBUF_LIMIT", path.stat().st_size)  # the 2 GB limit, scaled to this file
+    assert "protobuf-2gb" in _rules(path)
+
+
+def test_rule_attributes_the_parser_rejects():
+    roi = helper.make_tensor("roi", TensorProto.FLOAT, [0], [])
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [2], [2.0, 2.0])
+    cubic = _model([helper.make_node("Resize", ["x", "roi", "scales"], ["y"], mode="cubic", antialias=1)], initializers=[roi, scales])
+    problems = [f.problem for f in lint_model(cubic, "g", TARGET) if f.rule == "attribute"]
+    assert any("'cubic'" in p for p in problems) and any("antialias" in p for p in problems)
+    linear = _model([helper.make_node("Resize", ["x", "roi", "scales"], ["y"], mode="linear")], initializers=[roi, scales])
+    assert "attribute" not in _rules(linear)
+    pool_in = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])]
+    dilated = _model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2])], inputs=pool_in)
+    assert "attribute" in _rules(dilated)
+
+
+def test_every_rule_names_its_source():
+    assert set(RULES) >= {"uint8-intermediate", "uint8-input-cast", "bool", "int8", "qdq", "opset", "dynamic-dims",
+                          "protobuf-2gb", "external-data", "attribute", "operator", "cast-types", "uint8-output"}
+    assert all(src.startswith("https://") for src in RULES.values())
