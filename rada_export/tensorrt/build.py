@@ -7,7 +7,8 @@ Precision comes from the graph itself, never from builder flags:
 - INT8: the bundle's ``.int8`` graph with explicit Q/DQ nodes (``rada-export calibrate``);
 - FP32: the plain graph.
 
-Each is parsed into a STRONGLY_TYPED network, so TensorRT builds exactly the types the graph holds.
+Each is parsed into a STRONGLY_TYPED network, so TensorRT builds exactly the types the graph holds,
+except DLA engines on TensorRT 10.x (below, and :func:`dla_build_mode`).
 
 TensorRT 10 vs 11, the code paths that differ:
 
@@ -16,14 +17,21 @@ TensorRT 10 vs 11, the code paths that differ:
   an 11.x that no longer has it (:func:`network_flags`). ``EXPLICIT_BATCH`` is never passed: 10.x
   ignores it (networks are always explicit batch) and 11.x removed it.
 - Precision flags: ``BuilderFlag.FP16`` / ``INT8`` / ``BF16`` and weak typing were deprecated
-  in 10.x (weak typing from 10.12) and removed in 11.x. They are not used on any version; a
-  strongly typed 10.x network rejects them anyway.
+  in 10.x (weak typing from 10.12) and removed in 11.x. They are used in one place only: DLA
+  on 10.0-10.7 (JetPack 6.1/6.2 = 10.3), whose DLA takes FP16/INT8 only through these flags,
+  which a strongly typed network rejects; strongly typed DLA arrived in 11.4.1. There the
+  network is weakly typed with FP16 (and INT8) set, as ``trtexec --useDLACore=0 --fp16
+  --allowGPUFallback`` does on 10.x.
 - INT8 calibrators (``IInt8EntropyCalibrator2``, ``config.int8_calibrator``): deprecated in 10.1,
   removed in 11.x. Not used: INT8 is only the Q/DQ graph (explicit quantization).
 - ``BuilderFlag.TF32`` exists on both and is on by default; FP32 builds clear it.
-- DLA: ``DeviceType.DLA``, ``config.DLA_core`` and ``BuilderFlag.GPU_FALLBACK`` exist on 10.x;
-  several 11.x releases have no DLA on JetPack at all, so their presence is checked at run time.
-- Unchanged between 10 and 11 and used as is: ``Builder``, ``OnnxParser.parse_from_file`` (a path,
+- DLA: ``DeviceType.DLA``, ``config.DLA_core``, ``BuilderFlag.GPU_FALLBACK`` and
+  ``config.can_run_on_DLA(layer)`` (recorded per layer type in the engine's JSON as
+  ``dla_gpu_layers``: the layers that run on the GPU) exist on 10.x; 10.8+ and 11.0-11.4.0 have
+  no DLA on Jetson, so the release is checked before the build (:func:`dla_build_mode`).
+- Unchanged between 10 and 11 and used as is (TensorRT Python API, "Builder", "NetworkConfig",
+  "OnnxParser" pages of docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/):
+  ``Builder``, ``OnnxParser.parse_from_file`` (a path,
   so external ``.onnx.data`` weights are found), ``set_memory_pool_limit(MemoryPoolType.WORKSPACE)``,
   ``create_optimization_profile``/``set_shape``, ``create_timing_cache``/``set_timing_cache``/
   ``get_timing_cache().serialize()``, ``build_serialized_network``.
@@ -576,6 +584,10 @@ def _serialize(env: te.TensorRTEnvironment, plan: BuildPlan, reporter: Reporter,
                 if not can_run(layer):
                     kind = str(layer.type).split(".")[-1]
                     dla_fallback[kind] = dla_fallback.get(kind, 0) + 1
+        if dla_fallback and not plan.gpu_fallback:
+            counts = ", ".join(f"{kind} x{n}" for kind, n in sorted(dla_fallback.items()))
+            raise RadaError(f"{sum(dla_fallback.values())} layers of the {plan.graph} graph cannot run on the DLA ({counts})",
+                            "add --gpu-fallback to run them on the GPU (a ViT's attention and LayerNorm always need it)")
 
     reporter.log(f"building the {plan.precision} {plan.graph} engine with TensorRT {trt.__version__} on {env.device.name} "
                  "(minutes on a Jetson) ...")
