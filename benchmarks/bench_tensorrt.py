@@ -6,8 +6,8 @@
 Builds the fused graph's engines for this GPU into the bundle (engines/), times them through the
 torch-free runtime (``TensorRTEngine.run``: host-to-device copy, execute, device-to-host copy,
 synchronise), then times the same fused model in PyTorch eager on the same GPU, in FP32 and in FP16
-autocast, with the same host-side input (copy included). Without TensorRT, cuda-python or a GPU it
-says which is missing and exits 0. INT8 needs the bundle's Q/DQ graph (`rada-export calibrate`);
+autocast, with the same host-side input (copy included). Without TensorRT, the CUDA runtime or a GPU it
+says which is missing and exits 0 (libcudart through ctypes; no cuda-python). INT8 needs the bundle's Q/DQ graph (`rada-export calibrate`);
 without it the INT8 rows are skipped, with the reason.
 """
 
@@ -123,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         feed = np.random.default_rng(0).standard_normal((batch, 3, height, width)).astype(np.float32)
                     rows[(f"TensorRT {precision}", batch)] = median_ms(lambda: engine.run({name: feed}), args.runs, args.warmup) / 1000
+                # A batch twice the profile's max: run() splits it (defect 4 of issue 12); against two calls by hand.
+                big = np.concatenate([feed, feed])
+                split = median_ms(lambda: engine.run({name: big}), args.runs, args.warmup) / 1000
+                by_hand = median_ms(lambda: [engine.run({name: feed}) for _ in range(2)], args.runs, args.warmup) / 1000
+                rows[(f"TensorRT {precision} split", len(big))] = split
+                print(f"TensorRT {precision}: batch {len(big)} split to the profile: {split / by_hand:.3f}x two calls of {len(feed)} by hand")
         if not manifest.embed_preprocess:
             rows.update(_torch_rows(bundle, args.batches, args.runs, args.warmup))
 

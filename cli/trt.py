@@ -62,7 +62,7 @@ def trt(
     title = f"parity: TensorRT {precision} against ONNX Runtime FP32 (CPU)"
     try:
         # build_engine checks the request, the ONNX file's checksum and its operators before it
-        # imports TensorRT, then the environment (TensorRT, cuda-python, a GPU), then builds.
+        # imports TensorRT, then every prerequisite at once (TensorRT, libcudart, driver, GPU, onnxruntime), then builds.
         result = build_engine(
             bundle, graph=graph, precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
             workspace_gb=workspace, timing_cache=timing_cache, dla_core=dla_core, gpu_fallback=gpu_fallback,

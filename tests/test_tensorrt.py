@@ -6,12 +6,12 @@ What is tested where:
   it with device buffers, the timing cache, refusing a real engine from another version or GPU) is
   tested only where TensorRT and an NVIDIA GPU exist: the ``@pytest.mark.tensorrt`` tests at the
   end. Everywhere else they are skipped, and ``-rs`` / ``-ra`` prints the reason (what is missing).
-  Nothing here stands in for TensorRT or cuda-python.
+  Nothing here stands in for TensorRT or the CUDA runtime.
 - CPU tests (run everywhere) cover everything before TensorRT: input validation and the CLI's
   exit-2 errors, checksum and operator checks, engine folder naming, reading engine descriptions
   and refusing one made for another TensorRT, GPU or ONNX file (pure functions on plain data), and
   the environment checks against what is really installed here (``tensorrt`` made unimportable
-  with ``sys.modules[...] = None`` where a test needs it missing; the real cuda-python, if
+  with ``sys.modules[...] = None`` where a test needs it missing; the real libcudart, if
   installed, without a GPU).
 """
 
