@@ -1,4 +1,6 @@
-"""Static check, no TensorRT needed: every operator of the exported graphs is one TensorRT's ONNX parser takes.
+"""Static checks, no TensorRT needed: every operator of the exported graphs is one TensorRT's ONNX parser
+takes (ops.py), and every graph passes the lint of the parser's documented rules (lint.py), which
+fails a hand-made bad graph for each rule.
 
 The supported list (rada_export/tensorrt/onnx_ops.txt) comes from onnx-tensorrt's docs/operators.md;
 the target is TensorRT 10.3 (JetPack 6), the oldest TensorRT bundles are meant for.
@@ -366,3 +368,10 @@ def test_every_rule_names_its_source():
     assert set(RULES) >= {"uint8-intermediate", "uint8-input-cast", "bool", "int8", "qdq", "opset", "dynamic-dims",
                           "protobuf-2gb", "external-data", "attribute", "operator", "cast-types", "uint8-output"}
     assert all(src.startswith("https://") for src in RULES.values())
+
+
+def test_rule_int8_weights_must_go_through_dequantize():
+    w = onnx.numpy_helper.from_array(np.ones((3, 3), np.int8), "w")
+    cast = _model([helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["x", "wf"], ["y"])],
+                  initializers=[w], inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])])
+    assert "int8" in _rules(cast)

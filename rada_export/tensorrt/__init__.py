@@ -1,4 +1,4 @@
-"""TensorRT engines from a bundle (host side): the static operator check, building, parity.
+"""TensorRT engines from a bundle (host side): the lint of the parser's rules, building, parity.
 
 Importing this package imports neither tensorrt nor torch; TensorRT is loaded when an engine is
 built. Loading and running engines on the device is :mod:`rada_export.runtimes.tensorrt_engine`.
@@ -7,8 +7,9 @@ built. Loading and running engines on the device is :mod:`rada_export.runtimes.t
 from __future__ import annotations
 
 from .build import BuildPlan, EngineResult, build_engine, plan_build
+from .lint import Finding, LintReport, lint_bundle, lint_model
 from .ops import OpCheck, check_ops, unsupported_ops
 from .verify import EngineReport, verify_engine
 
-__all__ = ["BuildPlan", "EngineReport", "EngineResult", "OpCheck", "build_engine", "check_ops", "plan_build",
-           "unsupported_ops", "verify_engine"]
+__all__ = ["BuildPlan", "EngineReport", "EngineResult", "Finding", "LintReport", "OpCheck", "build_engine", "check_ops",
+           "lint_bundle", "lint_model", "plan_build", "unsupported_ops", "verify_engine"]

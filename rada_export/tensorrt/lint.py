@@ -179,7 +179,7 @@ def _type_rules(model, graph_name: str, types: Mapping[str, str]) -> list[Findin
                                         f"produces the uint8 tensor {out!r}; TensorRT takes uint8 only as a network input or output",
                                         "cast the uint8 input to float first (Cast to FLOAT/FLOAT16 as the first node), then transpose/resize"))
         # OPS_MD: only Cast/CastLike take UINT8; DATATYPE: and only to float32/float16.
-        for name in node.input:
+        for index, name in enumerate(node.input):
             t = types.get(name)
             if t == "UINT8" and node.op_type not in ("Cast", "CastLike") and name in graph_inputs:
                 findings.append(Finding(graph_name, label, "uint8-input-cast",
@@ -189,7 +189,8 @@ def _type_rules(model, graph_name: str, types: Mapping[str, str]) -> list[Findin
                 findings.append(Finding(graph_name, label, "bool",
                                         f"takes the bool tensor {name!r}; TensorRT's {node.op_type} does not take BOOL",
                                         "cast the bool tensor to the type the operator takes (Cast to FLOAT or INT32)"))
-            if t == "INT8" and node.op_type != "DequantizeLinear" and name not in initializers | graph_inputs:
+            zero_point = node.op_type in ("QuantizeLinear", "DequantizeLinear") and index == 2
+            if t == "INT8" and node.op_type != "DequantizeLinear" and not zero_point and name not in graph_inputs:
                 findings.append(Finding(graph_name, label, "int8",
                                         f"takes the int8 tensor {name!r}; TensorRT handles INT8 only as a quantized type (QuantizeLinear -> DequantizeLinear)",
                                         "feed int8 tensors only to DequantizeLinear"))
