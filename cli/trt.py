@@ -94,6 +94,9 @@ def trt(
         ["profile", profile],
         ["build time", f"{result.build_seconds:.1f} s" + (" (timing cache reused)" if meta["build_flags"]["timing_cache_reused"] else "")],
     ]
+    verification = meta.get("verification") or {}
+    rows.append(["parity", str(verification.get("status", "parity not checked"))
+                 + (f" ({verification['reason']})" if verification.get("reason") else "")])
     if meta.get("dla_core") is not None:
         rows.append(["DLA", f"core {meta['dla_core']}" + (", GPU fallback" if meta["build_flags"]["gpu_fallback"] else "")])
     console.print(make_table(f"TensorRT engine: {meta['graph']}", ["", ""], [[k, escape(v)] for k, v in rows]))

@@ -17,7 +17,6 @@ What is tested where:
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import subprocess
@@ -617,3 +616,18 @@ def test_real_parser_accepts_what_the_lint_passes(tmp_path, trt_env):
     assert lint_bundle(out, trt_env.tensorrt_version).ok
     for precision in ("fp32", "fp16"):
         build_engine(out, "model", precision, max_batch=2, environment=trt_env)
+
+
+def test_trt_extras_match_their_cuda_major_and_every_advised_extra_exists():
+    import re
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for major, runtime in ((12, "nvidia-cuda-runtime-cu12"), (13, "nvidia-cuda-runtime")):
+        deps = " ".join(extras[f"trt-cu{major}"])
+        assert f"tensorrt-cu{major}>=" in deps and ",<12" in deps  # TensorRT 10.x and 11.x, never 12
+        assert re.search(rf"{runtime}>={major}\.0,<{major + 1}\b", deps), deps  # libcudart of the same major
+        assert "cuda-python" not in deps and "onnx>=" in deps
+    assert extras["trt"] == ["rada-export[trt-cu12]"]
+    advice = " ".join([te.TENSORRT_FIX, cm.CUDART_FIX, cm.driver_fix(12040), cm.driver_fix(13000), cm.driver_fix(11000)])
+    assert set(re.findall(r"rada-export\[([\w-]+)\]", advice)) <= set(extras)
