@@ -353,12 +353,20 @@ def test_rule_protobuf_2gb(tmp_path, monkeypatch):
 
 def test_rule_attributes_the_parser_rejects():
     roi = helper.make_tensor("roi", TensorProto.FLOAT, [0], [])
-    scales = helper.make_tensor("scales", TensorProto.FLOAT, [2], [2.0, 2.0])
-    cubic = _model([helper.make_node("Resize", ["x", "roi", "scales"], ["y"], mode="cubic", antialias=1)], initializers=[roi, scales])
-    problems = [f.problem for f in lint_model(cubic, "g", TARGET) if f.rule == "attribute"]
-    assert any("'cubic'" in p for p in problems) and any("antialias" in p for p in problems)
-    linear = _model([helper.make_node("Resize", ["x", "roi", "scales"], ["y"], mode="linear")], initializers=[roi, scales])
-    assert "attribute" not in _rules(linear)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])]
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, 0.5, 0.5])
+
+    def resize(**attrs):
+        node = helper.make_node("Resize", ["x", "roi", "scales"], ["y"], **attrs)
+        return [f.problem for f in lint_model(_model([node], inputs=inputs, initializers=[roi, scales]), "g", TARGET)
+                if f.rule == "attribute"]
+
+    assert resize(mode="cubic") == [] and resize(mode="linear") == []  # the importer maps both
+    assert any("ignores antialias" in p for p in resize(mode="cubic", antialias=1))  # parsed, then silently not antialiased
+    assert any("tf_crop_and_resize" in p for p in resize(mode="linear", coordinate_transformation_mode="tf_crop_and_resize"))
+    channel = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 2.0, 0.5, 0.5])
+    node = helper.make_node("Resize", ["x", "roi", "scales"], ["y"], mode="cubic")
+    assert "attribute" in _rules(_model([node], inputs=inputs, initializers=[roi, channel]))  # cubic only on the last 2 axes
     pool_in = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])]
     dilated = _model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], dilations=[2, 2])], inputs=pool_in)
     assert "attribute" in _rules(dilated)

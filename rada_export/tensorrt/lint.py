@@ -21,6 +21,8 @@ Sources:
   weights along one axis. https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/work-quantized-types.html
 - SHAPES: TensorRT developer guide, "Working with Dynamic Shapes": every dynamic input dimension
   needs an optimisation profile range. https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/work-dynamic-shapes.html
+- IMPORTER: onnx/onnx-tensorrt onnxOpImporters.cpp (importResize and others): what the importer
+  actually reads. https://github.com/onnx/onnx-tensorrt/blob/main/onnxOpImporters.cpp
 - PROTOBUF: ONNX "External Data" doc: a ModelProto cannot exceed 2 GB; larger weights go to external
   files beside the model, which parse_from_file finds by relative path.
   https://github.com/onnx/onnx/blob/main/docs/ExternalData.md
@@ -47,6 +49,7 @@ DATATYPE = "https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-
 QUANT = "https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/work-quantized-types.html"
 SHAPES = "https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/work-dynamic-shapes.html"
 PROTOBUF = "https://github.com/onnx/onnx/blob/main/docs/ExternalData.md"
+IMPORTER = "https://github.com/onnx/onnx-tensorrt/blob/main/onnxOpImporters.cpp"
 
 RULES = {
     "operator": OPS_MD,  # op type absent from the table, or newer than the target
@@ -62,7 +65,7 @@ RULES = {
     "dynamic-dims": SHAPES,
     "protobuf-2gb": PROTOBUF,
     "external-data": PROTOBUF,
-    "attribute": OPS_MD,
+    "attribute": IMPORTER,  # and OPS_MD's Restrictions column
 }
 
 # OPS_MD "Supported Types" lists BOOL for these operators only (BOOL inputs elsewhere are rejected).
@@ -74,7 +77,7 @@ BOOL_OPS = frozenset({
 # OPS_MD: Cast / CastLike types (INT8 is a quantized type only; DOUBLE is cast down with a warning).
 CAST_TYPES = frozenset({"FLOAT", "FLOAT16", "BFLOAT16", "INT32", "INT64", "UINT8", "BOOL", "DOUBLE"})
 FLOATS = frozenset({"FLOAT", "FLOAT16"})
-RESIZE_MODES = frozenset({"nearest", "linear"})
+RESIZE_MODES = frozenset({"nearest", "linear", "cubic"})
 RESIZE_COORDS = frozenset({"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"})
 
 
@@ -280,19 +283,38 @@ def _qdq_rules(model, graph_name: str, types: Mapping[str, str], base_dir: Path 
     return findings
 
 
+def _constant_floats(model, name: str) -> list[float] | None:
+    from onnx import numpy_helper
+
+    for tensor in model.graph.initializer:
+        if tensor.name == name and tensor.data_location != tensor.EXTERNAL:
+            return [float(v) for v in numpy_helper.to_array(tensor).ravel()]
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            attr = next((a for a in node.attribute if a.name == "value"), None)
+            return [float(v) for v in numpy_helper.to_array(attr.t).ravel()] if attr is not None else None
+    return None
+
+
 def _attribute_rules(model, graph_name: str) -> list[Finding]:
     """Attributes OPS_MD's "Restrictions" column rejects, for operators rada-export's graphs use or may use."""
     findings = []
     for node in model.graph.node:
         label, op = _label(node), node.op_type
         if op == "Resize":
+            # IMPORTER: onnxOpImporters.cpp importResize maps nearest/linear/cubic, rejects the coordinate
+            # modes half_pixel_symmetric and tf_crop_and_resize, and limits constant scales to the last
+            # 3 axes (linear) or 2 axes (cubic). It never reads `antialias`: an antialiased Resize parses
+            # and then runs WITHOUT antialiasing (OPS_MD: "Antialiasing is not supported").
             mode = _attr(node, "mode", "nearest")
             if mode not in RESIZE_MODES:
-                findings.append(Finding(graph_name, label, "attribute", f"Resize mode {mode!r}; TensorRT's parser takes nearest and linear",
-                                        "resize with mode='linear' (or resize outside the graph)"))
+                findings.append(Finding(graph_name, label, "attribute", f"Resize mode {mode!r}; TensorRT's parser takes nearest, linear and cubic",
+                                        "resize with mode='linear' or 'cubic'"))
             if int(_attr(node, "antialias", 0) or 0):
-                findings.append(Finding(graph_name, label, "attribute", "Resize with antialias=1; TensorRT's parser does not support antialiasing",
-                                        "resize outside the graph, or without antialias"))
+                findings.append(Finding(graph_name, label, "attribute",
+                                        "Resize with antialias=1; TensorRT's parser ignores antialias, so the engine would resize "
+                                        "without it and disagree with ONNX Runtime and PIL",
+                                        "resize on the host, or use a Resize without antialias (e.g. a box/area prefilter as a strided Conv first)"))
             coords = _attr(node, "coordinate_transformation_mode", "half_pixel")
             if coords not in RESIZE_COORDS:
                 findings.append(Finding(graph_name, label, "attribute", f"Resize coordinate_transformation_mode {coords!r} is not supported",
@@ -300,6 +322,12 @@ def _attribute_rules(model, graph_name: str) -> list[Finding]:
             if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
                 findings.append(Finding(graph_name, label, "attribute", "Resize keep_aspect_ratio_policy other than 'stretch'",
                                         "use the default policy 'stretch'"))
+            scales = _constant_floats(model, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            inner = {"linear": 3, "cubic": 2}.get(mode)
+            if scales is not None and inner is not None and any(abs(v - 1.0) > 1e-12 for v in scales[: max(0, len(scales) - inner)]):
+                findings.append(Finding(graph_name, label, "attribute",
+                                        f"{mode} Resize scales {list(scales)} change an axis before the last {inner}; TensorRT resizes only those",
+                                        f"resize only the last {inner} axes (e.g. NCHW: H and W)"))
         elif op == "Constant":
             used = {a.name for a in node.attribute} & {"sparse_value", "value_string", "value_strings"}
             if used:
