@@ -631,3 +631,39 @@ def test_trt_extras_match_their_cuda_major_and_every_advised_extra_exists():
     assert extras["trt"] == ["rada-export[trt-cu12]"]
     advice = " ".join([te.TENSORRT_FIX, cm.CUDART_FIX, cm.driver_fix(12040), cm.driver_fix(13000), cm.driver_fix(11000)])
     assert set(re.findall(r"rada-export\[([\w-]+)\]", advice)) <= set(extras)
+
+
+def _real_cudart_with_gpu():
+    try:
+        cudart = cm.load_cudart()
+    except RadaError as err:
+        pytest.skip(f"needs libcudart and an NVIDIA GPU: {err.problem}")
+    count, reason = cm.gpu_count(cudart)
+    if not count:
+        pytest.skip(f"needs an NVIDIA GPU: {reason}")
+    return cudart
+
+
+@pytest.mark.tensorrt
+def test_real_cuda_memory_round_trip_through_ctypes():
+    # Needs only a GPU and libcudart (no TensorRT): allocations, async copies on our stream, sync, errors.
+    cudart = _real_cudart_with_gpu()
+    info = cm.device_info(cudart, 0)
+    assert info.name and info.major >= 5 and info.total_memory > 0
+    stream = cm.Stream(cudart)
+    buffer = cm.DeviceBuffer(cudart)
+    try:
+        for size in (1, 1000, 3 * 224 * 224 * 8):  # growth reallocates
+            host = np.random.default_rng(size).standard_normal(size).astype(np.float32)
+            back = np.empty_like(host)
+            ptr = buffer.ensure(host.nbytes)
+            assert ptr and buffer.capacity >= host.nbytes and buffer.capacity % cm.DeviceBuffer.ALIGN == 0
+            cm.copy_to_device(cudart, ptr, host, stream)
+            cm.copy_to_host(cudart, back, ptr, stream)
+            stream.synchronize()
+            np.testing.assert_array_equal(back, host)
+        with pytest.raises(cm.CudaError, match="cudaMalloc"):
+            cudart.malloc(1 << 62)  # out of memory becomes a RadaError naming the call
+    finally:
+        buffer.free()
+        stream.close()
