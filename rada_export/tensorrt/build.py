@@ -563,14 +563,14 @@ def _serialize(env: te.TensorRTEnvironment, plan: BuildPlan, reporter: Reporter,
 
     mode, dla_fallback = dla, {}
     if plan.dla_core is not None:
-        dla = getattr(getattr(trt, "DeviceType", None), "DLA", None)
-        if dla is None:
+        dla_device = getattr(getattr(trt, "DeviceType", None), "DLA", None)
+        if dla_device is None:
             raise RadaError(f"TensorRT {trt.__version__} has no DLA support here", "drop --dla-core to build for the GPU")
         cores = int(getattr(builder, "num_DLA_cores", 0) or 0)
         if plan.dla_core >= cores:
             raise RadaError(f"--dla-core {plan.dla_core}: this device has {cores} DLA core(s)",
                             "drop --dla-core (Orin Nano has none), or pass a lower core number")
-        config.default_device_type = dla
+        config.default_device_type = dla_device
         config.DLA_core = plan.dla_core
         for name in (mode.precision_flags if mode is not None else ()):
             config.set_flag(getattr(trt.BuilderFlag, name))
