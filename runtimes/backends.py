@@ -81,14 +81,15 @@ def choose_backend(bundle: Path, manifest: Manifest, backend: str, device: str, 
     else:
         engines = {}
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available_providers():
-        ort, ort_label = "onnxruntime-cuda", "ONNX Runtime CUDA"
+        ort, ort_label, alone = "onnxruntime-cuda", "ONNX Runtime CUDA", "ONNX Runtime with the CUDA execution provider"
     elif device == "cuda":
         raise RadaError("ONNX Runtime has no CUDA execution provider here",
                         "pip install 'rada-export[gpu]' (onnxruntime-gpu), or use device='cpu'")
     else:
-        ort, ort_label = "onnxruntime-cpu", "ONNX Runtime CPU" + (" (no GPU backend available)" if device == "auto" and not engines else "")
+        ort, ort_label = "onnxruntime-cpu", "ONNX Runtime CPU"
+        alone = "ONNX Runtime on the CPU" + (" (no GPU backend available)" if device == "auto" else "")
     if not engines:
-        return BackendChoice(ort, ort_label, ort)
+        return BackendChoice(ort, alone, ort)
     from .tensorrt_engine import describe_placements
 
     return BackendChoice(f"tensorrt+{ort}", describe_placements(placements, ort_label), ort, engines)

@@ -507,7 +507,7 @@ def test_runtime_description_says_which_graph_runs_where(bundle):
     from rada_export.runtimes import load_bundle
 
     rt = load_bundle(bundle, device="cpu")
-    assert rt.backend == "onnxruntime-cpu" and "ONNX Runtime CPU" in rt.description
+    assert rt.backend == "onnxruntime-cpu" and "ONNX Runtime on the CPU" in rt.description
 
 
 @pytest.mark.parametrize("total, low, high, chunks", [
