@@ -68,8 +68,12 @@ def test_int8_graphs_are_supported(tiny_bundle, tmp_path):
 
 @pytest.mark.slow
 def test_every_graph_of_a_vit_b_32_bundle_is_supported(vit_b32_int8):
-    # FP32, FP16 and the INT8 Q/DQ graph of the shared full-size bundle.
+    # FP32, FP16 and the INT8 Q/DQ graph of the shared full-size bundle: operators, and the full lint.
     assert any(key.endswith(".int8") for key in _assert_all_supported(vit_b32_int8.bundle))
+    from rada_export.tensorrt.lint import lint_bundle
+
+    report = lint_bundle(vit_b32_int8.bundle, TARGET)
+    assert report.ok, [f.line() for f in report.findings]
 
 
 # ---------------------------------------------------------------------------------------------
