@@ -575,10 +575,10 @@ def test_real_engine_splits_batches_above_its_profile(bundle, trt_env):
     with te.TensorRTEngine(result.engine_path, read_manifest(bundle), environment=trt_env) as engine:
         assert engine.max_batch == 2
         whole = engine.run({"pixels": pixels})["image_features"]
-        one_by_one = np.concatenate([engine.run({"pixels": pixels[i:i + 1]})["image_features"] for i in range(5)])
-    assert whole.shape == (5, one_by_one.shape[1])
-    cos = (whole * one_by_one).sum(1) / np.linalg.norm(whole, axis=1) / np.linalg.norm(one_by_one, axis=1)
-    assert cos.min() > 0.999, cos  # FP16 kernels may differ between batch sizes; the rows must not be mixed up
+        # the same slices by hand: same shapes, same kernels, so the same numbers, row for row
+        by_hand = np.concatenate([engine.run({"pixels": pixels[a:b]})["image_features"] for a, b in ((0, 2), (2, 4), (4, 5))])
+    assert whole.shape == by_hand.shape == (5, by_hand.shape[1])
+    np.testing.assert_array_equal(whole, by_hand)
 
 
 @pytest.mark.tensorrt
