@@ -130,12 +130,13 @@ class Manifest:
             _bad("graphs is empty: the bundle has no graph to run")
         for key, entry in self.graphs.items():
             _check_graph(key, entry, self.preprocess)
+        for rel, entry in self.named_paths():
+            check_relative(rel, entry, "the bundle's manifest")
         for rel, digest in self.files.items():
             check_relative(rel, f"files entry {rel!r}", "the bundle's manifest")
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 _bad(f"files[{rel!r}] is not a sha256 hex digest")
         for rel, entry in self.named_paths():
-            check_relative(rel, entry, "the bundle's manifest")
             if rel not in self.files:
                 _bad(f"{entry} ({rel!r}) has no checksum in files, so the bundle cannot vouch for it")
 
