@@ -273,7 +273,7 @@ VALUE_TAMPERS = {
     "file not a string": (_set("graphs.model.file", 3), "manifest.graphs['model'].file should be a string"),
     "preprocess null": (_set("preprocess", None), "manifest.preprocess should be an object"),
     "huge size": (_set("preprocess.size", [100000, 100000]), "preprocess.size is 100000"),
-    "size vs graph": (_set("preprocess.size", [64, 64]), "preprocess.size is [64, 64] but graphs"),
+    "size vs graph": (_set("preprocess.size", [96, 96]), "preprocess.size is [96, 96] but graphs"),
     "num_heads text": (_set("head.num_heads", "eight"), "manifest.head.num_heads should be an integer"),
     "num_heads 7": (_set("head.num_heads", 7), "head.num_heads (7) must be a positive divisor"),
     "temperature 0": (_set("head.temperature", 0), "head.temperature must be a positive finite number"),
