@@ -122,6 +122,15 @@ def _remove_owned(folder: Path, marker: Path) -> None:
     marker.unlink(missing_ok=True)
 
 
+def _remove_old(folder: Path, marker: Path) -> None:
+    """After the swap the new bundle is in place: failing to delete the old one (a read-only folder
+    inside it) is not the user's problem now; its marker stays, and the next run retries."""
+    try:
+        _remove_owned(folder, marker)
+    except OSError:
+        pass
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swaps two paths (Linux renameat2); False where the system cannot."""
     if sys.platform != "linux" or os.environ.get(NO_EXCHANGE_ENV):
@@ -157,7 +166,7 @@ def replace_dir(staging: Path, target: str | os.PathLike) -> None:
         return
     if _exchange(staging, target):
         _kill_point("swapped")
-        _remove_owned(staging, marker)  # the old bundle now sits at the staging name, under its marker
+        _remove_old(staging, marker)  # the old bundle now sits at the staging name, under its marker
         return
     aside, aside_marker = _owned(target, "old")
     _write_marker(aside_marker, {**_read_marker(aside_marker), "state": "complete"}, create=False)
@@ -167,7 +176,7 @@ def replace_dir(staging: Path, target: str | os.PathLike) -> None:
     os.rename(staging, target)
     marker.unlink()
     _kill_point("new-placed")
-    _remove_owned(aside, aside_marker)
+    _remove_old(aside, aside_marker)
 
 
 def _alive(record: dict) -> bool:
