@@ -1,7 +1,13 @@
 """The bundle manifest: what a device needs to know about a bundle, and its checksums.
 
 Shared by the exporter (which writes it) and the runtime (which reads and checks it); it needs
-only the standard library.
+only the standard library and numpy (for the text features' header).
+
+A bundle is untrusted input: ``read_manifest`` is the one way in, and it refuses a manifest whose
+types, values or paths are wrong before anything it names is opened (paths.py confines the paths).
+To add a field, give ``Manifest`` (or a nested dataclass) an annotated attribute with a default:
+``from_dict`` checks its JSON type from the annotation (use ``Optional[X]``, not ``X | None``, so
+Python 3.9 can evaluate it); cross-checks between values go in ``Manifest.check``.
 """
 
 from __future__ import annotations
