@@ -2,17 +2,21 @@
 
 Order of work: check the bundle (manifest, requested graphs, checksums, a writable folder) before
 touching any image; decode (or read from the cache) the calibration and held-out images;
-quantize each graph into a staging folder inside the bundle; measure INT8 against FP32; and only
-when the figures pass (or ``accept_degraded``) move the files into place and rewrite the manifest.
-A failure at any point leaves the bundle as it was: staged files are deleted, files replaced
-during the final moves are restored, and the manifest is written last (atomically).
+quantize each graph into a staging folder beside the bundle; measure INT8 against FP32; and only
+when the figures pass (or ``accept_degraded``) assemble the new bundle in that staging folder (the
+old bundle's files hard-linked, the INT8 files and the new manifest added) and swap it in
+(runtimes/replace.py): at every instant the old or the new bundle loads at the path, and the
+bundle's own folder is never written into.
+
+Nothing is deleted that calibrate did not make: the only files of the old bundle left out of the
+new one are earlier INT8 graphs of ours (``<graph>.int8.onnx`` and its ``.data``) that the new
+ones replace.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import numpy as np
 from rada_export.errors import RadaError, VerificationError
 from rada_export.progress import SILENT, Reporter
 from rada_export.runtimes import manifest as mf
+from rada_export.runtimes import replace
 
 from .dataset import DEFAULT_HOLDOUT, DEFAULT_SAMPLES, CalibrationSet, build_calibration_set
 from .int8 import METHODS, QuantizedGraph, QuantRecipe, progress_steps, quantize_graph
@@ -29,6 +34,7 @@ from .report import AccuracyReport, CalibrationReport, accuracy_report
 GRAPH_CHOICES = ("model", "image_encoder", "all")
 _GRAPHS = {"model": (mf.FUSED,), "image_encoder": (mf.IMAGE_ENCODER,), "all": (mf.FUSED, mf.IMAGE_ENCODER)}
 TEXT_FEATURES = "text_features.npy"
+SCRATCH = ".rada-int8-scratch"  # inside the staging folder, gone before the swap
 
 
 @dataclass
@@ -118,12 +124,11 @@ def source_entries(bundle: Path, manifest: mf.Manifest, graph: str) -> dict[str,
 
 def _staging_dir(bundle: Path) -> Path:
     try:
-        if not os.access(bundle, os.W_OK | os.X_OK):
-            raise PermissionError(13, "Permission denied", str(bundle))
-        return Path(tempfile.mkdtemp(prefix=".calibrate-", suffix=".partial", dir=bundle))
-    except OSError as err:
-        raise RadaError(f"cannot write into bundle folder {bundle} ({err.strerror or err})",
-                        "make the folder writable, or copy the bundle somewhere writable and calibrate the copy") from err
+        return replace.new_staging(bundle)
+    except RadaError as err:
+        raise RadaError(f"cannot write the calibrated bundle beside {bundle}: {err.problem}",
+                        "make the folder that holds the bundle writable, or copy the bundle somewhere writable "
+                        "and calibrate the copy") from err
 
 
 def _report_inputs(bundle: Path, manifest: mf.Manifest) -> tuple[np.ndarray | None, Path | None]:
@@ -144,6 +149,7 @@ def calibrate_bundle(req: CalibrateRequest, reporter: Reporter = SILENT) -> Cali
     """
     _check_request(req)
     bundle = Path(req.bundle)
+    replace.recover(bundle)  # leftovers of a killed run
     manifest = mf.read_manifest(bundle)
     sources = source_entries(bundle, manifest, req.graph)
     text_features, head_path = _report_inputs(bundle, manifest)
@@ -151,6 +157,8 @@ def calibrate_bundle(req: CalibrateRequest, reporter: Reporter = SILENT) -> Cali
         raise RadaError(f"bundle {bundle} has no {TEXT_FEATURES}: the image encoder's report needs it for its logits",
                         "re-export the bundle with `rada-export onnx`")
     staging = _staging_dir(bundle)
+    scratch = staging / SCRATCH
+    scratch.mkdir()
     try:
         data = build_calibration_set(req.images, manifest.preprocess, req.samples, req.seed, req.holdout,
                                      req.cache_dir, reporter)
@@ -163,7 +171,7 @@ def calibrate_bundle(req: CalibrateRequest, reporter: Reporter = SILENT) -> Cali
             key = f"{name}.int8"
             steps = progress_steps(data.samples, recipe)
             with reporter.task(f"calibrating {name} ({req.method})", steps) as advance:
-                q = quantize_graph(bundle / entry.file, staging / f"{key}.onnx", data.calibration,
+                q = quantize_graph(bundle / entry.file, scratch / f"{key}.onnx", data.calibration,
                                    manifest.preprocess, recipe, progress=advance)
             staged[key] = q
             report_batches = 2 * -(-len(data.holdout) // recipe.batch_size)
@@ -179,13 +187,16 @@ def calibrate_bundle(req: CalibrateRequest, reporter: Reporter = SILENT) -> Cali
         notes = list(data.notes)
         if not full.passed:
             notes.append(f"written despite failing the thresholds (--accept-degraded): {full.describe()}")
-        updated = _updated_manifest(manifest, sources, staging, staged, outcomes, data, recipe, req)
-        _commit(bundle, staging, staged, manifest, updated)
+        updated = _updated_manifest(manifest, sources, scratch, staged, outcomes, data, recipe, req)
+        _assemble(bundle, staging, scratch, staged, manifest, updated)
+        replace.replace_dir(staging, bundle)
     except OSError as err:  # disk full or permissions while staging: the bundle itself is untouched
+        replace.discard(staging)
         raise RadaError(f"could not write the INT8 graphs into {bundle} ({err.strerror or err})",
                         "free disk space or fix the folder's permissions and rerun; the bundle was left as it was") from err
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        replace.discard(staging)
+        raise
     return CalibrateResult(bundle=bundle, data=data, graphs=outcomes, report=full, manifest=updated,
                            recipe=recipe, notes=notes)
 
@@ -207,7 +218,7 @@ def _updated_manifest(
         old = updated.graphs.get(outcome.key)
         if old is not None:  # an earlier INT8 graph's files leave the manifest with it
             for rel in (old.file, old.external_data):
-                if rel:
+                if rel in _own_int8_names():
                     updated.files.pop(rel, None)
         # Q/DQ insertion keeps the graph's inputs and outputs, so they are the FP32 graph's.
         source = sources[outcome.key.removesuffix(".int8")]
@@ -231,35 +242,38 @@ def _updated_manifest(
     return updated
 
 
-def _commit(bundle: Path, staging: Path, staged: dict[str, QuantizedGraph], old: mf.Manifest, new: mf.Manifest) -> None:
-    """Moves the staged files into the bundle, then writes the manifest; undoes the moves on failure."""
-    moves = [(staging / name, bundle / name) for q in staged.values() for name in _staged_files(q)]
-    # A replaced INT8 graph may leave a file the new one does not use (its old .data file).
-    stale = []
-    for key in staged:
-        entry = old.graphs.get(key)
-        if entry is not None:
-            stale += [rel for rel in (entry.file, entry.external_data) if rel and rel not in new.files]
-    backups: list[tuple[Path, Path]] = []
-    placed: list[Path] = []
-    try:
-        for rel in sorted(set(stale) | {dst.name for _, dst in moves}):
-            target = bundle / rel
-            if target.exists():
-                backup = staging / f"{target.name}.previous"
-                os.replace(target, backup)
-                backups.append((backup, target))
-        for src, dst in moves:
-            os.replace(src, dst)
-            placed.append(dst)
-        mf.write_manifest(bundle, new)
-    except BaseException as err:
-        for path in placed:
-            path.unlink(missing_ok=True)
-        for backup, target in backups:
-            os.replace(backup, target)
-        (bundle / f"{mf.MANIFEST_NAME}.tmp").unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise RadaError(f"could not write the INT8 graphs into {bundle} ({err.strerror or err})",
-                            "free disk space or fix the folder's permissions and rerun; the bundle was left as it was") from err
-        raise
+def _own_int8_names() -> set[str]:
+    """The only names calibrate ever writes, and so the only old files it may leave out."""
+    return {f"{g}.int8.onnx{ext}" for g in mf.GRAPH_NAMES for ext in ("", ".data")}
+
+
+def _assemble(bundle: Path, staging: Path, scratch: Path, staged: dict[str, QuantizedGraph], old: mf.Manifest,
+              new: mf.Manifest) -> None:
+    """The new bundle in ``staging``: every file of the old one (hard links, so nothing is copied or
+    lost: engines and anything else the user keeps there come along), the staged INT8 files, and
+    the new manifest. Old INT8 files of ours that the new manifest no longer lists stay behind."""
+    fresh = {name for q in staged.values() for name in _staged_files(q)}
+    dropped = {rel for rel in _own_int8_names() if rel in old.files and rel not in new.files}
+    for folder, dirs, files in os.walk(bundle):
+        rel_dir = Path(folder).relative_to(bundle)
+        for name in dirs:
+            if os.path.islink(os.path.join(folder, name)):
+                os.symlink(os.readlink(os.path.join(folder, name)), staging / rel_dir / name)
+            else:
+                (staging / rel_dir / name).mkdir()
+        for name in files:
+            rel = (rel_dir / name).as_posix()
+            if rel == mf.MANIFEST_NAME or rel in fresh or rel in dropped:
+                continue
+            src, dst = os.path.join(folder, name), staging / rel_dir / name
+            if os.path.islink(src):
+                os.symlink(os.readlink(src), dst)
+                continue
+            try:
+                os.link(src, dst)
+            except OSError:  # a filesystem without hard links
+                shutil.copy2(src, dst)
+    for name in sorted(fresh):
+        os.replace(scratch / name, staging / name)
+    shutil.rmtree(scratch)
+    mf.write_manifest(staging, new)

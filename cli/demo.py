@@ -11,7 +11,7 @@ from .common import console, handle_errors, make_table, pct, print_json, reporte
 
 @handle_errors
 def demo(
-    out: Path = typer.Option(Path("rada-demo"), "--out", help="Folder for everything the demo makes (replaced on re-runs)."),
+    out: Path = typer.Option(Path("rada-demo"), "--out", help="Folder for everything the demo makes (a folder it made is replaced on re-runs; any other non-empty folder is refused)."),
     model: str = typer.Option("ViT-B-32", "--model", help="open_clip model."),
     pretrained: str = typer.Option("none", "--pretrained", help="'none' (offline, random weights), an open_clip tag, or a weights file."),
     quick: bool = typer.Option(False, "--quick", help="A tiny model and fewer images: a smoke run in about a minute."),

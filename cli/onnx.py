@@ -40,7 +40,7 @@ def onnx(
     exporter: str = typer.Option("torchscript", "--exporter", help="torch.onnx exporter: torchscript (fast) or dynamo."),
     images: Optional[List[Path]] = typer.Option(None, "--verify-image", help="Images to add to the parity check."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the parity check (not recommended)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing bundle."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing bundle (never a folder that is not one)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):

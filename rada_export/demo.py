@@ -20,7 +20,11 @@ from .images import scan_image_folder, split_holdout
 from .progress import SILENT, Reporter
 from .timing import median_ms
 
-MARKER = "demo.json"
+# The demo's folder carries this file with our signature; a re-run replaces only a folder that has
+# it, and only the entries the demo makes (a user's own files in it make the demo refuse).
+MARKER = ".rada-export-demo.json"
+SIGNATURE = "rada-export demo folder v1"
+DEMO_ENTRIES = ("images", "head.safetensors", "bundle")
 
 
 @dataclass
@@ -62,15 +66,40 @@ class DemoSummary:
     seconds: float = 0.0
 
 
-def _prepare_out(out: Path) -> None:
+def _is_demo_folder(out: Path) -> bool:
+    marker = out / MARKER
+    try:
+        if marker.is_symlink() or marker.stat().st_size > 4096:
+            return False
+        return json.loads(marker.read_text(encoding="utf-8")).get("signature") == SIGNATURE
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _ours(name: str) -> bool:
+    # The bundle's own staging folders and their markers (runtimes/replace.py) belong to the demo too.
+    return name in DEMO_ENTRIES or name == MARKER or name.startswith(".bundle.rada-")
+
+
+def _prepare_out(out: Path, config: "DemoConfig") -> None:
     if out.exists() and not out.is_dir():
         raise RadaError(f"--out {out} is a file", "give a folder for the demo's output")
     if out.is_dir() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise RadaError(f"{out} exists and is not a demo folder", "choose another --out (the demo replaces only its own folders)")
-        shutil.rmtree(out)
+        if not _is_demo_folder(out):
+            raise RadaError(f"--out {out} exists, is not empty and was not made by `rada-export demo`",
+                            "choose another --out (the demo replaces only folders it made itself)")
+        foreign = sorted(p.name for p in out.iterdir() if not _ours(p.name))
+        if foreign:
+            raise RadaError(f"--out {out} was made by the demo but now also holds {', '.join(foreign[:5])}",
+                            "move those files out of the folder, or choose another --out")
+        for entry in sorted(out.iterdir(), key=lambda p: p.name == MARKER):  # the marker goes last
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
-
+    (out / MARKER).write_text(json.dumps({"signature": SIGNATURE, "model": config.model,
+                                          "pretrained": config.pretrained}) + "\n", encoding="utf-8")
 
 
 def run_demo(config: DemoConfig, reporter: Reporter = SILENT) -> DemoSummary:
@@ -82,8 +111,7 @@ def run_demo(config: DemoConfig, reporter: Reporter = SILENT) -> DemoSummary:
 
     started = time.perf_counter()
     out = Path(config.out)
-    _prepare_out(out)
-    (out / MARKER).write_text(json.dumps({"model": config.model, "pretrained": config.pretrained}) + "\n")
+    _prepare_out(out, config)
     model = "rada-tiny-ViT" if config.quick else config.model
     per_class = min(config.images_per_class, 8) if config.quick else config.images_per_class
     notes = []

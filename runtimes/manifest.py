@@ -1,22 +1,34 @@
 """The bundle manifest: what a device needs to know about a bundle, and its checksums.
 
 Shared by the exporter (which writes it) and the runtime (which reads and checks it); it needs
-only the standard library.
+only the standard library and numpy (for the text features' header).
+
+A bundle is untrusted input: ``read_manifest`` is the one way in, and it refuses a manifest whose
+types, values or paths are wrong before anything it names is opened (paths.py confines the paths).
+To add a field, give ``Manifest`` (or a nested dataclass) an annotated attribute with a default:
+``from_dict`` checks its JSON type from the annotation (use ``Optional[X]``, not ``X | None``, so
+Python 3.9 can evaluate it); cross-checks between values go in ``Manifest.check``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from rada_export.errors import RadaError
 
+from .paths import check_graph_external_data, check_links, check_relative, confine
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+TEXT_FEATURES = "text_features.npy"
 
 # Graph names and what each computes.
 IMAGE_ENCODER = "image_encoder"  # pixels (B x 3 x H x W) -> image_features (B x D)
@@ -24,6 +36,16 @@ TEXT_ENCODER = "text_encoder"  # token_ids (K x L) -> text_features (K x D)
 HEAD = "head"  # image_features (B x D), text_features (K x D) -> logits (B x K)
 FUSED = "model"  # pixels -> logits (B x K), image_features (B x D)
 GRAPH_NAMES = (FUSED, IMAGE_ENCODER, TEXT_ENCODER, HEAD)
+
+
+# Bounds that keep a tampered manifest from asking for absurd work (a 100000 x 100000 image, a
+# million-token context): far above any open_clip model, far below what exhausts a device.
+MAX_IMAGE_SIDE = 4096
+MAX_CONTEXT_LENGTH = 4096
+MAX_BATCH = 65536
+MAX_EMBED_DIM = 65536
+PRECISIONS = ("fp32", "fp16", "int8")
+_FIX = "re-export the bundle with `rada-export onnx`"
 
 
 @dataclass
@@ -46,7 +68,7 @@ class GraphEntry:
     inputs: dict[str, list[Any]]  # name -> shape with symbolic dims as strings
     outputs: dict[str, list[Any]]
     input_dtypes: dict[str, str] = field(default_factory=dict)
-    external_data: str | None = None  # relative path of the weights file, when used
+    external_data: Optional[str] = None  # relative path of the weights file, when used
     notes: str = ""
 
 
@@ -60,6 +82,9 @@ class HeadConfig:
 
 @dataclass
 class Manifest:
+    """The manifest, typed. ``from_dict`` checks every field's type against these annotations (a new
+    field needs only its annotation and a default) and then ``check`` the values against each other."""
+
     model: str
     pretrained: str
     embed_dim: int
@@ -74,7 +99,7 @@ class Manifest:
     graphs: dict[str, GraphEntry]  # key: "<graph>" for fp32, "<graph>.fp16", "<graph>.int8"
     embed_preprocess: bool = False  # the fused graph takes uint8 N x H x W x 3 frames
     tokenizer: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     calibration: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -83,19 +108,52 @@ class Manifest:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
-        data = dict(data)
+    def from_dict(cls, data: Any) -> "Manifest":
+        """A checked manifest; RadaError naming the first bad entry otherwise."""
+        if not isinstance(data, dict):
+            raise RadaError(f"the bundle's manifest is not a JSON object (got {type(data).__name__})", _FIX)
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise RadaError(
-                f"bundle manifest has schema version {version}, this rada-export reads {SCHEMA_VERSION}",
+                f"bundle manifest has schema version {version!r}, this rada-export reads {SCHEMA_VERSION}",
                 "re-export the bundle with this version of rada-export",
             )
-        data["preprocess"] = Preprocess(**data["preprocess"])
-        data["head"] = HeadConfig(**data["head"])
-        data["graphs"] = {k: GraphEntry(**v) for k, v in data["graphs"].items()}
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        manifest = _build(cls, data, "manifest")
+        manifest.check()
+        return manifest
+
+    def check(self) -> None:
+        """Values against each other and against sane bounds (no filesystem access)."""
+        _in_range("embed_dim", self.embed_dim, 1, MAX_EMBED_DIM)
+        _check_preprocess(self.preprocess)
+        _positive_finite("logit_scale", self.logit_scale)
+        _check_head(self.head, self.embed_dim)
+        _check_names(self.class_names)
+        _in_range("context_length", self.context_length, 1, MAX_CONTEXT_LENGTH)
+        _in_range("opset", self.opset, 1, 1000)
+        _in_range("max_batch", self.max_batch, 1, MAX_BATCH)
+        for key, entry in self.graphs.items():
+            _check_graph(key, entry, self.preprocess)
+        for rel, entry in self.named_paths():
+            check_relative(rel, entry, "the bundle's manifest")
+        for rel, digest in self.files.items():
+            check_relative(rel, f"files entry {rel!r}", "the bundle's manifest")
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                _bad(f"files[{rel!r}] is not a sha256 hex digest")
+        for rel, entry in self.named_paths():
+            if rel not in self.files:
+                _bad(f"{entry} ({rel!r}) has no checksum in files, so the bundle cannot vouch for it")
+
+    def named_paths(self) -> list[tuple[str, str]]:
+        """(relative path, manifest entry) for every file the manifest points a reader at."""
+        named = []
+        for key, entry in sorted(self.graphs.items()):
+            named.append((entry.file, f"graphs[{key!r}].file"))
+            if entry.external_data is not None:
+                named.append((entry.external_data, f"graphs[{key!r}].external_data"))
+        if "vocab" in self.tokenizer:
+            named.append((self.tokenizer["vocab"], "tokenizer.vocab"))
+        return named
 
     def graph_key(self, graph: str, precision: str = "fp32") -> str:
         return graph if precision == "fp32" else f"{graph}.{precision}"
@@ -111,6 +169,129 @@ class Manifest:
         return self.graphs[key]
 
 
+# -- typed construction --------------------------------------------------------------------------------
+
+
+def _bad(problem: str) -> None:
+    raise RadaError(f"the bundle's manifest is invalid: {problem}", _FIX)
+
+
+def _type_name(hint: Any) -> str:
+    if dataclasses.is_dataclass(hint):
+        return "an object"
+    origin = typing.get_origin(hint)
+    if origin in (list, dict):
+        return "a list" if origin is list else "an object"
+    if origin is typing.Union:
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(hint))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, where)
+    if origin is list and isinstance(value, list):
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _convert(v, args[1], f"{where}[{k!r}]") for k, v in value.items()}
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    _bad(f"{where} should be {_type_name(hint)}, got {json.dumps(value)[:60] if _jsonable(value) else type(value).__name__}")
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        _bad(f"{where} should be {_type_name(cls)}, got {type(data).__name__ if data is not None else 'null'}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            values[f.name] = _convert(data[f.name], hints[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            _bad(f"{where} has no {f.name!r}")
+    return cls(**values)  # unknown keys (written by a newer rada-export) are ignored
+
+
+# -- value checks --------------------------------------------------------------------------------------
+
+
+def _in_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        _bad(f"{name} is {value}, outside [{low}, {high}]")
+
+
+def _positive_finite(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        _bad(f"{name} must be a positive finite number, got {value}")
+
+
+def _check_preprocess(p: Preprocess) -> None:
+    if len(p.size) != 2:
+        _bad(f"preprocess.size must be [height, width], got {p.size}")
+    for side in p.size:
+        _in_range("preprocess.size", side, 1, MAX_IMAGE_SIDE)
+    channels = 1 if p.mode == "L" else 3
+    for name, values in (("mean", p.mean), ("std", p.std)):
+        if len(values) != channels or not all(math.isfinite(v) for v in values):
+            _bad(f"preprocess.{name} must be {channels} finite numbers, got {values}")
+    if not all(v > 0 for v in p.std):
+        _bad(f"preprocess.std must be positive, got {p.std}")
+    _in_range("preprocess.fill_color", p.fill_color, 0, 255)
+
+
+def _check_head(h: HeadConfig, embed_dim: int) -> None:
+    if h.embed_dim != embed_dim:
+        _bad(f"head.embed_dim is {h.embed_dim} but embed_dim is {embed_dim}")
+    if h.num_heads < 1 or embed_dim % h.num_heads:
+        _bad(f"head.num_heads ({h.num_heads}) must be a positive divisor of embed_dim ({embed_dim})")
+    _positive_finite("head.temperature", h.temperature)
+    _positive_finite("head.logit_scale", h.logit_scale)
+
+
+def _check_names(names: list[str]) -> None:
+    if not names:
+        _bad("class_names is empty")
+    if not all(n.strip() for n in names):
+        _bad("class_names holds an empty name")
+    if len({n.lower() for n in names}) != len(names):
+        _bad("class_names holds duplicate names")
+
+
+def _check_graph(key: str, entry: GraphEntry, pre: Preprocess) -> None:
+    name, _, suffix = key.partition(".")
+    precision = suffix or "fp32"
+    if name not in GRAPH_NAMES or precision not in PRECISIONS or (suffix and suffix == "fp32"):
+        _bad(f"graphs has an unknown key {key!r} (graphs are {', '.join(GRAPH_NAMES)}, optionally .fp16 or .int8)")
+    if entry.precision != precision:
+        _bad(f"graphs[{key!r}].precision is {entry.precision!r}, its key says {precision}")
+    pixels = entry.inputs.get("pixels")
+    if pixels is not None:
+        # Preprocessing makes 3 x H x W pixels: a graph that takes another fixed size cannot run them.
+        if len(pixels) != 4:
+            _bad(f"graphs[{key!r}] input 'pixels' has shape {pixels}, expected [batch, 3, height, width]")
+        fixed = [(axis, want) for axis, want in ((2, pre.size[0]), (3, pre.size[1])) if isinstance(pixels[axis], int)]
+        if any(pixels[axis] != want for axis, want in fixed):
+            _bad(f"preprocess.size is {pre.size} but graphs[{key!r}] takes {pixels[2]} x {pixels[3]} pixels")
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -119,17 +300,68 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(bundle: str | os.PathLike) -> Manifest:
+def read_manifest(bundle: str | os.PathLike, check_graphs: bool = True) -> Manifest:
+    """The bundle's manifest, typed and checked, with every path it names confined to the bundle.
+
+    Every command and ``load_bundle`` read bundles through here, so a tampered manifest is refused
+    before anything it names is opened. ``check_graphs`` also reads each graph file for the
+    external-data locations inside it (what ONNX Runtime and TensorRT would open).
+    """
+    from .replace import recover
+
     bundle = Path(bundle)
+    recover(bundle)  # a replacement killed half-way leaves the bundle beside its path: put it back
     path = bundle / MANIFEST_NAME
     if not bundle.is_dir():
         raise RadaError(f"bundle {bundle} is not a folder", "pass the folder written by `rada-export onnx --out`")
     if not path.is_file():
         raise RadaError(f"{bundle} has no {MANIFEST_NAME}", "pass the folder written by `rada-export onnx --out`")
+    confine(bundle, MANIFEST_NAME, MANIFEST_NAME)
     try:
-        return Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise RadaError(f"{path} is not a valid manifest ({err})", "re-export the bundle") from err
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise RadaError(f"{path} is not a valid manifest ({type(err).__name__}: {str(err)[:120]})", _FIX) from err
+    manifest = Manifest.from_dict(data)
+    check_bundle_paths(bundle, manifest, check_graphs)
+    return manifest
+
+
+def check_bundle_paths(bundle: str | os.PathLike, manifest: Manifest, check_graphs: bool = True) -> None:
+    """Every path the manifest names, and every link in the folder, stays inside the bundle; the
+    class names match the text features."""
+    bundle = Path(bundle)
+    where = f"bundle {bundle}"
+    check_links(bundle, where)
+    for rel in manifest.files:
+        confine(bundle, rel, f"files entry {rel!r}", where)
+    for rel, entry in manifest.named_paths():
+        confine(bundle, rel, entry, where)
+    _check_text_features(bundle, manifest)
+    if check_graphs:
+        for key, entry in sorted(manifest.graphs.items()):
+            graph = bundle / entry.file
+            if graph.is_file():  # a missing file is the checksum check's to report
+                check_graph_external_data(graph, f"graphs[{key!r}].file ({entry.file})", where)
+
+
+def _check_text_features(bundle: Path, manifest: Manifest) -> None:
+    """The class names against the rows of text_features.npy (its header only)."""
+    import numpy as np
+
+    path = bundle / TEXT_FEATURES
+    if TEXT_FEATURES not in manifest.files or not path.is_file() or sha256_file(path) != manifest.files[TEXT_FEATURES]:
+        return  # a modified file is the checksum check's to name; this one is about a consistent bundle
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, _ = read(fh)
+    except (ValueError, OSError, SyntaxError):
+        return  # not a .npy file at all: the checksum check names it
+    if len(shape) != 2 or shape[0] != len(manifest.class_names) or shape[1] != manifest.embed_dim:
+        raise RadaError(
+            f"bundle {bundle}: {TEXT_FEATURES} holds {' x '.join(map(str, shape))} features but the manifest has "
+            f"{len(manifest.class_names)} class names of {manifest.embed_dim}-d embeddings", _FIX)
 
 
 def write_manifest(bundle: str | os.PathLike, manifest: Manifest) -> Path:
@@ -143,7 +375,7 @@ def write_manifest(bundle: str | os.PathLike, manifest: Manifest) -> Path:
 
 def checksum_files(bundle: str | os.PathLike, relative_paths: list[str]) -> dict[str, str]:
     bundle = Path(bundle)
-    return {rel: sha256_file(bundle / rel) for rel in sorted(relative_paths)}
+    return {rel: sha256_file(confine(bundle, rel, rel)) for rel in sorted(relative_paths)}
 
 
 def verify_checksums(bundle: str | os.PathLike, manifest: Manifest, only: list[str] | None = None) -> None:
@@ -153,7 +385,7 @@ def verify_checksums(bundle: str | os.PathLike, manifest: Manifest, only: list[s
     for rel, expected in manifest.files.items():
         if only is not None and rel not in only:
             continue
-        path = bundle / rel
+        path = confine(bundle, rel, f"files entry {rel!r}")
         if not path.is_file():
             missing.append(rel)
         elif sha256_file(path) != expected:

@@ -75,6 +75,8 @@ class Runtime:
         self._text: GraphRunner | None = None
         self._tokenizer = None
         self._rng = np.random.default_rng(seed)  # episodic views
+        self.requested_precision = precision
+        self.precision_note = ""  # set by load_bundle when the bundle lacks the requested precision
 
     def _variant(self, graph: str) -> str:
         """The requested precision when the bundle (or engine folder) has it for this graph, else FP32."""
@@ -84,7 +86,8 @@ class Runtime:
 
     @property
     def description(self) -> str:
-        return f"{self.backend} ({self.backend_reason}), {self.precision}"
+        text = f"{self.backend} ({self.backend_reason}), {self.precision}"
+        return f"{text} ({self.precision_note})" if self.precision_note else text
 
     # -- prediction ------------------------------------------------------------------------------
 
@@ -234,11 +237,32 @@ def load_bundle(path: str | os.PathLike, backend: str = "auto", device: str = "a
     where the bundle has it; ``seed`` seeds episodic TTA's views. The choice made is in ``runtime.backend`` and ``runtime.description``.
     """
     bundle = Path(path)
-    manifest = read_manifest(bundle)
+    manifest = read_manifest(bundle)  # types, cross-checks, and every path confined to the bundle
     verify_checksums(bundle, manifest)
     if precision not in PRECISIONS:
         raise RadaError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
     if tta is not None and not isinstance(tta, TTAConfig):
         raise RadaError(f"tta must be a TTAConfig or None, got {type(tta).__name__}", "pass TTAConfig(mode='continual')")
     choice = choose_backend(bundle, manifest, backend, device, precision)
-    return Runtime(bundle, manifest, choice, precision, tta, seed)
+    ran, note = _precision_run(manifest, choice, precision)
+    runtime = Runtime(bundle, manifest, choice, ran, tta, seed)
+    runtime.requested_precision = precision
+    runtime.precision_note = note
+    return runtime
+
+
+def _precision_run(manifest: Manifest, choice, precision: str) -> tuple[str, str]:
+    """The precision that will actually run, and a note when it is not the one asked for.
+
+    ONNX Runtime falls back to the FP32 graph where the bundle lacks the requested variant: say so,
+    in ``runtime.precision`` (which the CLI's table and JSON print) and ``runtime.description``.
+    """
+    if choice.name == "tensorrt" or precision == "fp32":
+        return precision, ""
+    have = [g for g in (FUSED, IMAGE_ENCODER) if manifest.graph_key(g, precision) in manifest.graphs]
+    if not have:
+        return "fp32", f"{precision} requested, but the bundle has no {precision} graph: FP32 ran"
+    missing = [g for g in (FUSED, IMAGE_ENCODER) if g not in have and g in manifest.graphs]
+    if missing:
+        return precision, f"{', '.join(missing)} has no {precision} graph and runs in FP32"
+    return precision, ""

@@ -386,25 +386,29 @@ def test_bad_bundles(pristine, images, tmp_path):
 
 
 def test_unwritable_bundle(pristine, images, tmp_path, monkeypatch):
+    """The calibrated bundle is written beside the old one and swapped in: the folder holding the
+    bundle must be writable, and a refusal leaves everything as it was."""
     import os
 
-    import rada_export.calibration.bundle as cb
+    from rada_export.runtimes import replace
 
-    bundle = _copy(pristine, tmp_path / "ro")
+    parent = tmp_path / "ro"
+    bundle = _copy(pristine, parent / "bundle")
     before = _snapshot(bundle)
-    bundle.chmod(0o555)
-    if os.access(bundle, os.W_OK):  # root ignores the mode bits: refuse the way the OS would
+    parent.chmod(0o555)
+    if os.access(parent, os.W_OK):  # root ignores the mode bits: refuse the way the OS would
 
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
 
-        monkeypatch.setattr(cb.tempfile, "mkdtemp", refuse)
+        monkeypatch.setattr(replace, "_owned", refuse)
     try:
-        with pytest.raises(RadaError, match="cannot write into bundle folder"):
+        with pytest.raises(RadaError, match="cannot write the calibrated bundle beside"):
             calibrate_bundle(CalibrateRequest(bundle=bundle, images=images, cache_dir=tmp_path / "cache"))
     finally:
-        bundle.chmod(0o755)
+        parent.chmod(0o755)
     _assert_untouched(bundle, before)
+    assert sorted(p.name for p in parent.iterdir()) == ["bundle"]
 
 
 def test_a_failure_while_committing_restores_the_bundle(calibrated, images, tmp_path, monkeypatch):

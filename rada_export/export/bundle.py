@@ -6,9 +6,8 @@ export leaves nothing half-written.
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,10 +22,13 @@ from ..head import RAdaHead, attention_bytes_per_image
 from ..progress import SILENT, Reporter
 from ..prompts import parse_class_names, text_features, validate_templates
 from ..runtimes import manifest as mf
+from ..runtimes import replace
 from . import fp16 as fp16_mod
 from .modules import FusedModel, HeadGraph, ImageEncoder, TextEncoder
 from .onnx_io import DEFAULT_OPSET, MIN_OPSET, TWO_GB, GraphSpec, export_module, graph_io, load_graph, save_graph, check_graph
 from .verify import VerificationReport, verify_bundle
+
+ENGINES_DIR = "engines"  # TensorRT engines built into a bundle (rada-export trt)
 
 # Refuse heads whose attention maps alone would exceed this per image (FP32), warn from WARN_CLASSES.
 MAX_ATTENTION_BYTES = 1 << 30
@@ -70,8 +72,35 @@ def _check_request(req: ExportRequest) -> None:
     out = Path(req.out)
     if out.exists() and not out.is_dir():
         raise RadaError(f"--out {out} is a file", "give a folder path for the bundle")
-    if out.is_dir() and any(out.iterdir()) and not req.force:
-        raise RadaError(f"bundle folder {out} already exists and is not empty", "pass --force to replace it, or choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not req.force:
+            raise RadaError(f"bundle folder {out} already exists and is not empty", "pass --force to replace it, or choose another --out")
+        check_replaceable(out)
+
+
+def check_replaceable(out: Path) -> None:
+    """``--force`` replaces a bundle and nothing else: a folder with our manifest that holds only
+    the files that manifest lists (plus engines/). Anything else in it is the user's."""
+    not_ours = RadaError(f"--out {out} is not a rada-export bundle (no {mf.MANIFEST_NAME} of ours), so --force will not replace it",
+                         "choose another --out; --force only replaces a folder written by `rada-export onnx`")
+    try:
+        manifest = json.loads((out / mf.MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise not_ours from None
+    if not (isinstance(manifest, dict) and "schema_version" in manifest and isinstance(manifest.get("files"), dict)
+            and isinstance(manifest.get("graphs"), dict)):
+        raise not_ours
+    ours = {mf.MANIFEST_NAME, ENGINES_DIR}
+    for rel in manifest["files"]:
+        try:
+            ours.add(mf.check_relative(rel, "files entry").parts[0])
+        except RadaError:
+            continue
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise RadaError(f"--out {out} holds files that are not part of its bundle ({shown}), so --force will not replace it",
+                        "move those files out of the folder, or choose another --out")
 
 
 def _resolve_head(req: ExportRequest) -> tuple[HeadCheckpoint | None, str, str]:
@@ -181,7 +210,12 @@ def _copy_tokenizer(clip: LoadedClip, root: Path) -> dict:
 
 
 def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedClip | None = None) -> ExportResult:
-    """Exports, checks and verifies the bundle; raises VerificationError (nothing kept) when parity fails."""
+    """Exports, checks and verifies the bundle; raises VerificationError (nothing kept) when parity fails.
+
+    The bundle is written beside ``req.out`` and swapped in at the end (runtimes/replace.py): a
+    crash at any point leaves the old bundle or the new one at the path.
+    """
+    replace.recover(req.out)  # leftovers of a killed run
     _check_request(req)
     ckpt, model_name, pretrained = _resolve_head(req)
     class_names = _class_names(req, ckpt)
@@ -211,8 +245,7 @@ def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedC
         reporter.log(f"[yellow]warning:[/yellow] {w}")
 
     out = Path(req.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = replace.new_staging(out)
     try:
         with torch.no_grad():
             text = text_features(clip, class_names, templates)
@@ -240,22 +273,9 @@ def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedC
             report = verify_bundle(tmp, req.verify_images, clip=clip, reporter=reporter)
             if not report.passed:
                 raise VerificationError(report)
-        _replace_dir(tmp, out)
+        replace.replace_dir(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        replace.discard(tmp)
         raise
     return ExportResult(bundle=out, manifest=manifest, report=report, warnings=warnings)
 
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Moves src to dst; an existing dst is moved aside first and removed only once src is in place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(src, 0o777 & ~umask)  # mkdtemp makes the folder private; a bundle is meant to be shared
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
