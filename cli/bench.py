@@ -19,6 +19,7 @@ def bench(
     repeats: int = typer.Option(20, "--repeats", help="Timed runs per batch size (after 2 warm-up runs)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of latency against batch size per backend."),
+    frames: bool = typer.Option(False, "--frames", help="Frames mode: predict() latency on 720p, 1080p and 4K BGR camera frames at batch 1, split into host work and graph time."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Latency p50/p90/p99, throughput and peak memory of the fused graph per backend, side by side.
@@ -29,6 +30,9 @@ def bench(
     from rada_export.bench import plot as plot_results
     from rada_export.errors import RadaError
 
+    if frames:
+        _bench_frames(bundle, backend or None, repeats, json_out, quiet)
+        return
     try:
         batches = None if batch is None else [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:
@@ -50,3 +54,18 @@ def bench(
                                                         "images/s", "peak RSS MB"], rows))
     if plot is not None:
         console.print(f"wrote {plot}")
+
+
+def _bench_frames(bundle: Path, backends, repeats: int, json_out: bool, quiet: bool) -> None:
+    from rada_export.bench import plan_bench, run_bench_frames
+
+    targets, _ = plan_bench(bundle, backends, [1], repeats)
+    with reporter(quiet or json_out).task("benchmarking frames", len(targets)) as advance:
+        results = run_bench_frames(bundle, backends, repeats=repeats, progress=advance)
+    if json_out:
+        print_json({"bundle": str(bundle), "frames": [asdict(r) for r in results]})
+        return
+    rows = [[r.backend, r.precision, r.frame, f"{r.p50_ms:.2f}", f"{r.host_ms:.2f}", f"{r.graph_ms:.2f}",
+             "graph" if r.in_graph_resize else "host"] for r in results]
+    console.print(make_table(f"{bundle}: predict(frame, bgr=True), batch 1",
+                             ["backend", "precision", "frame", "p50 ms", "host ms", "graph ms", "resize on"], rows))

@@ -34,7 +34,9 @@ def onnx(
     classes: Optional[List[str]] = typer.Option(None, "--classes", help="Class names: a file (one a line) or comma-separated (default: the checkpoint's)."),
     template: Optional[List[str]] = typer.Option(None, "--template", help="Prompt template(s) with '{}'."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write FP16 variants of the fused and image-encoder graphs."),
-    embed_preprocess: bool = typer.Option(False, "--embed-preprocess", help="The fused graph takes uint8 N x H x W x 3 RGB frames."),
+    embed_preprocess: bool = typer.Option(False, "--embed-preprocess", help="The fused graph takes raw uint8 camera frames of any size (N x H x W x C) and resizes, crops and normalises them itself."),
+    frame_size: Optional[str] = typer.Option(None, "--frame-size", help="With --embed-preprocess: the camera's frame size WxH (e.g. 1920x1080), fixed in the TensorRT profile (default: any up to 4096x4096)."),
+    channel_order: str = typer.Option("rgb", "--channel-order", help="With --embed-preprocess: rgb, or bgr for OpenCV/GStreamer BGR(x) frames."),
     max_batch: int = typer.Option(32, "--max-batch", help="Largest batch for engine profiles (recorded in the manifest)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)."),
     exporter: str = typer.Option("torchscript", "--exporter", help="torch.onnx exporter: torchscript (fast) or dynamo."),
@@ -49,11 +51,12 @@ def onnx(
     Example: rada-export onnx --ckpt head.safetensors --out bundle/ --fp16
     """
     from rada_export.errors import VerificationError
-    from rada_export.export.bundle import ExportRequest, export_bundle
+    from rada_export.export.bundle import ExportRequest, export_bundle, parse_frame_size
 
     req = ExportRequest(
         out=out, ckpt=ckpt, model=model, pretrained=pretrained, classes=classes or None, templates=template or None,
         opset=opset, max_batch=max_batch, fp16=fp16, embed_preprocess=embed_preprocess, exporter=exporter,
+        frame_size=parse_frame_size(frame_size) if frame_size is not None else None, channel_order=channel_order.lower(),
         force=force, verify=not no_verify, verify_images=images or (),
     )
     try:

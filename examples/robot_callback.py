@@ -11,6 +11,10 @@ are not shared across threads here). Results go to the callback you give, with t
 
 In ROS 2, wrap it: convert sensor_msgs/Image with cv_bridge to a BGR array in the subscription
 callback, call ``on_image``, and publish ``Result`` fields in ``on_result``.
+
+Export the bundle with ``--embed-preprocess --channel-order bgr`` (``rgb`` for rgb8 images) and run
+with ``tta="off"``: the frame, at the camera's full size, goes into the graph as it is (BGRA/bgra8
+too: the graph drops alpha), which resizes it on the GPU; the worker does no per-pixel work at all.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class ClassifierNode:
         self._bgr = bgr
         self._top = top
         self._thread: threading.Thread | None = None
+        # Frames go into the graph as they are when it resizes them and the fused graph runs.
+        self.raw_frames = self._runtime.manifest.frames is not None and not self._adapt
         self.dropped = 0
         self.errors: list[str] = []
 

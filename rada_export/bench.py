@@ -237,7 +237,97 @@ def plot(results: Sequence[BenchResult], path: str | os.PathLike, title: str) ->
     return path
 
 
+# ---------------------------------------------------------------------------------------------
+# Frames mode: what a camera app pays per frame
+
+
+FRAME_SIZES = {"720p": (720, 1280), "1080p": (1080, 1920), "4K": (2160, 3840)}
+_LOADS = {"onnxruntime-cpu": ("onnxruntime", "cpu"), "onnxruntime-cuda": ("onnxruntime", "cuda"), "tensorrt": ("tensorrt", "auto")}
+
+
+@dataclass
+class FrameBenchResult:
+    backend: str
+    precision: str
+    frame: str  # 720p, 1080p, 4K
+    p50_ms: float  # one predict(frame, bgr=True), median
+    host_ms: float  # of which outside the graph (validation, the copy, preprocessing on the host, softmax)
+    graph_ms: float  # of which inside the graph runner (the engine, or ONNX Runtime)
+    in_graph_resize: bool  # the bundle's graph takes raw frames (--embed-preprocess)
+    repeats: int
+
+
+def camera_frame(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A seeded BGR camera-like frame: smooth colour plus noise (the content does not change timings)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([(xx // 7 + yy // 5) % 256, (xx // 3) % 256, (yy // 2) % 256], axis=-1)
+    return (base + rng.integers(0, 32, (height, width, 3))).clip(0, 255).astype(np.uint8)
+
+
+def bench_frames_in_process(bundle: Path, target: BenchTarget, frames: Sequence[str], repeats: int, warmup: int = 2) -> list[FrameBenchResult]:
+    """predict(frame, bgr=True) at batch 1 per frame size, its time split at the graph runner's call."""
+    import time
+
+    from .runtimes.runtime import load_bundle
+
+    backend, device = _LOADS[target.backend]
+    rt = load_bundle(bundle, backend=backend, device=device, precision=target.precision)
+    runner = rt._fused_runner()
+    real_run = runner.run
+    graph_seconds: list[float] = []
+
+    def timed_run(feeds):
+        start = time.perf_counter()
+        out = real_run(feeds)
+        graph_seconds.append(time.perf_counter() - start)
+        return out
+
+    runner.run = timed_run
+    results = []
+    for name in frames:
+        frame = camera_frame(*FRAME_SIZES[name])
+        graph_seconds.clear()
+        totals = time_calls(lambda: rt.predict(frame, bgr=True), repeats, warmup)
+        inside = graph_seconds[warmup:]
+        p50 = statistics.median(totals)
+        host = statistics.median(t - g for t, g in zip(totals, inside))
+        results.append(FrameBenchResult(target.backend, target.precision, name, 1000 * p50, 1000 * host,
+                                        1000 * statistics.median(inside), rt.manifest.frames is not None, repeats))
+    return results
+
+
+def run_bench_frames(bundle: str | os.PathLike, backends: Sequence[str] | None = None, frames: Sequence[str] | None = None,
+                     repeats: int = 20, progress=None) -> list[FrameBenchResult]:
+    """Frames mode of `bench`: every backend present (engines, ONNX Runtime), each in its own process."""
+    bundle = Path(bundle)
+    frames = list(frames or FRAME_SIZES)
+    unknown = [f for f in frames if f not in FRAME_SIZES]
+    if unknown:
+        raise RadaError(f"unknown frame size(s) {unknown}", f"use {', '.join(FRAME_SIZES)}")
+    targets, _ = plan_bench(bundle, backends, [1], repeats)
+    results = []
+    for target in targets:
+        if target.backend == PYTORCH:
+            continue  # frames mode times the device runtime; PyTorch has no runtime path
+        cmd = [sys.executable, "-m", "rada_export.bench", "--frames", str(bundle), target.backend, target.precision,
+               ",".join(frames), str(repeats)]
+        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        if result.returncode != 0:
+            raise RadaError(f"benchmarking frames on {target.backend} {target.precision} failed: {result.stderr.strip().splitlines()[-1:]}",
+                            "run `rada-export verify --bundle ...` to check the bundle, or drop that --backend")
+        results += [FrameBenchResult(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
+        if progress is not None:
+            progress(1)
+    return results
+
+
 def _worker(argv: list[str]) -> None:
+    if argv and argv[0] == "--frames":
+        bundle, backend, precision, frames, repeats = argv[1:]
+        rows = bench_frames_in_process(Path(bundle), BenchTarget(backend, precision), frames.split(","), int(repeats))
+        print(json.dumps([asdict(r) for r in rows]))
+        return
     bundle, backend, precision, batches, repeats = argv
     results = bench_in_process(Path(bundle), BenchTarget(backend, precision), [int(b) for b in batches.split(",")], int(repeats))
     print(json.dumps([asdict(r) for r in results]))

@@ -60,6 +60,24 @@ class Preprocess:
 
 
 @dataclass
+class Frames:
+    """The uint8 frames input of a fused graph exported with --embed-preprocess (issue 11).
+
+    Ranges are (min, opt, max), for TensorRT's optimisation profile and for the runtime's checks;
+    ``ranges()`` keys them by the graph's symbolic dimension names.
+    """
+
+    channel_order: str = "rgb"  # rgb or bgr: the order the graph expects (fixed at export)
+    height: list[int] = field(default_factory=lambda: [1, 1080, 4096])
+    width: list[int] = field(default_factory=lambda: [1, 1920, 4096])
+    channels: list[int] = field(default_factory=lambda: [1, 3, 4])  # grey, RGB/BGR, RGBA/BGRA
+    reducing_gap: int = 2  # the in-graph box reduction (see rada_export/export/frames.py)
+
+    def ranges(self) -> dict[str, tuple[int, int, int]]:
+        return {"frame_height": tuple(self.height), "frame_width": tuple(self.width), "frame_channels": tuple(self.channels)}
+
+
+@dataclass
 class GraphEntry:
     """One ONNX graph of the bundle."""
 
@@ -98,6 +116,7 @@ class Manifest:
     max_batch: int
     graphs: dict[str, GraphEntry]  # key: "<graph>" for fp32, "<graph>.fp16", "<graph>.int8"
     embed_preprocess: bool = False  # the fused graph takes uint8 N x H x W x 3 frames
+    frames: Optional[Frames] = None  # with embed_preprocess: frames of any size (None: older bundles, model-size RGB)
     tokenizer: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
@@ -126,6 +145,8 @@ class Manifest:
         """Values against each other and against sane bounds (no filesystem access)."""
         _in_range("embed_dim", self.embed_dim, 1, MAX_EMBED_DIM)
         _check_preprocess(self.preprocess)
+        if self.frames is not None:
+            _check_frames(self.frames)
         _positive_finite("logit_scale", self.logit_scale)
         _check_head(self.head, self.embed_dim)
         _check_names(self.class_names)
@@ -255,6 +276,15 @@ def _check_preprocess(p: Preprocess) -> None:
     if not all(v > 0 for v in p.std):
         _bad(f"preprocess.std must be positive, got {p.std}")
     _in_range("preprocess.fill_color", p.fill_color, 0, 255)
+
+
+def _check_frames(f: Frames) -> None:
+    if f.channel_order not in ("rgb", "bgr"):
+        _bad(f"frames.channel_order must be 'rgb' or 'bgr', got {f.channel_order!r}")
+    for name, triple, high in (("height", f.height, MAX_IMAGE_SIDE), ("width", f.width, MAX_IMAGE_SIDE), ("channels", f.channels, 4)):
+        if len(triple) != 3 or not 1 <= triple[0] <= triple[1] <= triple[2] <= high:
+            _bad(f"frames.{name} must be [min, opt, max] with 1 <= min <= opt <= max <= {high}, got {triple}")
+    _in_range("frames.reducing_gap", f.reducing_gap, 1, 64)
 
 
 def _check_head(h: HeadConfig, embed_dim: int) -> None:

@@ -125,8 +125,13 @@ def _describe(arr: np.ndarray) -> str:
     return f"a {arr.dtype} array of shape {tuple(arr.shape)}"
 
 
+# Pillow's raw decoder unpacks straight into its own RGB storage, so BGR and 4-channel frames cost
+# no extra copy: the channel swap and the alpha drop happen in the one copy Pillow makes anyway.
+_RAWMODES = {(3, False): "RGB", (3, True): "BGR", (4, False): "RGBX", (4, True): "BGRX"}
+
+
 def _array_to_pil(arr: np.ndarray, bgr: bool) -> Image.Image:
-    expected = "a uint8 H x W x 3 array (RGB, or BGR with bgr=True) or a uint8 H x W grayscale array"
+    expected = "a uint8 H x W x 3 array (RGB, or BGR with bgr=True), H x W x 4 (alpha dropped) or a uint8 H x W grayscale array"
     if arr.dtype != np.uint8:
         fix = (
             "scale float images to 0-255 and cast: (img * 255).round().clip(0, 255).astype(np.uint8); "
@@ -137,20 +142,15 @@ def _array_to_pil(arr: np.ndarray, bgr: bool) -> Image.Image:
         raise RadaError(f"expected {expected}, got {_describe(arr)}", fix)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    if arr.ndim == 2:
-        mode = "L"
-    elif arr.ndim == 3 and arr.shape[2] == 3:
-        mode = "RGB"
-        if bgr:
-            arr = arr[:, :, ::-1]
-    else:
-        fix = "drop the alpha channel (img[..., :3]) or pass a PIL RGBA image" if arr.ndim == 3 and arr.shape[2] == 4 else (
-            "pass one image at a time, or a list of images"
-        )
-        raise RadaError(f"expected {expected}, got {_describe(arr)}", fix)
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise RadaError(f"expected {expected}, got {_describe(arr)}", "pass one image at a time, or a list of images")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise RadaError(f"expected a non-empty image, got {_describe(arr)}", "pass an image with at least one pixel")
-    return Image.fromarray(np.ascontiguousarray(arr), mode=mode)
+    arr = np.ascontiguousarray(arr)
+    size = (arr.shape[1], arr.shape[0])
+    if arr.ndim == 2:
+        return Image.frombytes("L", size, arr, "raw", "L")
+    return Image.frombytes("RGB", size, arr, "raw", _RAWMODES[(arr.shape[2], bool(bgr))])
 
 
 def _as_pil(item: ImageLike, bgr: bool = False) -> Image.Image:
@@ -194,10 +194,16 @@ def to_pil(item: ImageLike, bgr: bool = False) -> Image.Image:
 # Geometry
 
 
-def _resize(img: Image.Image, height: int, width: int, resample: int) -> Image.Image:
+# Pillow's reducing_gap for the fast host path: an integer box reduction (Image.reduce) first, then
+# the antialiased filter for the last factor of at least 2. Pillow's docs: the larger the gap, the
+# closer to fair resampling; measured against open_clip's exact resize in README ("Camera frames").
+FAST_REDUCING_GAP = 2.0
+
+
+def _resize(img: Image.Image, height: int, width: int, resample: int, reducing_gap: float | None = None) -> Image.Image:
     if img.size == (width, height):
         return img
-    return img.resize((width, height), resample)
+    return img.resize((width, height), resample, reducing_gap=reducing_gap)
 
 
 def _shortest_side_size(height: int, width: int, target: int) -> tuple[int, int]:
@@ -246,7 +252,7 @@ def _center_crop_or_pad(img: Image.Image, height: int, width: int, fill: int) ->
     return img.crop((left, top, left + width, top + height))
 
 
-def resize_to_input(img: Image.Image, cfg: Any) -> Image.Image:
+def resize_to_input(img: Image.Image, cfg: Any, fast: bool = False) -> Image.Image:
     """The image at the model's input size, RGB, before normalisation (open_clip's geometry).
 
     - shortest: scale the short side to the input size, centre crop (square inputs: torchvision
@@ -254,24 +260,28 @@ def resize_to_input(img: Image.Image, cfg: Any) -> Image.Image:
       bicubic whatever the configured interpolation, sides rounded);
     - longest: scale the long side to the input size, pad with fill_color centred;
     - squash: resize to the input size, ignoring the aspect ratio.
+
+    ``fast``: Pillow's ``reducing_gap`` (FAST_REDUCING_GAP) for large downscales, much cheaper on
+    camera frames and close to, not equal to, open_clip's resize.
     """
     spec = _spec(cfg)
+    gap = FAST_REDUCING_GAP if fast else None
     if not isinstance(img, Image.Image):
         img = _as_pil(img)
     height, width = spec.height, spec.width
     if spec.resize_mode == "squash":
-        img = _resize(img, height, width, spec.resample)
+        img = _resize(img, height, width, spec.resample, gap)
     elif spec.resize_mode == "longest":
         new_h, new_w = _keep_ratio_size(img.height, img.width, height, width, longest=True)
-        img = _resize(img, new_h, new_w, spec.resample)
+        img = _resize(img, new_h, new_w, spec.resample, gap)
         img = _center_crop_or_pad(img, height, width, spec.fill_color)
     else:
         if height == width:
             new_h, new_w = _shortest_side_size(img.height, img.width, height)
-            img = _resize(img, new_h, new_w, spec.resample)
+            img = _resize(img, new_h, new_w, spec.resample, gap)
         else:
             new_h, new_w = _keep_ratio_size(img.height, img.width, height, width, longest=False)
-            img = _resize(img, new_h, new_w, Image.Resampling.BICUBIC)
+            img = _resize(img, new_h, new_w, Image.Resampling.BICUBIC, gap)
         # torchvision's CenterCrop pads with 0 whatever fill_color says.
         img = _center_crop_or_pad(img, height, width, 0)
     return _to_rgb(img)
@@ -313,23 +323,24 @@ def _items(images: Any) -> list[Any]:
     return [images]
 
 
-def _frame(item: Any, spec: _Spec, bgr: bool) -> np.ndarray:
+def _frame(item: Any, spec: _Spec, bgr: bool, fast: bool = False) -> np.ndarray:
     if isinstance(item, np.ndarray) and np.issubdtype(item.dtype, np.floating):
         raise RadaError(
             f"expected images to make uint8 frames from, got {_describe(item)}",
             "pass images (paths, PIL images, uint8 H x W x 3 arrays); normalised float batches cannot be turned back into frames",
         )
-    return np.asarray(resize_to_input(_as_pil(item, bgr), spec), dtype=np.uint8)
+    return np.asarray(resize_to_input(_as_pil(item, bgr), spec, fast=fast and isinstance(item, np.ndarray)), dtype=np.uint8)
 
 
-def frames_uint8(images: Any, cfg: Any, bgr: bool = False) -> np.ndarray:
+def frames_uint8(images: Any, cfg: Any, bgr: bool = False, fast: bool = False) -> np.ndarray:
     """uint8 N x H x W x 3 RGB frames at the model's input size, not normalised.
 
     For a fused graph that normalises inside; ``images`` is one image or a list (paths, PIL images,
-    uint8 arrays), or a uint8 N x h x w x 3 batch.
+    uint8 arrays), or a uint8 N x h x w x 3 batch. ``fast``: arrays (camera frames) are resized
+    with Pillow's reducing_gap, see ``resize_to_input``; paths and PIL images stay exact.
     """
     spec = _spec(cfg)
-    return np.stack([_frame(item, spec, bgr) for item in _items(images)])
+    return np.stack([_frame(item, spec, bgr, fast) for item in _items(images)])
 
 
 def _check_float_batch(batch: np.ndarray, spec: _Spec) -> np.ndarray:
@@ -359,12 +370,13 @@ def _check_float_batch(batch: np.ndarray, spec: _Spec) -> np.ndarray:
     return np.ascontiguousarray(batch)
 
 
-def preprocess(images: Any, cfg: Any, bgr: bool = False) -> np.ndarray:
+def preprocess(images: Any, cfg: Any, bgr: bool = False, fast: bool = False) -> np.ndarray:
     """float32 N x 3 x H x W, as open_clip's eval transform would give, stacked.
 
     ``images``: one image or a list of them (paths, PIL images of any mode, uint8 H x W x 3 RGB
     arrays, BGR with ``bgr=True``, uint8 H x W grayscale), a uint8 N x h x w x 3 batch, or an
     already-preprocessed float N x 3 x H x W (or 3 x H x W) batch, which is only checked.
+    ``fast``: arrays (camera frames) are resized with Pillow's reducing_gap (``resize_to_input``).
     """
     spec = _spec(cfg)
     if isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):
@@ -379,8 +391,55 @@ def preprocess(images: Any, cfg: Any, bgr: bool = False) -> np.ndarray:
                 )
             out.append(_check_float_batch(item, spec)[0])
             continue
-        out.append(normalize(_frame(item, spec, bgr), spec))
+        out.append(normalize(_frame(item, spec, bgr, fast), spec))
     return np.stack(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames for a graph that preprocesses itself (exported with --embed-preprocess)
+
+
+def graph_frames(images: Any, frames_cfg: Any, bgr: bool = False) -> np.ndarray:
+    """A uint8 frame (H x W, H x W x C) or batch (N x H x W x C) as the frames graph takes it.
+
+    The array itself (a view) when it is contiguous and in the graph's channel order: no resize,
+    no float conversion, no channel copy; otherwise one copy (reordered channels, or contiguous).
+    C is 1 (grey), 3, or 4 (BGRA/RGBA: the graph drops alpha). ``frames_cfg`` is the manifest's
+    ``frames`` section (runtimes.manifest.Frames).
+    """
+    expected = "uint8 camera frames: H x W x 3 (RGB, or BGR with bgr=True), H x W x 4 (alpha dropped), H x W grey, or a batch N x H x W x C"
+    if not isinstance(images, np.ndarray):
+        raise RadaError(f"expected {expected}, got {type(images).__name__}", "pass the frame as a numpy array")
+    arr = images
+    if arr.dtype != np.uint8:
+        raise RadaError(f"expected {expected}, got {_describe(arr)}",
+                        "pass the camera's 8-bit frame as it comes (OpenCV and GStreamer give uint8); scale float images to 0-255 and cast to uint8")
+    if arr.ndim == 2:
+        arr = arr[None, :, :, None]
+    elif arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4:
+        raise RadaError(f"expected {expected}, got {_describe(images)}", "pass one frame (H x W x C) or a batch of equal-size frames (N x H x W x C)")
+    n, height, width, channels = arr.shape
+    if channels not in (1, 3, 4):
+        raise RadaError(f"expected {expected}, got {_describe(images)} ({channels} channels)",
+                        "pass 1 (grey), 3 (RGB/BGR) or 4 (RGBA/BGRA) channels in the last axis")
+    if n == 0 or height == 0 or width == 0:
+        raise RadaError(f"expected a non-empty frame, got {_describe(images)}", "pass a frame with at least one pixel")
+    lo_h, _, hi_h = frames_cfg.height
+    lo_w, _, hi_w = frames_cfg.width
+    if not (lo_h <= height <= hi_h and lo_w <= width <= hi_w):
+        if lo_h == hi_h and lo_w == hi_w:
+            problem = f"the bundle takes {lo_w}x{lo_h} frames (fixed at export with --frame-size), got {width}x{height}"
+            fix = f"resize the camera to {lo_w}x{lo_h}, or re-export with --frame-size {width}x{height} (or without it)"
+        else:
+            problem = f"frame {width}x{height} is outside the bundle's range {lo_w}x{lo_h} to {hi_w}x{hi_h}"
+            fix = f"pass frames of at most {hi_w}x{hi_h}, or re-export with --frame-size {width}x{height}"
+        raise RadaError(problem, fix)
+    if channels >= 3 and bool(bgr) != (frames_cfg.channel_order == "bgr"):
+        # The graph's order is fixed at export: reorder here (one copy, alpha dropped with it).
+        arr = arr[..., 2::-1]
+    return np.ascontiguousarray(arr)
 
 
 def input_size(cfg: Any) -> tuple[int, int]:
@@ -392,6 +451,7 @@ def input_size(cfg: Any) -> tuple[int, int]:
 __all__ = [
     "RESIZE_MODES",
     "frames_uint8",
+    "graph_frames",
     "input_size",
     "load_image",
     "normalize",

@@ -105,6 +105,8 @@ class Runtime:
             raise RadaError(f"batch_size must be positive, got {batch_size}", "use batch_size=32")
         if adapt and self.tta.mode == "episodic":
             return self._predict_episodic(images, bgr)
+        if self._takes_raw_frames(images, adapt):
+            return self._predict_frames(images, bgr, batch_size)
         items = self._as_items(images)
         chunks = [self._predict_chunk(items[i : i + batch_size], bgr, adapt) for i in range(0, len(items), batch_size)]
         logits = np.concatenate([c[0] for c in chunks])
@@ -125,6 +127,21 @@ class Runtime:
                             f"shape {images.shape} and dtype {images.dtype}", "cast images to uint8, or preprocess them to float32")
         return [images]
 
+    def _takes_raw_frames(self, images: Any, adapt: bool) -> bool:
+        """A uint8 array for a fused graph that resizes frames itself (bundles with a ``frames`` section)."""
+        return (self.manifest.frames is not None and isinstance(images, np.ndarray) and images.dtype == np.uint8
+                and self._use_fused(adapt))
+
+    def _predict_frames(self, images: np.ndarray, bgr: bool, batch_size: int) -> Prediction:
+        """The frame goes to the graph as it is (see preprocess.graph_frames): O(1) Python work per call."""
+        frames = pp.graph_frames(images, self.manifest.frames, bgr)
+        runner = self._fused_runner()
+        name = runner.input_names[0]
+        outs = [runner.run({name: frames[i : i + batch_size]}) for i in range(0, len(frames), batch_size)]
+        if len(outs) == 1:
+            return self._prediction(outs[0]["logits"], outs[0]["image_features"])
+        return self._prediction(np.concatenate([o["logits"] for o in outs]), np.concatenate([o["image_features"] for o in outs]))
+
     def _use_fused(self, adapt: bool) -> bool:
         return (not adapt and not self.head.adapted and self.classes == list(self.manifest.class_names)
                 and self.manifest.graph_key(FUSED, self._variant(FUSED)) in self.manifest.graphs)
@@ -139,12 +156,14 @@ class Runtime:
         if self._use_fused(adapt) and not (preprocessed and self.manifest.embed_preprocess):
             runner = self._fused_runner()
             if self.manifest.embed_preprocess:
-                feed = pp.frames_uint8(items, self.manifest.preprocess, bgr)
+                feed = pp.frames_uint8(items, self.manifest.preprocess, bgr, fast=True)  # RGB at the model's size
+                if self.manifest.frames is not None and self.manifest.frames.channel_order == "bgr":
+                    feed = np.ascontiguousarray(feed[..., ::-1])
             else:
-                feed = items if preprocessed else pp.preprocess(items, self.manifest.preprocess, bgr)
+                feed = items if preprocessed else pp.preprocess(items, self.manifest.preprocess, bgr, fast=True)
             out = runner.run({runner.input_names[0]: feed})
             return out["logits"], out["image_features"]
-        pixels = items if preprocessed else pp.preprocess(items, self.manifest.preprocess, bgr)
+        pixels = items if preprocessed else pp.preprocess(items, self.manifest.preprocess, bgr, fast=True)
         features = self.encode(pixels)
         logits = self.head.adapt(features) if adapt else self.head.logits(features)
         return logits, features

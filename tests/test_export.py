@@ -166,7 +166,7 @@ def test_embed_preprocess_equals_open_clip_preprocessing(tmp_path, head_ckpt, ti
     result = export_bundle(ExportRequest(out=tmp_path / "b", ckpt=head_ckpt, embed_preprocess=True, fp16=True), clip=tiny_clip)
     m = read_manifest(result.bundle)
     assert m.embed_preprocess and m.graphs["model"].input_dtypes == {"frames": "uint8"}
-    assert m.graphs["model"].inputs["frames"] == ["batch", 64, 64, 3]
+    assert m.graphs["model"].inputs["frames"] == ["batch", "frame_height", "frame_width", "frame_channels"]
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     with torch.no_grad():

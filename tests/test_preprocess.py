@@ -278,7 +278,7 @@ def test_normalize_shapes(manifest_cfg):
     "bad,match",
     [
         (np.zeros((64, 64, 3), dtype=np.float32), r"N x 3 x 224 x 224.*uint8 H x W x 3.*float32 array of shape \(64, 64, 3\)"),
-        (np.zeros((64, 64, 4), dtype=np.uint8), r"uint8 H x W x 3.*shape \(64, 64, 4\)"),
+        (np.zeros((64, 64, 2), dtype=np.uint8), r"uint8 H x W x 3.*shape \(64, 64, 2\)"),  # 4 channels: alpha dropped (test_frames.py)
         (np.zeros((64, 64), dtype=np.float32), r"float32 batch N x 3 x 224 x 224.*float32 array of shape \(64, 64\)"),
         (np.zeros((64, 64, 3), dtype=np.int16), r"uint8 H x W x 3.*int16"),
         (np.zeros((0, 64, 3), dtype=np.uint8), r"non-empty image"),
@@ -289,7 +289,7 @@ def test_normalize_shapes(manifest_cfg):
         (42, r"expected an image .* got int"),
         ([np.zeros((1, 3, 224, 224), dtype=np.float32)], r"single preprocessed images"),
     ],
-    ids=["float-hwc", "4-channels", "2d-float", "int16", "zero-size", "wrong-size-batch", "empty-batch",
+    ids=["float-hwc", "2-channels", "2d-float", "int16", "zero-size", "wrong-size-batch", "empty-batch",
          "empty-uint8-batch", "empty-list", "int", "batch-in-list"],
 )
 def test_bad_arrays_and_items(manifest_cfg, bad, match):

@@ -387,3 +387,27 @@ def test_rule_int8_weights_must_go_through_dequantize():
     cast = _model([helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["x", "wf"], ["y"])],
                   initializers=[w], inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])])
     assert "int8" in _rules(cast)
+
+
+def test_build_plan_and_parity_feeds_cover_the_frame_dims(frames_bundle, tmp_path):
+    # The frames graph's height/width/channels are symbolic: the build's profile must range over them
+    # (from the manifest, fixed by --frame-size), and the engine's parity feeds must lie inside it.
+    from rada_export.export.bundle import ExportRequest, export_bundle
+    from rada_export.tensorrt.build import MAX_FRAMES_BATCH, plan_build
+    from rada_export.tensorrt.verify import _sizes_to_check, make_feeds
+
+    plan = plan_build(frames_bundle, graph="model", precision="fp16")
+    assert plan.ranges["frame_height"] == (1, 1080, 4096) and plan.ranges["frame_width"] == (1, 1920, 4096)
+    assert plan.batch[2] <= MAX_FRAMES_BATCH
+    low, opt, high = plan.input_profile("frames")
+    assert low[1:] == (1, 1, 1) and opt[1:] == (1080, 1920, 3) and high[1:] == (4096, 4096, 4)
+
+    fixed = export_bundle(ExportRequest(out=tmp_path / "fixed", model="rada-tiny-ViT", pretrained="none", classes=["cat", "dog"],
+                                        embed_preprocess=True, frame_size=(480, 640), verify=False)).bundle
+    plan = plan_build(fixed, graph="model", precision="fp32")
+    assert plan.input_profile("frames")[0][1:3] == plan.input_profile("frames")[2][1:3] == (480, 640)
+    for _, sizes in _sizes_to_check(plan.ranges, "model", 2, 2):
+        feeds = make_feeds(fixed, plan.manifest, "model", sizes)
+        assert feeds["frames"].dtype == np.uint8 and feeds["frames"].shape[1:] == (480, 640, 3)
+    report = lint_bundle(fixed, TARGET)
+    assert report.ok, [f.line() for f in report.findings]

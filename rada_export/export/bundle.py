@@ -24,6 +24,7 @@ from ..prompts import parse_class_names, text_features, validate_templates
 from ..runtimes import manifest as mf
 from ..runtimes import replace
 from . import fp16 as fp16_mod
+from .frames import CHANNEL_ORDERS, FramesConfig, prepend_frames
 from .modules import FusedModel, HeadGraph, ImageEncoder, TextEncoder
 from .onnx_io import DEFAULT_OPSET, MIN_OPSET, TWO_GB, GraphSpec, export_module, graph_io, load_graph, save_graph, check_graph
 from .verify import VerificationReport, verify_bundle
@@ -33,6 +34,7 @@ ENGINES_DIR = "engines"  # TensorRT engines built into a bundle (rada-export trt
 # Refuse heads whose attention maps alone would exceed this per image (FP32), warn from WARN_CLASSES.
 MAX_ATTENTION_BYTES = 1 << 30
 WARN_CLASSES = 1000
+MAX_FRAME_SIDE = 16384
 
 
 @dataclass
@@ -47,6 +49,8 @@ class ExportRequest:
     max_batch: int = 32
     fp16: bool = False
     embed_preprocess: bool = False
+    frame_size: tuple[int, int] | None = None  # (height, width) of the camera frames, with embed_preprocess
+    channel_order: str = "rgb"  # of the frames, with embed_preprocess: rgb or bgr
     exporter: str = "torchscript"
     force: bool = False
     verify: bool = True
@@ -69,6 +73,7 @@ def _check_request(req: ExportRequest) -> None:
         raise RadaError(f"--opset {req.opset} is too old", f"use opset {MIN_OPSET} or newer (one LayerNormalization node)")
     if req.exporter not in ("torchscript", "dynamo"):
         raise RadaError(f"unknown exporter {req.exporter!r}", "use --exporter torchscript or --exporter dynamo")
+    _check_frames(req)
     out = Path(req.out)
     if out.exists() and not out.is_dir():
         raise RadaError(f"--out {out} is a file", "give a folder path for the bundle")
@@ -101,6 +106,26 @@ def check_replaceable(out: Path) -> None:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise RadaError(f"--out {out} holds files that are not part of its bundle ({shown}), so --force will not replace it",
                         "move those files out of the folder, or choose another --out")
+
+
+def _check_frames(req: ExportRequest) -> None:
+    if req.channel_order not in CHANNEL_ORDERS:
+        raise RadaError(f"unknown channel order {req.channel_order!r}", "pass --channel-order rgb (PIL, most decoders) or bgr (OpenCV)")
+    if not req.embed_preprocess and (req.frame_size is not None or req.channel_order != "rgb"):
+        raise RadaError("--frame-size and --channel-order describe the frames of an --embed-preprocess graph",
+                        "add --embed-preprocess, or drop them")
+    if req.frame_size is not None:
+        height, width = req.frame_size
+        if not all(isinstance(v, int) and 1 <= v <= MAX_FRAME_SIDE for v in (height, width)):
+            raise RadaError(f"frame size {width}x{height} is out of range", f"pass --frame-size WxH with sides 1-{MAX_FRAME_SIDE}, e.g. 1920x1080")
+
+
+def parse_frame_size(text: str) -> tuple[int, int]:
+    """'1920x1080' (width x height, as cameras name them) -> (height, width)."""
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise RadaError(f"--frame-size {text!r} is not WIDTHxHEIGHT", "pass e.g. --frame-size 1920x1080")
+    return int(parts[1]), int(parts[0])
 
 
 def _resolve_head(req: ExportRequest) -> tuple[HeadCheckpoint | None, str, str]:
@@ -160,15 +185,14 @@ def _export_graphs(
     dim = clip.embed_dim
     batch = 2
     pixels = torch.randn(batch, 3, height, width)
-    frames = torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8)
     tokens = clip.tokenizer(["a photo of a cat.", "a dog"]).to(torch.int64)
     feats = torch.nn.functional.normalize(torch.randn(batch, dim), dim=-1)
-    fused_input = "frames" if req.embed_preprocess else "pixels"
+    # The fused graph is exported on pixels; with embedded preprocessing the frames graph (built in
+    # ONNX, see frames.py) is put in front of it afterwards.
     jobs = [
-        (mf.FUSED, FusedModel(clip.model, head, text, clip.preprocess_config if req.embed_preprocess else None),
-         (frames if req.embed_preprocess else pixels,),
-         GraphSpec((fused_input,), ("logits", "image_features"),
-                   {fused_input: {0: "batch"}, "logits": {0: "batch"}, "image_features": {0: "batch"}})),
+        (mf.FUSED, FusedModel(clip.model, head, text), (pixels,),
+         GraphSpec(("pixels",), ("logits", "image_features"),
+                   {"pixels": {0: "batch"}, "logits": {0: "batch"}, "image_features": {0: "batch"}})),
         (mf.IMAGE_ENCODER, ImageEncoder(clip.model), (pixels,),
          GraphSpec(("pixels",), ("image_features",), {"pixels": {0: "batch"}, "image_features": {0: "batch"}})),
         (mf.TEXT_ENCODER, TextEncoder(clip.model), (tokens,),
@@ -183,6 +207,10 @@ def _export_graphs(
         for name, module, args, spec in jobs:
             path = root / f"{name}.onnx"
             data = export_module(module.eval(), args, path, spec, req.opset, req.exporter, req.external_data_threshold)
+            if name == mf.FUSED and req.embed_preprocess:
+                frames = FramesConfig(req.channel_order, req.frame_size)
+                data = save_graph(prepend_frames(load_graph(path), clip.preprocess_config, frames), path, req.external_data_threshold)
+                check_graph(path)
             entries[name] = _graph_entry(path, root, "fp32", data)
             advance(1)
         if req.fp16:
@@ -263,6 +291,7 @@ def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedC
             head=mf.HeadConfig(clip.embed_dim, head.num_heads, head.temperature, clip.logit_scale),
             class_names=class_names, templates=templates, context_length=clip.context_length,
             opset=req.opset, max_batch=req.max_batch, graphs=entries, embed_preprocess=req.embed_preprocess,
+            frames=FramesConfig(req.channel_order, req.frame_size).manifest_entry() if req.embed_preprocess else None,
             tokenizer=tokenizer, versions=versions,
         )
         files = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and p.name != mf.MANIFEST_NAME]

@@ -115,7 +115,8 @@ def verify_bundle(
         fused_pixels = [t.numpy() for t in FusedModel(clip.model, head, text_features).eval()(pixels_t)]
         fused_frames = None
         if manifest.embed_preprocess:
-            fused = FusedModel(clip.model, head, text_features, clip.preprocess_config).eval()
+            order = manifest.frames.channel_order if manifest.frames is not None else "rgb"
+            fused = FusedModel(clip.model, head, text_features, clip.preprocess_config, channel_order=order).eval()
             fused_frames = [t.numpy() for t in fused(torch.from_numpy(inputs.frames))]
 
     with reporter.task("verifying graphs with ONNX Runtime", len(manifest.graphs)) as advance:

@@ -62,7 +62,8 @@ PRECISIONS = ("fp16", "int8", "fp32")
 VARIANT_GRAPHS = (FUSED, IMAGE_ENCODER)  # graphs that get .fp16 / .int8 variants
 DEFAULT_OPT_BATCH = 8
 DEFAULT_MAX_CLASSES = 256  # head engines: K up to this (or the bundle's K when larger)
-DEFAULT_MAX_TEXTS = 256  # text-encoder engines: prompts per call up to this (or K x templates)
+DEFAULT_MAX_TEXTS = 256
+MAX_FRAMES_BATCH = 4  # default max batch of a frames graph (uint8 frames of any size in)  # text-encoder engines: prompts per call up to this (or K x templates)
 JETSON_MARKERS = ("/etc/nv_tegra_release",)
 DEVICE_TREE_MODEL = "/proc/device-tree/model"
 
@@ -219,8 +220,13 @@ def plan_build(
     if dla_core is not None and opt_b is None and max_b is None:
         opt_b = max_b = min_b  # DLA runs fixed shapes: one batch size unless told otherwise
         notes.append(f"DLA: fixed batch {min_b} (pass --min-batch/--opt-batch/--max-batch N to change it)")
+    frames_graph = manifest.frames is not None and graph == FUSED
     if max_b is None:
         max_b = max(int(manifest.max_batch), min_b)
+        if frames_graph:
+            # The profile's max shape sizes the engine's activations: 32 float 4K frames are gigabytes.
+            max_b = max(min(max_b, MAX_FRAMES_BATCH), min_b)
+            notes.append(f"frames graph: max batch {max_b} by default (pass --max-batch N to change it)")
     if opt_b is None:
         opt_b = _clamp(DEFAULT_OPT_BATCH, min_b, max_b)
     if min_b < 1:
@@ -240,6 +246,9 @@ def plan_build(
         "num_classes": (1, min(num_classes, max_k), max_k),
         "num_texts": (1, min(num_texts, max_t), max_t),
     }
+    if frames_graph:
+        # Frame height, width and channels from the manifest (fixed by `onnx --frame-size`, else any size).
+        ranges.update(manifest.frames.ranges())
 
     if workspace_gb is not None and not float(workspace_gb) > 0:
         raise RadaError(f"--workspace must be a positive number of GB, got {workspace_gb}", "pass e.g. --workspace 2, or leave it out")

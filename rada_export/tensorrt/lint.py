@@ -476,7 +476,8 @@ def lint_bundle(bundle: str | os.PathLike, trt_version: str = DEFAULT_TARGET, gr
         if graphs is not None and key not in set(graphs):
             continue
         report.graphs.append(key)
-        report.findings += lint_model(bundle / entry.file, key, trt_version, manifest_inputs=entry.inputs)
+        dims = PROFILE_DIMS + (tuple(manifest.frames.ranges()) if manifest.frames is not None else ())
+        report.findings += lint_model(bundle / entry.file, key, trt_version, profile_dims=dims, manifest_inputs=entry.inputs)
     return report
 
 

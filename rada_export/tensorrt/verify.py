@@ -76,7 +76,14 @@ def make_feeds(
         dims = [sizes[d] if isinstance(d, str) else int(d) for d in shape]
         dtype = entry.input_dtypes.get(name, "float32")
         if graph in (FUSED, IMAGE_ENCODER):
-            frames = rng.integers(0, 256, size=(dims[0], *manifest.preprocess.size, 3), dtype=np.uint8)
+            size = tuple(manifest.preprocess.size) + (3,)
+            if dtype == "uint8" and manifest.frames is not None:
+                # A frames graph resizes in the graph: feed frames of the profile's opt size (e.g. 1080p),
+                # so the engine's resize is what parity checks, and a fixed --frame-size profile accepts them.
+                f = manifest.frames
+                size = (sizes.get("frame_height", f.height[1]), sizes.get("frame_width", f.width[1]),
+                        sizes.get("frame_channels", _clamp(3, f.channels[0], f.channels[2])))
+            frames = rng.integers(0, 256, size=(dims[0], *size), dtype=np.uint8)
             feeds[name] = frames if dtype == "uint8" else normalize(frames, manifest.preprocess)
         elif graph == TEXT_ENCODER:
             feeds[name] = _tokens(bundle, manifest, dims[0], dims[1], rng).astype(dtype)
@@ -98,6 +105,10 @@ def _sizes_to_check(ranges: dict[str, tuple[int, int, int]], graph: str, num_cla
 
     main = {"batch": pick("batch", DEFAULT_SAMPLES), "num_texts": pick("num_texts", num_texts),
             "num_classes": pick("num_classes", num_classes)}
+    for dim, want in (("frame_height", None), ("frame_width", None), ("frame_channels", 3)):
+        if dim in ranges:
+            low, opt, high = ranges[dim]
+            main[dim] = _clamp(opt if want is None else want, low, high)
     checks = [("", main)]
     if graph == HEAD:
         small = pick("num_classes", max(1, num_classes // 2))

@@ -1,0 +1,107 @@
+"""Camera frames through `predict`: ViT-B-32, FP32, batch 1, ONNX Runtime on this CPU (issue 11).
+
+Prints, in one run:
+- `predict(frame, bgr=True)` on a 224 x 224 frame and on a 1920 x 1080 frame, with a bundle
+  whose graph resizes (`--embed-preprocess --channel-order bgr`): the ratio (target: at most 1.2x);
+- the host work per 1080p frame in that path: predict's time outside the graph (target: < 2 ms);
+- the same 1080p frame with the graph fed preprocessed pixels (host resize): open_clip's exact
+  Pillow resize, and the fast host path (Pillow reducing_gap), with their ratios to the 224 frame.
+
+    python benchmarks/bench_frames.py [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from rada_export.bench import camera_frame
+from rada_export.timing import time_calls
+
+
+def export(out: Path, embed: bool) -> Path:
+    from rada_export.export.bundle import ExportRequest, export_bundle
+
+    req = ExportRequest(out=out, model="ViT-B-32", pretrained="none", classes=["cat", "dog", "car", "person", "bicycle"],
+                        embed_preprocess=embed, channel_order="bgr" if embed else "rgb", verify=False)
+    return export_bundle(req).bundle
+
+
+def split_predict(rt, frame, repeats: int, **kwargs) -> tuple[float, float, float]:
+    """(total ms, host ms, graph ms), medians; the graph's share timed at the runner's call."""
+    runner = rt._fused_runner()
+    real_run = runner.run
+    inside: list[float] = []
+
+    def timed(feeds):
+        start = time.perf_counter()
+        out = real_run(feeds)
+        inside.append(time.perf_counter() - start)
+        return out
+
+    runner.run = timed
+    try:
+        totals = time_calls(lambda: rt.predict(frame, bgr=True, **kwargs), repeats, warmup=3)
+    finally:
+        runner.run = real_run
+    inside = inside[3:]
+    return (1000 * statistics.median(totals), 1000 * statistics.median(t - g for t, g in zip(totals, inside)),
+            1000 * statistics.median(inside))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    from rada_export.runtimes import preprocess as pp
+    from rada_export.runtimes.runtime import load_bundle
+
+    console = Console()
+    with tempfile.TemporaryDirectory() as tmp:
+        console.print("exporting ViT-B-32 (random weights) with and without --embed-preprocess ...")
+        frames_bundle = export(Path(tmp) / "frames", embed=True)
+        pixels_bundle = export(Path(tmp) / "pixels", embed=False)
+        rt_frames = load_bundle(frames_bundle, backend="onnxruntime", device="cpu")
+        rt_pixels = load_bundle(pixels_bundle, backend="onnxruntime", device="cpu")
+        small, hd = camera_frame(224, 224, 1), camera_frame(1080, 1920, 2)
+
+        rows = []
+        base = split_predict(rt_frames, small, args.repeats)
+        graph_hd = split_predict(rt_frames, hd, args.repeats)
+        rows.append(("graph resizes", "224 x 224", *base))
+        rows.append(("graph resizes", "1920 x 1080", *graph_hd))
+
+        # Host resize into the pixels graph: exact (open_clip's Pillow resize) and fast (reducing_gap).
+        cfg = rt_pixels.manifest.preprocess
+        base_px = split_predict(rt_pixels, small, args.repeats)
+        exact_ms = 1000 * statistics.median(time_calls(lambda: pp.preprocess(hd, cfg, bgr=True), args.repeats, 2))
+        fast_ms = 1000 * statistics.median(time_calls(lambda: pp.preprocess(hd, cfg, bgr=True, fast=True), args.repeats, 2))
+        fast_hd = split_predict(rt_pixels, hd, args.repeats)  # the runtime's host path is the fast one
+        rows.append(("host resizes", "224 x 224", *base_px))
+        rows.append(("host resizes (fast)", "1920 x 1080", *fast_hd))
+
+        table = Table(title=f"predict(frame, bgr=True), ViT-B-32 FP32, batch 1, ONNX Runtime CPU")
+        for col in ("path", "frame", "total ms", "host ms", "graph ms"):
+            table.add_column(col)
+        for path, frame, total, host, graph in rows:
+            table.add_row(path, frame, f"{total:.2f}", f"{host:.2f}", f"{graph:.2f}")
+        console.print(table)
+
+        ratio = graph_hd[0] / base[0]
+        console.print(f"1080p / 224 frame through predict, graph resizes: {ratio:.3f}x (target <= 1.2x) "
+                      f"[{'PASS' if ratio <= 1.2 else 'FAIL'}]")
+        console.print(f"host work per 1080p frame, graph resizes: {graph_hd[1]:.3f} ms (target < 2 ms) "
+                      f"[{'PASS' if graph_hd[1] < 2 else 'FAIL'}]")
+        console.print(f"1080p / 224 frame, host resizes (fast path): {fast_hd[0] / base_px[0]:.3f}x; "
+                      f"host preprocessing of one 1080p BGR frame: exact {exact_ms:.1f} ms, fast {fast_ms:.1f} ms "
+                      f"({exact_ms / fast_ms:.1f}x faster)")
+
+
+if __name__ == "__main__":
+    main()
