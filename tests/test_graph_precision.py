@@ -156,3 +156,62 @@ def test_large_graph_conversion_never_serialises_in_memory(tiny_clip, tmp_path, 
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
     # The input model kept its weights (saving with external data empties tensors it is given).
     assert all(i.HasField("raw_data") or len(i.float_data) for i in model.graph.initializer if i.data_type == TensorProto.FLOAT)
+
+
+def test_int8_graph_for_tensorrt_runs_its_unquantized_parts_in_fp16(tiny_bundles):
+    from rada_export.calibration.int8_fp16 import audit_qdq_types
+
+    bundle = tiny_bundles[0]
+    manifest = read_manifest(bundle)
+    for name in ("model", "image_encoder"):
+        over32 = onnx.load(str(bundle / manifest.graphs[f"{name}.int8"].file))
+        over16 = onnx.load(str(bundle / manifest.graphs[f"{name}.int8_fp16"].file))
+        types = fp16.node_compute_types(over16)
+        by_op: dict[str, set] = {}
+        for node in over16.graph.node:
+            if not any(scope in node.name for scope in fp16.FP32_SCOPES):
+                by_op.setdefault(node.op_type, set()).add(types.get(node.name))
+        # The bulk (every MatMul/Gemm, quantized or not, and the activations) is FP16 ...
+        assert by_op["MatMul"] | by_op.get("Gemm", set()) == {"float16"}, by_op["MatMul"]
+        assert by_op["Add"] - {None} == {"float16"}  # None: integer shape arithmetic
+        # ... what the FP16 graph keeps in FP32 stays FP32 ...
+        assert by_op["LayerNormalization"] == {"float32"}
+        assert by_op.get("ReduceL2", {"float32"}) == {"float32"}
+        # ... and the Q/DQ nodes are the calibrated ones, with FP16 scales and int8 zero points of 0.
+        audit = audit_qdq_types(over16)
+        assert not audit.violations and audit.qdq_nodes == audit.fp16_scales
+        assert audit.qdq_nodes == sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in over32.graph.node)
+        inits = {i.name: i for i in over16.graph.initializer}
+        for node in over16.graph.node:
+            if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+                zero = numpy_helper.to_array(inits[node.input[2]])
+                assert zero.dtype == np.int8 and not zero.any()
+        assert max(o.version for o in over16.opset_import if o.domain in ("", "ai.onnx")) >= 19
+        assert [i.type.tensor_type.elem_type for i in over16.graph.input] == [i.type.tensor_type.elem_type for i in over32.graph.input]
+        assert all(o.type.tensor_type.elem_type == TensorProto.FLOAT for o in over16.graph.output)
+
+
+def test_int8_graph_for_tensorrt_computes_the_calibrated_quantization(tiny_bundles):
+    """Its features match the FP32 Q/DQ graph evaluated as written (quantize, dequantize, float
+    GEMM: what TensorRT's int8 GEMMs compute), to FP16 rounding, and meet the INT8 thresholds."""
+    import onnxruntime as ort
+
+    bundle = tiny_bundles[0]
+    manifest = read_manifest(bundle)
+    pixels = np.random.default_rng(3).standard_normal((8, 3, 64, 64)).astype(np.float32)
+
+    def features(key, optimize=True):
+        options = ort.SessionOptions()
+        if not optimize:  # no fusion into ONNX Runtime's own integer kernels: the Q/DQ as written
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(str(bundle / manifest.graphs[key].file), options)
+        return session.run(["image_features"], {"pixels": pixels})[0]
+
+    def cosines(a, b):
+        return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+    simulated = features("image_encoder.int8", optimize=False)
+    over16 = features("image_encoder.int8_fp16")
+    assert cosines(simulated, over16).min() >= 0.999
+    assert cosines(features("image_encoder"), over16).mean() >= 0.98
+    assert manifest.calibration["image_encoder.int8_fp16"]["report"]["mean_cosine"] >= 0.98

@@ -86,6 +86,10 @@ def to_fp16(model: onnx.ModelProto, inline_limit: int = TWO_GB) -> onnx.ModelPro
     model = isolate_graph_outputs(drop_identity_casts(
         inline_initializer_aliases(constants_to_initializers(model)), inline_limit))
     model = infer_types(model, inline_limit)
+    # Without its own shape inference the converter edits ``model`` in place (outputs included):
+    # keep what the outputs were.
+    reference = onnx.ModelProto()
+    reference.graph.output.extend(copy.deepcopy(list(model.graph.output)))
     with _converter_cast_cleanup_disabled(), warnings.catch_warnings():
         # The converter warns once per weight it clamps to FP16's range: thousands of lines.
         warnings.simplefilter("ignore", UserWarning)
@@ -96,7 +100,7 @@ def to_fp16(model: onnx.ModelProto, inline_limit: int = TWO_GB) -> onnx.ModelPro
             node_block_list=fp32_node_names(model),
             disable_shape_infer=True,  # done above, on a file when the graph is large
         )
-    converted = keep_float_outputs(sync_cast_targets(fold_cast_round_trips(converted)), model)
+    converted = keep_float_outputs(sync_cast_targets(fold_cast_round_trips(converted)), reference)
     return matmul_before_batch_transpose(converted)
 
 
