@@ -215,3 +215,25 @@ def test_int8_graph_for_tensorrt_computes_the_calibrated_quantization(tiny_bundl
     assert cosines(simulated, over16).min() >= 0.999
     assert cosines(features("image_encoder"), over16).mean() >= 0.98
     assert manifest.calibration["image_encoder.int8_fp16"]["report"]["mean_cosine"] >= 0.98
+
+
+def test_int8_fp16_conversion_carries_external_data(tiny_bundles, tmp_path, monkeypatch):
+    """The large-graph path: weights in a .data file in and out, shape inference on files only."""
+    from rada_export.calibration.int8_fp16 import convert_file
+    from rada_export.export.onnx_io import save_graph
+
+    bundle = tiny_bundles[0]
+    source = tmp_path / "in" / "image_encoder.int8.onnx"
+    source.parent.mkdir()
+    assert save_graph(onnx.load(str(bundle / "image_encoder.int8.onnx")), source, external_threshold=0) is not None
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("in-memory shape inference used for a graph over the inline limit")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", refuse)
+    out = tmp_path / "out" / "image_encoder.int8_fp16.onnx"
+    out.parent.mkdir()
+    data = convert_file(source, out, external_threshold=0)
+    assert data == out.with_name(out.name + ".data") and data.stat().st_size > 100_000
+    monkeypatch.undo()
+    assert bare_session(out)["finite"]
