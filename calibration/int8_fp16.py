@@ -35,7 +35,7 @@ from rada_export.export.onnx_io import TWO_GB, check_graph, load_graph, save_gra
 FP16_QDQ_OPSET = 19
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 SUFFIX = "int8_fp16"  # manifest key "<graph>.int8_fp16"
-NOTES = ("explicit Q/DQ over FP16 (for TensorRT, strongly typed): the INT8 recipe's Q/DQ with FP16 scales; "
+NOTES = ("explicit Q/DQ over FP16 (for TensorRT, strongly typed): the INT8 recipe's Q/DQ with FP16 scales (opset 19); "
          "LayerNorm, L2 normalisation, preprocessing and the RAda head in FP32, everything else FP16")
 
 
