@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from rada_export.runtimes import manifest as mf
 from rada_export.runtimes import replace
 
 from .dataset import DEFAULT_HOLDOUT, DEFAULT_SAMPLES, CalibrationSet, build_calibration_set
+from . import int8_fp16
 from .int8 import METHODS, QuantizedGraph, QuantRecipe, progress_steps, quantize_graph
 from .report import AccuracyReport, CalibrationReport, accuracy_report
 
@@ -142,7 +145,8 @@ def _report_inputs(bundle: Path, manifest: mf.Manifest) -> tuple[np.ndarray | No
 
 
 def calibrate_bundle(req: CalibrateRequest, reporter: Reporter = SILENT) -> CalibrateResult:
-    """Writes ``<graph>.int8.onnx`` for the requested graphs into the bundle, with manifest entries.
+    """Writes ``<graph>.int8.onnx`` (Q/DQ over FP32, for ONNX Runtime) and ``<graph>.int8_fp16.onnx``
+    (the same Q/DQ over FP16, for TensorRT) for the requested graphs into the bundle, with manifest entries.
 
     Raises RadaError for bad input (nothing written) and VerificationError, carrying the
     CalibrationReport, when INT8 falls below the thresholds and ``accept_degraded`` is False.
@@ -181,6 +185,19 @@ def calibrate_bundle(req: CalibrateRequest, reporter: Reporter = SILENT) -> Cali
                     text_features=text_features, head_path=head_path, logit_scale=manifest.logit_scale,
                     batch_size=recipe.batch_size, on_batch=advance)
             outcomes.append(GraphOutcome(key=key, file=f"{key}.onnx", layers=len(q.layers), report=report))
+            # The same Q/DQ graph with its other parts in FP16: the one TensorRT engines build from.
+            key16 = f"{name}.{int8_fp16.SUFFIX}"
+            with reporter.task(f"converting {key} to FP16 for TensorRT", 1) as advance:
+                path16 = scratch / f"{key16}.onnx"
+                q16 = dataclasses.replace(q, path=path16, external_data=int8_fp16.convert_file(q.path, path16))
+                advance(1)
+            staged[key16] = q16
+            with reporter.task(f"checking {key16} against FP32", report_batches) as advance:
+                report16 = accuracy_report(
+                    key16, bundle / entry.file, q16.path, data.holdout, q.input_name, q.wants_frames, manifest.preprocess,
+                    text_features=text_features, head_path=head_path, logit_scale=manifest.logit_scale,
+                    batch_size=recipe.batch_size, on_batch=advance)
+            outcomes.append(GraphOutcome(key=key16, file=f"{key16}.onnx", layers=len(q.layers), report=report16))
         full = CalibrationReport([o.report for o in outcomes])
         if not full.passed and not req.accept_degraded:
             raise VerificationError(full, f"INT8 below the thresholds, nothing written: {full.describe()}")
@@ -221,12 +238,14 @@ def _updated_manifest(
                 if rel in _own_int8_names():
                     updated.files.pop(rel, None)
         # Q/DQ insertion keeps the graph's inputs and outputs, so they are the FP32 graph's.
-        source = sources[outcome.key.removesuffix(".int8")]
+        source = sources[outcome.key.split(".")[0]]
+        over_fp16 = outcome.key.endswith(f".{int8_fp16.SUFFIX}")
         updated.graphs[outcome.key] = mf.GraphEntry(
             file=q.path.name, precision="int8", inputs=dict(source.inputs), outputs=dict(source.outputs),
             input_dtypes=dict(source.input_dtypes),
             external_data=q.external_data.name if q.external_data else None,
-            notes=f"explicit Q/DQ: {recipe.describe()}",
+            notes=f"{int8_fp16.NOTES}; {recipe.describe()}" if over_fp16
+            else f"explicit Q/DQ over FP32 (for ONNX Runtime): {recipe.describe()}",
         )
         updated.files.update(mf.checksum_files(staging, _staged_files(q)))
         updated.calibration[outcome.key] = {
@@ -244,7 +263,7 @@ def _updated_manifest(
 
 def _own_int8_names() -> set[str]:
     """The only names calibrate ever writes, and so the only old files it may leave out."""
-    return {f"{g}.int8.onnx{ext}" for g in mf.GRAPH_NAMES for ext in ("", ".data")}
+    return {f"{g}.{suffix}.onnx{ext}" for g in mf.GRAPH_NAMES for suffix in ("int8", int8_fp16.SUFFIX) for ext in ("", ".data")}
 
 
 def _assemble(bundle: Path, staging: Path, scratch: Path, staged: dict[str, QuantizedGraph], old: mf.Manifest,

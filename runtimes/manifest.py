@@ -45,6 +45,10 @@ MAX_CONTEXT_LENGTH = 4096
 MAX_BATCH = 65536
 MAX_EMBED_DIM = 65536
 PRECISIONS = ("fp32", "fp16", "int8")
+# Manifest key suffix -> the precision it holds. ``int8_fp16`` is the Q/DQ graph whose other parts are
+# FP16 (calibration/int8_fp16.py): what TensorRT's strongly typed INT8 engines build from; ``int8`` is
+# the same Q/DQ over FP32, fastest on ONNX Runtime's CPU kernels.
+VARIANT_PRECISION = {"": "fp32", "fp16": "fp16", "int8": "int8", "int8_fp16": "int8"}
 _FIX = "re-export the bundle with `rada-export onnx`"
 
 
@@ -179,6 +183,15 @@ class Manifest:
     def graph_key(self, graph: str, precision: str = "fp32") -> str:
         return graph if precision == "fp32" else f"{graph}.{precision}"
 
+    def engine_graph_key(self, graph: str, precision: str = "fp32") -> str:
+        """The key TensorRT builds ``precision`` from: for INT8 the Q/DQ graph over FP16 where the
+        bundle has one (under strong typing, the Q/DQ graph over FP32 runs its other parts in FP32)."""
+        if precision == "int8":
+            over_fp16 = f"{graph}.int8_fp16"
+            if over_fp16 in self.graphs:
+                return over_fp16
+        return self.graph_key(graph, precision)
+
     def graph(self, graph: str, precision: str = "fp32") -> GraphEntry:
         key = self.graph_key(graph, precision)
         if key not in self.graphs:
@@ -307,9 +320,10 @@ def _check_names(names: list[str]) -> None:
 
 def _check_graph(key: str, entry: GraphEntry, pre: Preprocess) -> None:
     name, _, suffix = key.partition(".")
-    precision = suffix or "fp32"
-    if name not in GRAPH_NAMES or precision not in PRECISIONS or (suffix and suffix == "fp32"):
-        _bad(f"graphs has an unknown key {key!r} (graphs are {', '.join(GRAPH_NAMES)}, optionally .fp16 or .int8)")
+    precision = VARIANT_PRECISION.get(suffix)
+    if name not in GRAPH_NAMES or precision is None:
+        _bad(f"graphs has an unknown key {key!r} (graphs are {', '.join(GRAPH_NAMES)}, optionally "
+             f"{', '.join('.' + v for v in VARIANT_PRECISION if v)})")
     if entry.precision != precision:
         _bad(f"graphs[{key!r}].precision is {entry.precision!r}, its key says {precision}")
     pixels = entry.inputs.get("pixels")

@@ -50,8 +50,12 @@ def create_session(path: str | os.PathLike, device: str = "cpu", precision: str 
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    # ONNX Runtime's NCHWc layout pass crashes (segfault, ORT 1.31/1.32) on FP16 Conv nodes on the
-    # CPU; the FP16 graphs are meant for GPUs, so on the CPU they run without that pass.
+    # ONNX Runtime 1.31/1.32 segfaults while creating a CPU session (in its NchwcTransformer stage)
+    # on Transpose(perm=[1, 0, 2]) -> MatMul(constant) left unfused, as in every FP16 ViT graph
+    # exported before rada-export rewrote that pattern (export/fp16.py, matmul_before_batch_transpose).
+    # Graphs exported now load in a bare session; the pass stays off for FP16 graphs so that bundles
+    # already on devices keep loading (measured: the old graphs crash with it, run without it), and
+    # it has nothing to do in an FP16 graph (it rewrites FP32 Conv and pooling layouts).
     disabled = ["NchwcTransformer"] if precision == "fp16" else []
     try:
         return ort.InferenceSession(str(path), options, providers=resolve_providers(device), disabled_optimizers=disabled)

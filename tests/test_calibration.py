@@ -189,13 +189,17 @@ def test_manifest_records_the_int8_graphs(calibrated, images):
     result, req = calibrated
     manifest = mf.read_manifest(result.bundle)
     mf.verify_checksums(result.bundle, manifest)
-    for key in ("model.int8", "image_encoder.int8"):
+    reports = {r.graph: r for r in result.report.reports}
+    # Each graph twice: Q/DQ over FP32 for ONNX Runtime, the same Q/DQ over FP16 for TensorRT.
+    assert set(reports) == {"model.int8", "image_encoder.int8", "model.int8_fp16", "image_encoder.int8_fp16"}
+    for key in reports:
         entry = manifest.graphs[key]
         assert entry.precision == "int8" and entry.file == f"{key}.onnx" and entry.file in manifest.files
+        assert ("over FP16" in entry.notes) == key.endswith("_fp16")
         record = manifest.calibration[key]
         assert record["method"] == "minmax" and record["seed"] == 0 and record["samples"] == SAMPLES
         assert record["images"] == str(images.resolve()) and record["skipped"] == 0
-        assert record["report"]["mean_cosine"] == result.report.reports[0 if key == "model.int8" else 1].mean_cosine
+        assert record["report"]["mean_cosine"] == reports[key].mean_cosine
     assert manifest.graphs["model.int8"].inputs == manifest.graphs["model"].inputs
 
 

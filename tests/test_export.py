@@ -15,7 +15,7 @@ from rada_export import RadaError
 from rada_export.checkpoint import HeadMetadata, save_head
 from rada_export.cli.app import app
 from rada_export.export.bundle import ExportRequest, export_bundle
-from rada_export.export.fp16 import node_compute_types
+from rada_export.export.fp16 import attention_softmax_nodes, node_compute_types
 from rada_export.export.verify import verify_bundle
 from rada_export.head import RAdaHead
 from rada_export.runtimes.manifest import read_manifest
@@ -150,8 +150,15 @@ def test_fp16_keeps_fragile_ops_in_fp32(bundle):
         by_op = {}
         for node in model.graph.node:
             by_op.setdefault(node.op_type, set()).add(types.get(node.name))
-        for op in ("LayerNormalization", "Softmax", "ReduceL2"):
+        for op in ("LayerNormalization", "ReduceL2"):
             assert by_op.get(op) == {"float32"}, (key, op, by_op.get(op))
+        # Attention's Softmax stays FP16 so that TensorRT can fuse attention (see fp16.py); any
+        # other Softmax (the head's joint one) stays FP32.
+        attention = set(attention_softmax_nodes(model))
+        softmax = {n.name: types.get(n.name) for n in model.graph.node if n.op_type == "Softmax"}
+        assert attention and all("/attn/" in name for name in attention)
+        assert {t for name, t in softmax.items() if name in attention} == {"float16"}
+        assert {t for name, t in softmax.items() if name not in attention} <= {"float32"}
         assert "float16" in by_op["MatMul"] | by_op.get("Gemm", set())  # the bulk really is FP16
         head_nodes = [n for n in model.graph.node if n.name.startswith("/head/")]
         assert (not head_nodes) == (key.startswith("image_encoder"))

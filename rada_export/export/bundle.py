@@ -220,7 +220,7 @@ def _export_graphs(
                 check_graph(path16)
                 entries[f"{name}.fp16"] = _graph_entry(
                     path16, root, "fp16", data,
-                    notes="FP16 with LayerNorm, Softmax, L2 normalisation, preprocessing and the RAda head in FP32 (casts in the graph)")
+                    notes=fp16_mod.FP16_NOTES)
                 advance(1)
     return entries
 

@@ -205,7 +205,7 @@ def plan_build(
     problem = _missing_variant(manifest, graph, precision, bundle, calib)
     if problem is not None:
         raise problem
-    key = manifest.graph_key(graph, precision)
+    key = manifest.engine_graph_key(graph, precision)
     entry = manifest.graphs.get(key)
     if entry is not None and calib is not None:
         notes.append(f"the bundle already has an INT8 {graph} graph: --calib-images was not used "
@@ -331,7 +331,7 @@ def check_graph_ops(plan: BuildPlan, trt_version: str | None, notes: list[str]):
         return None
     supported = load_supported_ops()
     version = trt_version or ".".join(map(str, supported.newest_known))
-    findings = lint_model(plan.onnx_path, plan.manifest.graph_key(plan.graph, plan.precision), version,
+    findings = lint_model(plan.onnx_path, plan.manifest.engine_graph_key(plan.graph, plan.precision), version,
                           manifest_inputs=plan.entry.inputs if plan.entry else None)
     if findings:
         raise RadaError(
