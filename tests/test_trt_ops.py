@@ -413,3 +413,18 @@ def test_build_plan_and_parity_feeds_cover_the_frame_dims(frames_bundle, tmp_pat
         assert feeds["frames"].dtype == np.uint8 and feeds["frames"].shape[1:] == (480, 640, 3)
     report = lint_bundle(fixed, TARGET)
     assert report.ok, [f.line() for f in report.findings]
+
+
+def test_int8_engines_build_from_the_qdq_graph_over_fp16(frames_bundle, tmp_path):
+    # Issue 12 defect 7: under strong typing the Q/DQ graph over FP32 would run its other layers in
+    # FP32, so `trt --precision int8` must take `<graph>.int8_fp16` where calibration wrote one.
+    from rada_export.tensorrt.build import plan_build
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(frames_bundle, bundle)
+    calibrate_for_tests(bundle, tmp_path)
+    plan = plan_build(bundle, graph="model", precision="int8")
+    assert plan.onnx_path.name == "model.int8_fp16.onnx"
+    model = onnx.load(str(plan.onnx_path), load_external_data=False)
+    types = {i.type.tensor_type.elem_type for n in model.graph.node if n.op_type == "MatMul" for i in model.graph.value_info if i.name in n.output}
+    assert TensorProto.FLOAT16 in types
