@@ -33,6 +33,10 @@ def bench(
         batches = None if batch is None else [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:
         raise RadaError(f"--batch {batch!r} is not a list of integers", "pass e.g. --batch 1,8,32") from None
+    if plot is not None:  # checked before the (minutes-long) runs, not after them
+        from rada_export import validate
+
+        validate.output_file(plot, "--plot", validate.PLOT_SUFFIXES)
     targets, batches = plan_bench(bundle, backend or None, batches, repeats)
     results = []
     with reporter(quiet or json_out).task("benchmarking backends", len(targets)) as advance:

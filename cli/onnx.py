@@ -51,6 +51,8 @@ def onnx(
     from rada_export.errors import VerificationError
     from rada_export.export.bundle import ExportRequest, export_bundle
 
+    # Every option is checked before the model loads: bad input costs nothing and writes nothing.
+    check_export_options(out, classes, template, opset, exporter, max_batch, images)
     req = ExportRequest(
         out=out, ckpt=ckpt, model=model, pretrained=pretrained, classes=classes or None, templates=template or None,
         opset=opset, max_batch=max_batch, fp16=fp16, embed_preprocess=embed_preprocess, exporter=exporter,
@@ -73,6 +75,20 @@ def onnx(
         print_report(result.report)
     rows = [[k, e.file, e.precision, f"{(result.bundle / e.file).stat().st_size / 2**20:.1f} MiB"] for k, e in sorted(result.manifest.graphs.items())]
     console.print(make_table(f"bundle {result.bundle}", ["graph", "file", "precision", "size"], rows))
+
+
+def check_export_options(out: Path, classes, templates, opset: int, exporter: str, max_batch: int, images) -> None:
+    from rada_export import validate
+    from rada_export.prompts import parse_class_names, validate_templates
+
+    validate.opset(opset, exporter)
+    validate.integer("--max-batch", max_batch, 1)
+    validate.output_folder(out, "--out")
+    if templates:
+        validate_templates(templates)
+    if classes:
+        parse_class_names(classes)
+    validate.existing_files(images or (), "--verify-image")
 
 
 @handle_errors

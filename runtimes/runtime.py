@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rada_export import validate
 from rada_export.errors import RadaError
 
 from . import preprocess as pp
@@ -98,8 +99,7 @@ class Runtime:
         if adapt and self.tta is None:
             raise RadaError("predict(adapt=True) needs test-time adaptation settings",
                             "load the bundle with tta=TTAConfig(mode='continual') or TTAConfig(mode='episodic')")
-        if batch_size < 1:
-            raise RadaError(f"batch_size must be positive, got {batch_size}", "use batch_size=32")
+        validate.integer("batch_size", batch_size, 1)
         if adapt and self.tta.mode == "episodic":
             return self._predict_episodic(images, bgr)
         items = self._as_items(images)
@@ -178,9 +178,8 @@ class Runtime:
     def set_classes(self, names: Sequence[str], templates: Sequence[str] | None = None) -> None:
         """New classes on the device: prompts through the tokenizer and the text encoder graph."""
         names = _check_names(names)
-        templates = list(templates) if templates else list(self.manifest.templates)
-        if any("{}" not in t for t in templates):
-            raise RadaError(f"prompt templates need a '{{}}' placeholder: {templates}", "write templates like 'a photo of a {}.'")
+        validate.class_count(len(names), self.head.spec.num_heads)  # before any text-encoder work
+        templates = validate.templates(templates, self.manifest.templates)
         text = self.text_features(names, templates)
         self.head.set_text_features(text)
         self.classes = names
@@ -194,6 +193,7 @@ class Runtime:
             self._text = make_runner(self._choice, self.bundle, self.manifest, TEXT_ENCODER, "fp32")
         prompts = [t.format(n) for n in names for t in templates]
         tokens = self._tokenizer(prompts).astype(np.int64)
+        validate.distinct_prompts(names, tokens, len(templates), tokens.shape[1])
         chunks = [self._text.run({"token_ids": tokens[i : i + 256]})["text_features"] for i in range(0, len(tokens), 256)]
         per_prompt = np.concatenate(chunks).reshape(len(names), len(templates), -1)
         mean = per_prompt.mean(axis=1)
@@ -217,7 +217,10 @@ def _check_names(names: Sequence[str]) -> list[str]:
         names = [names]
     names = [str(n).strip() for n in names]
     if not names or not all(names):
-        raise RadaError("the class list is empty or holds an empty name", "pass at least one non-empty class name")
+        raise RadaError("the class list is empty or holds an empty name", "pass at least two non-empty class names")
+    if len(names) < 2:
+        raise RadaError(f"only one class name given ({names[0][:60]!r}): a classifier needs at least two classes",
+                        "pass at least two class names")
     lowered = [n.lower() for n in names]
     dupes = sorted({n for n in names if lowered.count(n.lower()) > 1})
     if dupes:
