@@ -946,7 +946,8 @@ class Head:
 
     # -- episodic adaptation ------------------------------------------------------------------
 
-    def adapt_episodic(self, view_features: np.ndarray, original: Optional[np.ndarray] = None) -> np.ndarray:
+    def adapt_episodic(self, view_features: np.ndarray, original: Optional[np.ndarray] = None, *,
+                       _snapshot: Optional[tuple] = None) -> np.ndarray:
         """TPT on one image: adapt on its N views (N x D), return the original's logits (1 x K).
 
         ``original`` (D or 1 x D) defaults to view 0. Each step keeps the ``keep`` fraction of
@@ -968,7 +969,7 @@ class Head:
         cfg = self.tta
         # The episode starts from the shared weights (deployed, or continual ones) and adapts a
         # private copy in this thread's buffers: other threads' episodes and predictions never see it.
-        base, _, text, q2 = self._snapshot()
+        base, _, text, q2 = self._snapshot() if _snapshot is None else _snapshot
         work = self._work()
         np.copyto(work.params, base)
         work.adam.clear()
