@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import threading
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -367,8 +368,12 @@ def adamw_step(
     anchor: float = 0.0,
     restore: float = 0.0,
     reference: Optional[np.ndarray] = None,
+    out: Optional[np.ndarray] = None,
 ) -> None:
     """One AdamW step in place, as torch.optim.AdamW computes it (decoupled decay, bias-corrected).
+
+    With ``out``, the new weights go there and ``params`` is only read (copy-on-write without a
+    separate whole-vector copy: each block is copied while it is in cache).
 
     ``anchor`` adds ``anchor * (params - reference)`` to the gradient first (the gradient of
     ``anchor / 2 * ||params - reference||^2``); ``restore`` moves the params that fraction of the
@@ -384,6 +389,9 @@ def adamw_step(
     for start in range(0, params.size, _ADAM_BLOCK):
         block = slice(start, start + _ADAM_BLOCK)
         p, g, m, v, tmp = params[block], grad[block], state.exp_avg[block], state.exp_avg_sq[block], scratch[block]
+        if out is not None:
+            np.copyto(out[block], p)
+            p = out[block]
         if anchor:
             np.subtract(p, reference[block], out=tmp)
             tmp *= anchor
@@ -636,6 +644,7 @@ class Head:
         self._local = threading.local()  # per thread: episodic buffers and the last episode's report
         self._params = self._deployed.copy()
         self._p = _views(self._params, dim)
+        self._spare: Optional[np.ndarray] = None  # the previous weights, reused by the next step if free
         self._grad = np.zeros_like(self._params)
         self._g = _views(self._grad, dim)
         self._scratch = np.empty_like(self._params)
@@ -912,14 +921,19 @@ class Head:
         self._pending.clear()
         if not self._grad_finite(self._grad) or cfg.continual_lr == 0.0:
             return
-        # Copy-on-write: readers that took the old weights keep a consistent (older) set.
-        params = self._params.copy()
+        # Copy-on-write: readers that took the old weights keep a consistent (older) set. The
+        # buffer two steps old is reused when no reader holds it any more (its only references
+        # are then this local name and getrefcount's argument), which saves an allocation.
+        spare, self._spare = self._spare, None
+        if spare is None or sys.getrefcount(spare) > 2:
+            spare = np.empty_like(self._params)
         adamw_step(
-            params, self._grad, self._adam, lr=cfg.continual_lr, weight_decay=cfg.continual_weight_decay,
+            self._params, self._grad, self._adam, lr=cfg.continual_lr, weight_decay=cfg.continual_weight_decay,
             betas=cfg.betas, eps=cfg.eps, scratch=self._scratch, anchor=cfg.anchor, restore=cfg.restore,
-            reference=self._deployed,
+            reference=self._deployed, out=spare,
         )
-        self._set_params(params)
+        self._spare = self._params
+        self._set_params(spare)
         self.counters.updates += 1
         self._adapted = True
 
