@@ -88,7 +88,7 @@ def check_export_options(out: Path, classes, templates, opset: int, exporter: st
         validate_templates(templates)
     if classes:
         parse_class_names(classes)
-    validate.existing_files(images or (), "--verify-image")
+    validate.readable_images(images or (), "--verify-image")
 
 
 @handle_errors
@@ -102,8 +102,10 @@ def verify(
 
     Example: rada-export verify --bundle bundle/ cat.jpg dog.png
     """
+    from rada_export import validate
     from rada_export.export.verify import verify_bundle
 
+    validate.readable_images(images or (), "image")
     report = verify_bundle(bundle, images or (), reporter=reporter(quiet or json_out))
     if json_out:
         print_json(report.to_dict())

@@ -170,6 +170,20 @@ def existing_files(paths: Sequence[str | os.PathLike], option: str) -> None:
             raise RadaError(f"{option} {path} is not an existing file", f"check the path given to {option}")
 
 
+def readable_images(paths: Sequence[str | os.PathLike], option: str) -> None:
+    """Existing files that Pillow can identify (a cheap header check, before minutes of export)."""
+    from PIL import Image
+
+    existing_files(paths, option)
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as err:  # Pillow raises many types for corrupt files
+            raise RadaError(f"{option} {path} is not a readable image ({type(err).__name__})",
+                            "pass JPEG, PNG, WebP or BMP files") from None
+
+
 # -- output paths ----------------------------------------------------------------------------------
 
 

@@ -128,6 +128,14 @@ def test_opset_outside_what_the_exporter_writes(work, opset):
     refused(["onnx", *TINY, "--classes", "cat,dog", "--opset", opset, "--out", str(work / "b")], work, f"--opset")
 
 
+def test_unreadable_verify_images_are_refused_before_the_export(work):
+    (work / "bad.png").write_bytes(b"not a png at all")
+    refused(["onnx", *TINY, "--classes", "cat,dog", "--verify-image", str(work / "bad.png"), "--out", str(work / "b")],
+            work, "is not a readable image")
+    refused(["onnx", *TINY, "--classes", "cat,dog", "--verify-image", str(work / "none.png"), "--out", str(work / "b")],
+            work, "is not an existing file")
+
+
 @pytest.mark.parametrize("out", [".", "..", "~"])
 def test_out_must_be_a_folder_of_its_own(work, out):
     (work / "sub").mkdir()
