@@ -48,8 +48,7 @@ def validate_class_names(names: Sequence[str]) -> list[str]:
     if len(names) < 2:
         raise RadaError(f"only one class name given ({names[0][:60]!r}): a classifier needs at least two classes",
                         "give at least two class names: --classes 'cat,dog', or a file with one name a line")
-    lowered = [n.lower() for n in names]
-    dupes = sorted({n for n in names if lowered.count(n.lower()) > 1})
+    dupes = validate.duplicates(names)
     if dupes:
         raise RadaError(f"duplicate class names: {', '.join(dupes)}", "each class must appear once in the class list")
     return list(names)

@@ -116,6 +116,14 @@ def class_count(num_classes: int, num_heads: int) -> str | None:
     return None
 
 
+def duplicates(names: Sequence[str]) -> list[str]:
+    """Names that appear more than once, ignoring case (linear: 10,000 names must not take minutes)."""
+    from collections import Counter
+
+    counts = Counter(n.lower() for n in names)
+    return sorted({n for n in names if counts[n.lower()] > 1})
+
+
 def max_classes(num_heads: int) -> int:
     return int((MAX_ATTENTION_BYTES / (3 * num_heads * 4)) ** 0.5)
 

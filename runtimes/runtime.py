@@ -269,8 +269,7 @@ def _check_names(names: Sequence[str]) -> list[str]:
     if len(names) < 2:
         raise RadaError(f"only one class name given ({names[0][:60]!r}): a classifier needs at least two classes",
                         "pass at least two class names")
-    lowered = [n.lower() for n in names]
-    dupes = sorted({n for n in names if lowered.count(n.lower()) > 1})
+    dupes = validate.duplicates(names)
     if dupes:
         raise RadaError(f"duplicate class names: {', '.join(dupes)}", "each class must appear once")
     return names

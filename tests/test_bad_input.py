@@ -96,6 +96,12 @@ def test_ten_thousand_classes_hit_the_class_limit_before_any_work(bundle, work):
     assert "the limit is 3344 classes" in text and "at most 3344" in text
 
 
+def test_class_limit_in_onnx(work):
+    # The duplicate check was quadratic: 15,000 names took minutes before the limit was even reached.
+    names = ",".join(f"class {i}" for i in range(15000))
+    refused(["onnx", *TINY, "--classes", names, "--out", str(work / "b")], work, "15000 classes", "the limit is 3344")
+
+
 def test_class_names_equal_in_their_first_77_tokens_are_refused(bundle, work):
     stem = "very " * 80
     names = f"{stem}cat,{stem}dog"
