@@ -150,7 +150,8 @@ def setup(work: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bundle", type=Path)
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default="", help="Run only the probes whose name holds this text.")
+    ap.add_argument("--start", default="", help="Skip the probes before the first whose name holds this text.")
     ap.add_argument("--timeout", type=float, default=120)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rada-probe-"))
@@ -161,13 +162,15 @@ def main() -> int:
         subprocess.run(["rada-export", "onnx", "--model", "rada-tiny-ViT", "--pretrained", "none", "--classes", "cat,dog,bird",
                         "--out", str(bundle), "-q", "--no-verify"], check=True, capture_output=True)
     faults = 0
+    started = not args.start
     for name, argv in probes(work, bundle):
-        if args.only and args.only not in name:
+        started = started or args.start in name
+        if not started or (args.only and args.only not in name):
             continue
         try:
             run = subprocess.run(["rada-export", *argv], capture_output=True, text=True, timeout=args.timeout, cwd=work)
         except subprocess.TimeoutExpired:
-            print(f"FAULT {name}: ran over {args.timeout:.0f} s")
+            print(f"{name:40s} FAULT ran over {args.timeout:.0f} s", flush=True)
             faults += 1
             continue
         err = run.stderr.strip().splitlines()
