@@ -44,6 +44,7 @@ def bench(
             results += bench_isolated(bundle, target, batches, repeats)
             advance(1)
     if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)  # checked writable above; made only now that there is a plot
         plot_results(results, plot, f"{bundle.name}: fused graph latency")
     if json_out:
         print_json({"bundle": str(bundle), "results": [asdict(r) for r in results], "plot": str(plot) if plot else None})

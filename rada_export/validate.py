@@ -57,10 +57,14 @@ def number(name: str, value: Any, minimum: float | None = None, maximum: float |
 
 def _in_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        lo = "" if minimum is None else f"at least {minimum:g}"
-        hi = "" if maximum is None else f"at most {maximum:g}"
+        lo = "" if minimum is None else f"at least {_fmt(minimum)}"
+        hi = "" if maximum is None else f"at most {_fmt(maximum)}"
         bounds = " and ".join(b for b in (lo, hi) if b)
-        raise RadaError(f"{name} must be {bounds}, got {value:g}", f"pass {name} {bounds}")
+        raise RadaError(f"{name} must be {bounds}, got {_fmt(value)}", f"pass {name} {bounds}")
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def choice(name: str, value: Any, allowed: Sequence[str]) -> str:

@@ -242,6 +242,13 @@ def test_bench_plot_naming_a_folder_or_a_bad_suffix(bundle, work):
     refused(["bench", "--bundle", str(bundle), "--plot", str(work / "p.txt"), "--repeats", "1", "--batch", "1"], work, ".png")
 
 
+def test_bench_plot_into_a_folder_not_made_yet(bundle, work):
+    result = runner.invoke(app, ["bench", "--bundle", str(bundle), "--backend", "onnxruntime-cpu", "--repeats", "1",
+                                 "--batch", "1", "--plot", str(work / "new" / "sub" / "latency.png"), "--quiet"])
+    assert result.exit_code == 0, result.output  # once a FileNotFoundError traceback after the runs
+    assert (work / "new" / "sub" / "latency.png").stat().st_size > 0
+
+
 def test_quick_with_model_is_refused(work):
     refused(["demo", "--quick", "--model", "ViT-B-32", "--out", str(work / "d")], work, "--quick", "--model ViT-B-32")
 
