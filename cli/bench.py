@@ -37,6 +37,10 @@ def bench(
         batches = None if batch is None else [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:
         raise RadaError(f"--batch {batch!r} is not a list of integers", "pass e.g. --batch 1,8,32") from None
+    if plot is not None:  # checked before the (minutes-long) runs, not after them
+        from rada_export import validate
+
+        validate.output_file(plot, "--plot", validate.PLOT_SUFFIXES)
     targets, batches = plan_bench(bundle, backend or None, batches, repeats)
     results = []
     with reporter(quiet or json_out).task("benchmarking backends", len(targets)) as advance:
@@ -44,6 +48,7 @@ def bench(
             results += bench_isolated(bundle, target, batches, repeats)
             advance(1)
     if plot is not None:
+        plot.parent.mkdir(parents=True, exist_ok=True)  # checked writable above; made only now that there is a plot
         plot_results(results, plot, f"{bundle.name}: fused graph latency")
     if json_out:
         print_json({"bundle": str(bundle), "results": [asdict(r) for r in results], "plot": str(plot) if plot else None})

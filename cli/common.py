@@ -28,6 +28,8 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except RadaError as err:
+            if kwargs.get("json_out"):  # a --json caller parses stdout: it gets the error as JSON too
+                print_json({"error": err.problem, "fix": err.fix, "exit_code": err.exit_code})
             # Messages hold literal brackets ("rada-export[trt]"): escape them from rich's markup.
             err_console.print(f"[bold red]error:[/bold red] {escape(err.problem)}")
             if err.fix:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -12,7 +13,7 @@ from .common import console, handle_errors, make_table, pct, print_json, reporte
 @handle_errors
 def demo(
     out: Path = typer.Option(Path("rada-demo"), "--out", help="Folder for everything the demo makes (a folder it made is replaced on re-runs; any other non-empty folder is refused)."),
-    model: str = typer.Option("ViT-B-32", "--model", help="open_clip model."),
+    model: Optional[str] = typer.Option(None, "--model", help="open_clip model (default ViT-B-32; --quick uses a tiny one)."),
     pretrained: str = typer.Option("none", "--pretrained", help="'none' (offline, random weights), an open_clip tag, or a weights file."),
     quick: bool = typer.Option(False, "--quick", help="A tiny model and fewer images: a smoke run in about a minute."),
     images_per_class: int = typer.Option(16, "--images-per-class", min=4),
@@ -25,9 +26,15 @@ def demo(
     """
     from dataclasses import asdict
 
+    from rada_export import validate
     from rada_export.demo import DemoConfig, run_demo
+    from rada_export.errors import RadaError
 
-    summary = run_demo(DemoConfig(out=out, model=model, pretrained=pretrained, quick=quick,
+    if quick and model is not None:
+        raise RadaError(f"--quick runs a tiny built-in model, so --model {model} would be ignored",
+                        "drop --quick to run --model, or drop --model for the quick smoke run")
+    validate.output_folder(out, "--out")
+    summary = run_demo(DemoConfig(out=out, model=model or "ViT-B-32", pretrained=pretrained, quick=quick,
                                   images_per_class=images_per_class), reporter(quiet or json_out))
     if json_out:
         print_json(asdict(summary))

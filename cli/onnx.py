@@ -53,6 +53,8 @@ def onnx(
     from rada_export.errors import VerificationError
     from rada_export.export.bundle import ExportRequest, export_bundle, parse_frame_size
 
+    # Every option is checked before the model loads: bad input costs nothing and writes nothing.
+    check_export_options(out, classes, template, opset, exporter, max_batch, images)
     req = ExportRequest(
         out=out, ckpt=ckpt, model=model, pretrained=pretrained, classes=classes or None, templates=template or None,
         opset=opset, max_batch=max_batch, fp16=fp16, embed_preprocess=embed_preprocess, exporter=exporter,
@@ -78,6 +80,20 @@ def onnx(
     console.print(make_table(f"bundle {result.bundle}", ["graph", "file", "precision", "size"], rows))
 
 
+def check_export_options(out: Path, classes, templates, opset: int, exporter: str, max_batch: int, images) -> None:
+    from rada_export import validate
+    from rada_export.prompts import parse_class_names, validate_templates
+
+    validate.opset(opset, exporter)
+    validate.integer("--max-batch", max_batch, 1)
+    validate.output_folder(out, "--out")
+    if templates:
+        validate_templates(templates)
+    if classes:
+        parse_class_names(classes)
+    validate.readable_images(images or (), "--verify-image")
+
+
 @handle_errors
 def verify(
     bundle: Path = typer.Option(..., "--bundle", help="Bundle folder."),
@@ -89,8 +105,10 @@ def verify(
 
     Example: rada-export verify --bundle bundle/ cat.jpg dog.png
     """
+    from rada_export import validate
     from rada_export.export.verify import verify_bundle
 
+    validate.readable_images(images or (), "image")
     report = verify_bundle(bundle, images or (), reporter=reporter(quiet or json_out))
     if json_out:
         print_json(report.to_dict())

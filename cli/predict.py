@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 
@@ -18,7 +18,7 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (where the bundle has it)."),
     tta: str = typer.Option("off", "--tta", help="Test-time adaptation: off, episodic or continual."),
-    views: int = typer.Option(16, "--views", help="Episodic TTA: augmented views per image."),
+    views: Optional[int] = typer.Option(None, "--views", help="Episodic TTA: augmented views per image (default 16)."),
     top: int = typer.Option(3, "--top", min=1, help="Classes shown per image."),
     classes: List[str] = typer.Option(None, "--classes", help="Replace the bundle's classes (comma-separated or a file)."),
     json_out: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
@@ -31,8 +31,17 @@ def predict(
     from rada_export.images import find_images
     from rada_export.runtimes import TTAConfig, load_bundle
 
-    if tta not in ("off", "episodic", "continual"):
-        raise RadaError(f"unknown --tta {tta!r}", "use off, episodic or continual")
+    from rada_export import validate
+
+    validate.choice("--tta", tta, ("off", "episodic", "continual"))
+    if views is not None and tta != "episodic":
+        raise RadaError(f"--views {views} applies only to --tta episodic (this run has --tta {tta})",
+                        "add --tta episodic, or drop --views")
+    names = None
+    if classes:
+        from rada_export.prompts import parse_class_names
+
+        names = parse_class_names(classes)  # before the bundle loads: a missing class file costs nothing
     files: list[Path] = []
     for item in images:
         if item.is_dir():
@@ -43,12 +52,10 @@ def predict(
             raise RadaError(f"image {item} does not exist", "pass existing image files or folders")
     if not files:
         raise RadaError("no image files found in the given folders", "pass JPEG/PNG/WebP/BMP files")
-    config = None if tta == "off" else TTAConfig(mode=tta, views=views) if tta == "episodic" else TTAConfig(mode=tta)
+    config = None if tta == "off" else TTAConfig(mode=tta, views=16 if views is None else views) if tta == "episodic" else TTAConfig(mode=tta)
     runtime = load_bundle(bundle, backend=backend, device=device, tta=config, precision=precision)
-    if classes:
-        from rada_export.prompts import parse_class_names
-
-        runtime.set_classes(parse_class_names(classes))
+    if names:
+        runtime.set_classes(names)
     prediction = runtime.predict([str(f) for f in files], adapt=config is not None)
     ranked = prediction.top(top)
     if json_out:

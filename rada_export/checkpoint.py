@@ -44,9 +44,45 @@ class HeadMetadata:
     format_version: int = FORMAT_VERSION
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "HeadMetadata":
+    def from_dict(cls, data: dict[str, Any], origin: str = "checkpoint") -> "HeadMetadata":
+        """Metadata from an untrusted file: every field is checked, so a bad value is a RadaError here."""
+        if not isinstance(data, dict):
+            raise RadaError(f"{origin}: its {METADATA_KEY} metadata is a JSON {type(data).__name__}, not an object",
+                            "pass a head.safetensors written by rada-export train")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        meta = cls(**{k: v for k, v in data.items() if k in known})
+        meta.check(origin)
+        return meta
+
+    def check(self, origin: str) -> None:
+        from . import validate
+
+        fix = "the checkpoint is corrupt or was edited: re-train it, or pass the checkpoint as rada-export train wrote it"
+        try:
+            version = validate.integer("format_version", self.format_version, 1)
+            if version > FORMAT_VERSION:
+                raise RadaError(f"{origin} has format_version {version}; this rada-export ({__version__}) reads up to "
+                                f"{FORMAT_VERSION}", "upgrade rada-export (pip install -U rada-export)")
+            validate.integer("embed_dim", self.embed_dim, 0)
+            validate.integer("num_heads", self.num_heads, 1)
+            validate.number("temperature", self.temperature, positive=True)
+            validate.number("logit_scale", self.logit_scale, positive=True)
+        except RadaError as err:
+            if err.problem.startswith(origin):
+                raise
+            raise RadaError(f"{origin}: {err.problem}", fix) from None
+        for name in ("class_names", "templates"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise RadaError(f"{origin}: metadata {name} is not a list of strings", fix)
+        for name in ("model", "pretrained"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise RadaError(f"{origin}: metadata {name} is not a string", fix)
+        for name in ("training", "versions"):
+            if not isinstance(getattr(self, name), dict):
+                raise RadaError(f"{origin}: metadata {name} is not an object", fix)
+        if self.embed_dim and self.embed_dim % self.num_heads:
+            raise RadaError(f"{origin}: num_heads {self.num_heads} does not divide embed_dim {self.embed_dim}", fix)
 
 
 @dataclass
@@ -109,12 +145,22 @@ def _head_from_state(state: dict[str, torch.Tensor], meta: HeadMetadata, origin:
             f"{origin} lacks head parameters: {', '.join(missing[:4])}{'...' if len(missing) > 4 else ''}",
             "pass a RAda head checkpoint (rada-export train output, or the paper's code with mha.* keys)",
         )
-    dim = state["q_proj1.weight"].shape[0]
+    first = state["q_proj1.weight"]
+    dim = first.shape[0] if first.ndim == 2 else 0
     for key in expected:
         shape = tuple(state[key].shape)
         want = (dim, dim) if key.endswith("weight") else (dim,)
-        if shape != want:
-            raise RadaError(f"{origin}: {key} has shape {shape}, expected {want}", "the checkpoint is corrupt or not a RAda head")
+        if shape != want or dim == 0:
+            raise RadaError(f"{origin}: {key} has shape {shape}, expected {want if dim else '(D, D) or (D,)'}",
+                            "the checkpoint is corrupt or not a RAda head")
+        if not state[key].is_floating_point() or not bool(torch.isfinite(state[key]).all()):
+            raise RadaError(f"{origin}: {key} is not a finite floating-point tensor", "the checkpoint is corrupt or not a RAda head")
+    if meta.embed_dim and meta.embed_dim != dim:
+        raise RadaError(f"{origin}: metadata says embed_dim {meta.embed_dim}, the weights are {dim}-d",
+                        "the checkpoint is corrupt or was edited: re-train it")
+    if dim % meta.num_heads:
+        raise RadaError(f"{origin}: num_heads {meta.num_heads} does not divide the embedding size {dim}",
+                        "the checkpoint is corrupt or was edited: re-train it")
     meta.embed_dim = dim
     head = RAdaHead(dim, meta.num_heads, meta.temperature, meta.logit_scale)
     head.load_state_dict({k: state[k].float() for k in expected})
@@ -130,8 +176,18 @@ def _load_safetensors(path: Path) -> HeadCheckpoint:
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # safetensors raises its own error types for corrupt headers
         raise RadaError(f"{path} is not a readable safetensors file ({err})", "pass a head.safetensors written by rada-export train") from err
-    meta = HeadMetadata.from_dict(json.loads(raw_meta)) if raw_meta else HeadMetadata(embed_dim=0, source="safetensors")
+    if raw_meta:
+        try:
+            data = json.loads(raw_meta)
+        except ValueError as err:
+            raise RadaError(f"{path}: its {METADATA_KEY} metadata is not JSON ({err})",
+                            "pass a head.safetensors written by rada-export train") from None
+        meta = HeadMetadata.from_dict(data, str(path))
+    else:
+        meta = HeadMetadata(embed_dim=0, source="safetensors")
     text = state.pop(TEXT_FEATURES_KEY, None)
+    if text is not None and (text.ndim != 2 or not text.is_floating_point() or not bool(torch.isfinite(text).all())):
+        raise RadaError(f"{path}: {TEXT_FEATURES_KEY} is not a finite K x D float tensor", "re-train the checkpoint")
     state = {k.removeprefix("mha."): v for k, v in state.items()}
     head = _head_from_state(state, meta, str(path))
     return HeadCheckpoint(head, meta, text)

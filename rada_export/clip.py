@@ -139,18 +139,19 @@ def load_clip(model_name: str, pretrained: str | os.PathLike | None = "none", de
         with torch.random.fork_rng(devices=[]), quiet_root_logger():  # open_clip warns for every model built without weights
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=resolved, device=device)
-    except (RuntimeError, OSError, ValueError) as err:
-        if resolved is not None and not Path(resolved).is_file():
+    except Exception as err:  # a bad weights file raises whatever its loader raises (SafetensorError, UnpicklingError...)
+        if resolved is None:
+            raise
+        if not Path(resolved).is_file():
             raise RadaError(
                 f"could not fetch pretrained weights {model_name}/{resolved}: {str(err).splitlines()[0][:300]}",
                 OFFLINE_HINT,
             ) from err
-        if resolved is not None:
-            raise RadaError(
-                f"weights file {resolved} does not fit {model_name}: {str(err).splitlines()[0][:300]}",
-                "pass the weights file that was saved for this architecture",
-            ) from err
-        raise
+        raise RadaError(
+            f"weights file {resolved} cannot be loaded into {model_name} ({type(err).__name__}: "
+            f"{(str(err).splitlines() or [''])[0][:300]})",
+            "pass an open_clip weights file (.safetensors, or a torch checkpoint of tensors) saved for this architecture",
+        ) from err
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

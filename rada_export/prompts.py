@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from . import validate
 from .errors import RadaError
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
@@ -13,29 +14,28 @@ DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 def parse_class_names(spec: Sequence[str] | str | Path | None) -> list[str]:
     """Class names from text files (one per line) or comma-separated strings; checks emptiness and duplicates.
 
-    Each string that names an existing file is read as such a file; any other string is a
-    comma-separated list (use a file for names that hold commas).
+    Each string that names an existing file is read as such a file; a string that looks like a
+    path (ends in .txt, or holds a path separator and no comma) but names no file is an error; any
+    other string is a comma-separated list (use a file for names that hold commas).
     """
     if spec is None:
         raise RadaError("no class names given", "pass --classes FILE (one name a line) or --classes 'cat,dog'")
-    if isinstance(spec, (str, Path)):
-        path = Path(spec)
-        if path.is_file():
-            names = path.read_text(encoding="utf-8").splitlines()
-        elif isinstance(spec, Path) or str(spec).endswith(".txt"):
-            raise RadaError(f"class file {str(spec)!r} does not exist", "pass an existing file, one class name a line")
-        else:
-            names = str(spec).split(",")
-    else:
-        names = [n for item in spec for n in (_expand(item))]
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    names = [n for item in items for n in _expand(item)]
     names = [n.strip() for n in names if n.strip()]
     return validate_class_names(names)
 
 
-def _expand(item: str) -> list[str]:
-    path = Path(item)
-    if path.is_file():
-        return path.read_text(encoding="utf-8").splitlines()
+def _expand(item: str | Path) -> list[str]:
+    if validate.is_existing_file(item):
+        try:
+            return Path(item).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise RadaError(f"class file {str(item)!r} is not readable UTF-8 text ({err})",
+                            "pass a UTF-8 text file, one class name a line") from None
+    if isinstance(item, Path) or validate.looks_like_path(str(item)):
+        raise RadaError(f"class file {str(item)!r} does not exist",
+                        "pass an existing file (one class name a line), or the names themselves: --classes 'cat,dog'")
     return str(item).split(",")
 
 
@@ -45,19 +45,18 @@ def validate_class_names(names: Sequence[str]) -> list[str]:
         raise RadaError("the class list is empty", "give at least two class names, one per line in the file")
     if any(not n for n in names):
         raise RadaError("the class list holds an empty name", "remove blank entries from the class list")
-    lowered = [n.lower() for n in names]
-    dupes = sorted({n for n in names if lowered.count(n.lower()) > 1})
+    if len(names) < 2:
+        raise RadaError(f"only one class name given ({names[0][:60]!r}): a classifier needs at least two classes",
+                        "give at least two class names: --classes 'cat,dog', or a file with one name a line")
+    dupes = validate.duplicates(names)
     if dupes:
         raise RadaError(f"duplicate class names: {', '.join(dupes)}", "each class must appear once in the class list")
     return list(names)
 
 
 def validate_templates(templates: Sequence[str] | None) -> list[str]:
-    templates = list(templates) if templates else list(DEFAULT_TEMPLATES)
-    bad = [t for t in templates if "{}" not in t]
-    if bad:
-        raise RadaError(f"prompt template(s) without a '{{}}' placeholder: {bad}", "write templates like 'a photo of a {}.'")
-    return templates
+    """The templates (default: DEFAULT_TEMPLATES), each with exactly one '{}' placeholder."""
+    return validate.templates(templates, DEFAULT_TEMPLATES)
 
 
 def text_features(clip, class_names: Sequence[str], templates: Sequence[str] | None = None, batch_size: int = 256):
@@ -67,11 +66,12 @@ def text_features(clip, class_names: Sequence[str], templates: Sequence[str] | N
     templates = validate_templates(templates)
     class_names = validate_class_names(class_names)
     prompts = [t.format(name) for name in class_names for t in templates]
+    tokens = clip.tokenizer(prompts)
+    validate.distinct_prompts(class_names, tokens.numpy(), len(templates), clip.context_length)
     chunks = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
-            tokens = clip.tokenizer(prompts[start : start + batch_size])
-            emb = clip.model.encode_text(tokens)
+            emb = clip.model.encode_text(tokens[start : start + batch_size])
             chunks.append(emb / emb.norm(dim=-1, keepdim=True))
         per_prompt = torch.cat(chunks).view(len(class_names), len(templates), -1)
         mean = per_prompt.mean(dim=1)

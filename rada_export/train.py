@@ -28,6 +28,20 @@ class TrainConfig:
     temperature: float = 1.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # Checked here, so that a bad value fails before any image is encoded (a NaN lr would
+        # otherwise train for minutes and save a NaN head).
+        from . import validate
+
+        validate.integer("--epochs", self.epochs, 1)
+        validate.number("--lr", self.lr, positive=True)
+        validate.integer("--batch-size", self.batch_size, 1)
+        validate.number("--alpha", self.alpha, minimum=0.0)
+        validate.number("weight_decay", self.weight_decay, minimum=0.0)
+        validate.integer("num_heads", self.num_heads, 1)
+        validate.number("--temperature", self.temperature, positive=True)
+        validate.integer("--seed", self.seed, 0, 2**32 - 1)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

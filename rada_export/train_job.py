@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+from . import validate
 from .checkpoint import HeadMetadata, save_head
 from .clip import load_clip
 from .errors import RadaError
@@ -48,10 +49,19 @@ class TrainResult:
 
 
 def _check_output(job: TrainJob) -> None:
-    if job.out.is_dir():
-        raise RadaError(f"--out {job.out} is a folder", "give a file path such as head.safetensors")
+    """The options and the output, checked before any image is encoded: a bad value or an output
+    folder that cannot be written must fail now, not after training."""
+    validate.output_file(job.out, "--out")
     if job.out.exists() and not job.force:
         raise RadaError(f"{job.out} already exists", "pass --force to overwrite it, or choose another --out")
+    if job.val is None:
+        validate.number("--val-fraction", job.val_fraction, 0.0, 1.0)
+        if not 0.0 < job.val_fraction < 1.0:
+            raise RadaError(f"--val-fraction must lie strictly between 0 and 1, got {job.val_fraction}", "use e.g. 0.2")
+    if job.shots is not None:
+        validate.integer("--shots", job.shots, 1)
+    validate.integer("--aug-copies", job.aug_copies, 1)
+    validate.integer("encode_batch_size", job.encode_batch_size, 1)
 
 
 def _datasets(job: TrainJob) -> tuple[LabelledImages, LabelledImages]:

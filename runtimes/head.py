@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
+import threading
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -366,8 +368,12 @@ def adamw_step(
     anchor: float = 0.0,
     restore: float = 0.0,
     reference: Optional[np.ndarray] = None,
+    out: Optional[np.ndarray] = None,
 ) -> None:
     """One AdamW step in place, as torch.optim.AdamW computes it (decoupled decay, bias-corrected).
+
+    With ``out``, the new weights go there and ``params`` is only read (copy-on-write without a
+    separate whole-vector copy: each block is copied while it is in cache).
 
     ``anchor`` adds ``anchor * (params - reference)`` to the gradient first (the gradient of
     ``anchor / 2 * ||params - reference||^2``); ``restore`` moves the params that fraction of the
@@ -383,6 +389,9 @@ def adamw_step(
     for start in range(0, params.size, _ADAM_BLOCK):
         block = slice(start, start + _ADAM_BLOCK)
         p, g, m, v, tmp = params[block], grad[block], state.exp_avg[block], state.exp_avg_sq[block], scratch[block]
+        if out is not None:
+            np.copyto(out[block], p)
+            p = out[block]
         if anchor:
             np.subtract(p, reference[block], out=tmp)
             tmp *= anchor
@@ -576,12 +585,31 @@ def _check_weights(weights: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], i
 # The head
 
 
+class _Work:
+    """One thread's private buffers for episodic adaptation: an episode's weights, gradient and moments."""
+
+    def __init__(self, size: int, dim: int):
+        self.params = np.empty(size, dtype=_F32)
+        self.p = _views(self.params, dim)
+        self.grad = np.zeros(size, dtype=_F32)
+        self.g = _views(self.grad, dim)
+        self.scratch = np.empty(size, dtype=_F32)
+        self.adam = AdamState.zeros(size)
+
+
 class Head:
     """The RAda head on the device: logits, and test-time adaptation of its six projections.
 
     ``features`` are image features, B x D, L2-normalised (as the encoder engines give them);
     text features are K x D, L2-normalised. Any floating dtype is accepted; compute is float32.
     Bad input raises a RadaError and leaves the head as it was.
+
+    Threads may share a head. Continual adaptation, class changes, reset and load_state take a
+    lock, so continual updates apply in some serial order. The weights are copy-on-write: an
+    update makes a new weight vector, so logits() reads one consistent set of weights without
+    waiting for the lock (beyond taking a reference). Each episodic episode adapts a private copy
+    of the weights in buffers of its own thread and never changes the shared head; the counters
+    are shared, ``last_episode`` is per thread.
     """
 
     def __init__(
@@ -612,15 +640,16 @@ class Head:
         self._deployed = _flatten(arrays, dim)
         self._deployed.setflags(write=False)
         self._deployed_sha256 = _fingerprint(self._deployed)
+        self._lock = threading.RLock()
+        self._local = threading.local()  # per thread: episodic buffers and the last episode's report
         self._params = self._deployed.copy()
         self._p = _views(self._params, dim)
+        self._spare: Optional[np.ndarray] = None  # the previous weights, reused by the next step if free
         self._grad = np.zeros_like(self._params)
         self._g = _views(self._grad, dim)
         self._scratch = np.empty_like(self._params)
         self._adam = AdamState.zeros(self._params.size)
-        self._episode_adam: Optional[AdamState] = None
         self._pending = _Pending()
-        self.last_episode: Optional[EpisodeReport] = None
         self._adapted = False  # whether continual adaptation has moved the weights
         self._version = 0  # bumps whenever the weights or the classes change
         self._q2: Optional[np.ndarray] = None
@@ -718,13 +747,22 @@ class Head:
         return self.counters.resets
 
     @property
+    def last_episode(self) -> Optional[EpisodeReport]:
+        """This thread's last adapt_episodic() episode: which views were kept, loss before and after."""
+        return getattr(self._local, "episode", None)
+
+    @last_episode.setter
+    def last_episode(self, report: Optional[EpisodeReport]) -> None:
+        self._local.episode = report
+
+    @property
     def pending_frames(self) -> int:
         """Confident frames gathered for the next continual step."""
         return self._pending.rows
 
     def weights(self, deployed: bool = False) -> dict[str, np.ndarray]:
         """A copy of the current (or the deployed) weights under their nn.Linear names."""
-        return _unflatten(self._deployed if deployed else self._params, self.embed_dim)
+        return _unflatten(self._deployed if deployed else self._params, self.embed_dim)  # _params is never written in place
 
     # -- inference ----------------------------------------------------------------------------
 
@@ -732,25 +770,36 @@ class Head:
         """Changes the classes (K x D). Adapted weights are kept (they are not per class); frames
         awaiting a step and the collapse guard's window are dropped (they were about other classes)."""
         text = _check_matrix(text_features, "text_features", self.embed_dim, f"a K x {self.embed_dim} float array")
-        self._text = text
-        self._version += 1
-        self._pending.clear()
-        self._window = _Window(self.tta.collapse_window, text.shape[0])
+        with self._lock:
+            self._text = text
+            self._version += 1
+            self._pending.clear()
+            self._window = _Window(self.tta.collapse_window, text.shape[0])
+
+    def _snapshot(self) -> tuple[np.ndarray, _Views, np.ndarray, np.ndarray]:
+        """Weights (flat and as views), text features and text queries that belong together; none
+        of them is ever written in place, so they stay consistent after the lock is released."""
+        with self._lock:
+            return self._params, self._p, self._text, self._text_queries()
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """Logits, B x K float32, of the current weights."""
         f = self._features(features)
-        out = np.empty((f.shape[0], self.num_classes), dtype=_F32)
-        for start, stop in self._chunks(f.shape[0]):
-            out[start:stop] = _forward(self._p, self.spec, f[start:stop], self._text, self._text_queries(), False)[0]
+        return self._logits(f, *self._snapshot()[1:])
+
+    def _logits(self, f: np.ndarray, p: _Views, text: np.ndarray, q2: np.ndarray) -> np.ndarray:
+        out = np.empty((f.shape[0], text.shape[0]), dtype=_F32)
+        for start, stop in self._chunks(f.shape[0], text.shape[0]):
+            out[start:stop] = _forward(p, self.spec, f[start:stop], text, q2, False)[0]
         return out
 
     def mask(self, features: np.ndarray) -> np.ndarray:
         """The mask M = relu(1 + O), B x K x D float32, of the current weights."""
         f = self._features(features)
-        out = np.empty((f.shape[0], self.num_classes, self.embed_dim), dtype=_F32)
-        for start, stop in self._chunks(f.shape[0]):
-            out[start:stop] = _forward(self._p, self.spec, f[start:stop], self._text, self._text_queries(), False)[1]
+        _, p, text, q2 = self._snapshot()
+        out = np.empty((f.shape[0], text.shape[0], self.embed_dim), dtype=_F32)
+        for start, stop in self._chunks(f.shape[0], text.shape[0]):
+            out[start:stop] = _forward(p, self.spec, f[start:stop], text, q2, False)[1]
         return out
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
@@ -766,6 +815,10 @@ class Head:
         ``continual_batch`` of them are gathered; unless the collapse guard resets the head first.
         """
         f = self._features(features)
+        with self._lock:  # one frame batch at a time: each sees the weights the previous ones left
+            return self._adapt(f)
+
+    def _adapt(self, f: np.ndarray) -> np.ndarray:
         # Overflow is possible with absurd (finite) inputs: it is caught, counted and skipped below.
         with np.errstate(over="ignore", invalid="ignore"):
             logits, _, cache = _forward(self._p, self.spec, f, self._text, self._text_queries(), True)
@@ -791,6 +844,10 @@ class Head:
         ``mask_anchor * mean((M - 1)^2)`` over them, plus ``anchor / 2 * ||theta - theta_0||^2``.
         """
         f = self._features(features)
+        with self._lock:
+            return self._continual_loss(f)
+
+    def _continual_loss(self, f: np.ndarray) -> float:
         logits, mask, _ = _forward(self._p, self.spec, f, self._text, self._text_queries(), False)
         ent = entropy(logits)
         limit = self.tta.entropy_limit(self.num_classes)
@@ -810,6 +867,10 @@ class Head:
     def continual_gradients(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """The gradient of ``continual_loss`` on these frames: what one continual step descends."""
         f = self._features(features)
+        with self._lock:
+            return self._continual_gradients(f)
+
+    def _continual_gradients(self, f: np.ndarray) -> dict[str, np.ndarray]:
         pending = _Pending()
         logits, _, cache = _forward(self._p, self.spec, f, self._text, self._text_queries(), True)
         ent, d_ent = entropy_and_grad(logits)
@@ -858,10 +919,23 @@ class Head:
         cfg = self.tta
         self._continual_gradient(self._pending)
         self._pending.clear()
-        if self._apply(
-            self._adam, cfg.continual_lr, cfg.continual_weight_decay, anchor=cfg.anchor, restore=cfg.restore
-        ):
-            self._adapted = True
+        if not self._grad_finite(self._grad) or cfg.continual_lr == 0.0:
+            return
+        # Copy-on-write: readers that took the old weights keep a consistent (older) set. The
+        # buffer two steps old is reused when no reader holds it any more (its only references
+        # are then this local name and getrefcount's argument), which saves an allocation.
+        spare, self._spare = self._spare, None
+        if spare is None or sys.getrefcount(spare) > 2:
+            spare = np.empty_like(self._params)
+        adamw_step(
+            self._params, self._grad, self._adam, lr=cfg.continual_lr, weight_decay=cfg.continual_weight_decay,
+            betas=cfg.betas, eps=cfg.eps, scratch=self._scratch, anchor=cfg.anchor, restore=cfg.restore,
+            reference=self._deployed, out=spare,
+        )
+        self._spare = self._params
+        self._set_params(spare)
+        self.counters.updates += 1
+        self._adapted = True
 
     def _observe(self, logits: np.ndarray, ent: np.ndarray, finite: np.ndarray) -> bool:
         """Feeds the collapse guard; on collapse resets to the deployed head and returns True."""
@@ -886,7 +960,8 @@ class Head:
 
     # -- episodic adaptation ------------------------------------------------------------------
 
-    def adapt_episodic(self, view_features: np.ndarray, original: Optional[np.ndarray] = None) -> np.ndarray:
+    def adapt_episodic(self, view_features: np.ndarray, original: Optional[np.ndarray] = None, *,
+                       _snapshot: Optional[tuple] = None) -> np.ndarray:
         """TPT on one image: adapt on its N views (N x D), return the original's logits (1 x K).
 
         ``original`` (D or 1 x D) defaults to view 0. Each step keeps the ``keep`` fraction of
@@ -906,31 +981,39 @@ class Head:
                     f"original has {first.shape[0]} rows, expected one image", "pass one D or 1 x D feature"
                 )
         cfg = self.tta
-        saved = self._params.copy() if self._adapted else None
-        if self._episode_adam is None:
-            self._episode_adam = AdamState.zeros(self._params.size)
-        else:
-            self._episode_adam.clear()
+        # The episode starts from the shared weights (deployed, or continual ones) and adapts a
+        # private copy in this thread's buffers: other threads' episodes and predictions never see it.
+        base, _, text, q2 = self._snapshot() if _snapshot is None else _snapshot
+        work = self._work()
+        np.copyto(work.params, base)
+        work.adam.clear()
+        p = work.p
         kept: Optional[np.ndarray] = None
-        loss_before, steps = math.nan, 0
+        loss_before, steps, nonfinite = math.nan, 0, 0
         try:
             for _ in range(cfg.steps):
-                order = self._kept_order(views)
+                order = self._kept(views, p, text, q2)
                 if order is None:
-                    self.counters.skipped_nonfinite += 1
+                    nonfinite += 1
                     break
                 kept = order if kept is None else kept
-                logits, _, cache = _forward(self._p, self.spec, views[order], self._text, self._text_queries(), True)
+                logits, _, cache = _forward(p, self.spec, views[order], text, q2, True)
                 loss, d_logits = marginal_entropy_and_grad(logits)
                 loss_before = loss if steps == 0 else loss_before
                 assert cache is not None
-                _backward(self._p, self.spec, cache, self._text, d_logits, None, self._g)
-                if not self._apply(self._episode_adam, cfg.lr, cfg.weight_decay):
+                _backward(p, self.spec, cache, text, d_logits, None, work.g)
+                if not self._grad_finite(work.grad):
+                    nonfinite += 1
                     break
+                if cfg.lr == 0.0:
+                    break
+                adamw_step(work.params, work.grad, work.adam, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           betas=cfg.betas, eps=cfg.eps, scratch=work.scratch, reference=self._deployed)
+                q2 = _text_queries(p, self.spec, text)
                 steps += 1
             # One forward for the prediction and for the kept views' loss after adaptation.
             rows = first if kept is None else np.concatenate([first, views[kept]])
-            out = self.logits(rows)
+            out = self._logits(rows, p, text, q2)
             loss_after = marginal_entropy_and_grad(out[1:])[0] if kept is not None else math.nan
             self.last_episode = EpisodeReport(
                 kept=np.zeros(0, dtype=np.int64) if kept is None else kept,
@@ -940,33 +1023,43 @@ class Head:
             )
             return out[:1].copy()
         finally:
-            self._params[...] = self._deployed if saved is None else saved
-            self._version += 1
-            self.counters.episodes += 1
+            with self._lock:
+                self.counters.episodes += 1
+                self.counters.updates += steps
+                self.counters.skipped_nonfinite += nonfinite
+
+    def _work(self) -> _Work:
+        work = getattr(self._local, "work", None)
+        if work is None:
+            work = self._local.work = _Work(self._params.size, self.embed_dim)
+        return work
 
     def episodic_loss(self, view_features: np.ndarray) -> float:
         """TPT's objective at the current weights: entropy of the kept views' mean softmax."""
         views = self._features(view_features)
-        order = self._kept_order(views)
+        _, p, text, q2 = self._snapshot()
+        order = self._kept(views, p, text, q2)
         if order is None:
             return math.nan
-        return marginal_entropy_and_grad(self.logits(views[order]))[0]
+        return marginal_entropy_and_grad(self._logits(views[order], p, text, q2))[0]
 
     def episodic_gradients(self, view_features: np.ndarray) -> dict[str, np.ndarray]:
         """The gradient of ``episodic_loss``: what the first adapt_episodic() step descends."""
         views = self._features(view_features)
-        order = self._kept_order(views)
-        if order is None:
-            raise RadaError("the views give non-finite logits", "check the encoder output for this image")
-        logits, _, cache = _forward(self._p, self.spec, views[order], self._text, self._text_queries(), True)
-        _, d_logits = marginal_entropy_and_grad(logits)
-        assert cache is not None
-        _backward(self._p, self.spec, cache, self._text, d_logits, None, self._g)
-        return _unflatten(self._grad, self.embed_dim)
+        with self._lock:
+            _, p, text, q2 = self._snapshot()
+            order = self._kept(views, p, text, q2)
+            if order is None:
+                raise RadaError("the views give non-finite logits", "check the encoder output for this image")
+            logits, _, cache = _forward(p, self.spec, views[order], text, q2, True)
+            _, d_logits = marginal_entropy_and_grad(logits)
+            assert cache is not None
+            _backward(p, self.spec, cache, text, d_logits, None, self._g)
+            return _unflatten(self._grad, self.embed_dim)
 
-    def _kept_order(self, views: np.ndarray) -> Optional[np.ndarray]:
+    def _kept(self, views: np.ndarray, p: _Views, text: np.ndarray, q2: np.ndarray) -> Optional[np.ndarray]:
         """Indices of the views TPT keeps, lowest entropy first; None when the logits are not finite."""
-        ent = entropy(self.logits(views))
+        ent = entropy(self._logits(views, p, text, q2))
         if not np.isfinite(ent).all():
             return None
         return np.argsort(ent, kind="stable")[: self.tta.kept_views(views.shape[0])]
@@ -978,20 +1071,22 @@ class Head:
     ) -> dict[str, np.ndarray]:
         """Vector-Jacobian product: the gradient of sum(d_logits * logits) + sum(d_mask * mask)."""
         f = self._features(features)
-        _, _, cache = _forward(self._p, self.spec, f, self._text, self._text_queries(), True)
-        assert cache is not None
-        d_logits = np.ascontiguousarray(d_logits, dtype=_F32).reshape(f.shape[0], self.num_classes)
-        if d_mask is not None:
-            d_mask = np.ascontiguousarray(d_mask, dtype=_F32).reshape(f.shape[0], self.num_classes, self.embed_dim)
-        _backward(self._p, self.spec, cache, self._text, d_logits, d_mask, self._g)
-        return _unflatten(self._grad, self.embed_dim)
+        with self._lock:
+            _, _, cache = _forward(self._p, self.spec, f, self._text, self._text_queries(), True)
+            assert cache is not None
+            d_logits = np.ascontiguousarray(d_logits, dtype=_F32).reshape(f.shape[0], self.num_classes)
+            if d_mask is not None:
+                d_mask = np.ascontiguousarray(d_mask, dtype=_F32).reshape(f.shape[0], self.num_classes, self.embed_dim)
+            _backward(self._p, self.spec, cache, self._text, d_logits, d_mask, self._g)
+            return _unflatten(self._grad, self.embed_dim)
 
     # -- state --------------------------------------------------------------------------------
 
     def reset(self) -> None:
         """Back to the deployed weights, with fresh optimizer state, no gathered frames and a
         fresh collapse guard. The counters are kept."""
-        self._restore_deployed()
+        with self._lock:
+            self._restore_deployed()
 
     def state(self) -> dict[str, np.ndarray]:
         """Weights, optimizer moments, counters, guard window and gathered frames, as a flat dict
@@ -1000,6 +1095,10 @@ class Head:
         It saves as it is with ``np.savez(path, **head.state())`` and loads back with
         ``head.load_state(dict(np.load(path)))`` into a head built from the same bundle.
         """
+        with self._lock:
+            return self._state()
+
+    def _state(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {
             "format": np.array(STATE_FORMAT),
             "deployed_sha256": np.array(self._deployed_sha256),
@@ -1029,6 +1128,10 @@ class Head:
 
         The state is checked in full before anything changes, so a bad one leaves the head as it was.
         """
+        with self._lock:
+            self._load_state(state)
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
         dim = self.embed_dim
 
         def item(key: str) -> np.ndarray:
@@ -1066,7 +1169,7 @@ class Head:
                 raise RadaError(f"head state pending.{i}.rows does not index its features")
             groups.append((f, rows))
         # Everything is checked; now the head may change.
-        self._params[...] = flats[0]
+        self._set_params(flats[0])
         self._adam.exp_avg[...] = flats[1]
         self._adam.exp_avg_sq[...] = flats[2]
         self._adam.step = step
@@ -1092,8 +1195,9 @@ class Head:
     def _features(self, features: Any) -> np.ndarray:
         return _check_matrix(features, "features", self.embed_dim, f"a B x {self.embed_dim} float array")
 
-    def _chunks(self, rows: int) -> list[tuple[int, int]]:
-        per_row = self.spec.num_heads * self.num_classes * self.num_classes
+    def _chunks(self, rows: int, num_classes: Optional[int] = None) -> list[tuple[int, int]]:
+        k = self.num_classes if num_classes is None else num_classes
+        per_row = self.spec.num_heads * k * k
         step = max(1, _ATTENTION_BUDGET // per_row)
         return [(start, min(rows, start + step)) for start in range(0, rows, step)]
 
@@ -1103,26 +1207,23 @@ class Head:
             self._q2_version = self._version
         return self._q2
 
-    def _apply(
-        self, adam: AdamState, lr: float, weight_decay: float, anchor: float = 0.0, restore: float = 0.0
-    ) -> bool:
-        """An AdamW step on the gradient in _grad, unless it is not finite (then counts the skip)."""
+    def _grad_finite(self, grad: np.ndarray) -> bool:
+        """Whether a gradient may be applied; a non-finite one is counted (continual) and skipped."""
         # A dot product is the cheapest full pass; any NaN or inf (or overflow) makes it non-finite.
-        if not math.isfinite(float(np.dot(self._grad, self._grad))):
+        if math.isfinite(float(np.dot(grad, grad))):
+            return True
+        if grad is self._grad:
             self.counters.skipped_nonfinite += 1
-            return False
-        if lr == 0.0:
-            return False
-        adamw_step(
-            self._params, self._grad, adam, lr=lr, weight_decay=weight_decay, betas=self.tta.betas,
-            eps=self.tta.eps, scratch=self._scratch, anchor=anchor, restore=restore, reference=self._deployed,
-        )
+        return False
+
+    def _set_params(self, params: np.ndarray) -> None:
+        """Publishes new weights (never written in place afterwards: readers may hold them)."""
+        self._params = params
+        self._p = _views(params, self.spec.embed_dim)
         self._version += 1
-        self.counters.updates += 1
-        return True
 
     def _restore_deployed(self) -> None:
-        self._params[...] = self._deployed
+        self._set_params(self._deployed.copy())
         self._adam.clear()
         self._pending.clear()
         self._adapted = False

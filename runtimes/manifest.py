@@ -41,6 +41,7 @@ GRAPH_NAMES = (FUSED, IMAGE_ENCODER, TEXT_ENCODER, HEAD)
 # Bounds that keep a tampered manifest from asking for absurd work (a 100000 x 100000 image, a
 # million-token context): far above any open_clip model, far below what exhausts a device.
 MAX_IMAGE_SIDE = 4096
+MAX_FRAME_SIDE = 8192  # camera frames into a frames graph (8K video, 48 MP stills are beyond it)
 MAX_CONTEXT_LENGTH = 4096
 MAX_BATCH = 65536
 MAX_EMBED_DIM = 65536
@@ -294,7 +295,7 @@ def _check_preprocess(p: Preprocess) -> None:
 def _check_frames(f: Frames) -> None:
     if f.channel_order not in ("rgb", "bgr"):
         _bad(f"frames.channel_order must be 'rgb' or 'bgr', got {f.channel_order!r}")
-    for name, triple, high in (("height", f.height, MAX_IMAGE_SIDE), ("width", f.width, MAX_IMAGE_SIDE), ("channels", f.channels, 4)):
+    for name, triple, high in (("height", f.height, MAX_FRAME_SIDE), ("width", f.width, MAX_FRAME_SIDE), ("channels", f.channels, 4)):
         if len(triple) != 3 or not 1 <= triple[0] <= triple[1] <= triple[2] <= high:
             _bad(f"frames.{name} must be [min, opt, max] with 1 <= min <= opt <= max <= {high}, got {triple}")
     _in_range("frames.reducing_gap", f.reducing_gap, 1, 64)

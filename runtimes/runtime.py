@@ -9,12 +9,15 @@ one) is used instead: one call per batch.
 from __future__ import annotations
 
 import os
+import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from rada_export import validate
 from rada_export.errors import RadaError
 
 from . import preprocess as pp
@@ -57,7 +60,23 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Runtime:
-    """Predicts with a bundle; see :func:`load_bundle`."""
+    """Predicts with a bundle; see :func:`load_bundle`.
+
+    One runtime may serve many threads (a callback per camera, a ROS executor):
+
+    - Shared: the graph sessions (ONNX Runtime's ``run`` is thread-safe, so predictions without
+      adaptation run in parallel and never wait on each other, except for a few microseconds to
+      read the current weights), the head's weights, the class list and the counters.
+    - Continual adaptation: each call encodes its images in parallel with other threads, then takes
+      the head's lock for its update steps, so the updates apply in some serial order, one call's
+      frames in a row; every call's result is finite and belongs to its own images.
+    - Episodic adaptation: each episode adapts a private copy of the head (per-thread buffers) and
+      never changes the shared head; an image's views come from a generator seeded by the
+      runtime's seed and the image's pixels, so an image gets the same views, and the same result,
+      whichever thread runs it and in whatever order.
+    - ``set_classes``, ``reset`` and ``load_state`` take the head's lock: a prediction sees either
+      the old or the new class list and weights, never a mix; ``last_episode`` is per thread.
+    """
 
     def __init__(self, bundle: Path, manifest: Manifest, choice: BackendChoice, precision: str, tta: TTAConfig | None,
                  seed: int = 0):
@@ -74,9 +93,10 @@ class Runtime:
         self._fused: GraphRunner | None = None
         self._text: GraphRunner | None = None
         self._tokenizer = None
-        self._rng = np.random.default_rng(seed)  # episodic views
         self.requested_precision = precision
         self.precision_note = ""  # set by load_bundle when the bundle lacks the requested precision
+        self._seed = seed  # episodic views: seeded per image by (seed, pixels)
+        self._make_lock = threading.Lock()  # graph sessions are made once, on first use
 
     def _variant(self, graph: str) -> str:
         """The requested precision when the bundle (or engine folder) has it for this graph, else FP32."""
@@ -101,17 +121,31 @@ class Runtime:
         if adapt and self.tta is None:
             raise RadaError("predict(adapt=True) needs test-time adaptation settings",
                             "load the bundle with tta=TTAConfig(mode='continual') or TTAConfig(mode='episodic')")
-        if batch_size < 1:
-            raise RadaError(f"batch_size must be positive, got {batch_size}", "use batch_size=32")
+        validate.integer("batch_size", batch_size, 1)
         if adapt and self.tta.mode == "episodic":
             return self._predict_episodic(images, bgr)
-        if self._takes_raw_frames(images, adapt):
-            return self._predict_frames(images, bgr, batch_size)
+        if not adapt and self._takes_raw_frames(images):
+            with self.head._lock:
+                classes, adapted = list(self.classes), self.head.adapted
+            if self._use_fused(classes, adapted):
+                return self._predict_frames(images, bgr, batch_size, classes)
         items = self._as_items(images)
-        chunks = [self._predict_chunk(items[i : i + batch_size], bgr, adapt) for i in range(0, len(items), batch_size)]
+        batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+        if adapt:
+            # Continual: encode outside the lock (in parallel with other threads), then this call's
+            # update steps in one critical section, with the class list they belong to.
+            features = [self._features_of(batch, bgr) for batch in batches]
+            with self.head._lock:
+                classes = list(self.classes)
+                logits = [self.head.adapt(f) for f in features]
+            return self._prediction(np.concatenate(logits), np.concatenate(features), classes)
+        with self.head._lock:  # the class list, the head's text features and weights that belong together
+            classes, snapshot, adapted = list(self.classes), self.head._snapshot(), self.head.adapted
+        fused = self._use_fused(classes, adapted)
+        chunks = [self._predict_chunk(batch, bgr, fused, snapshot) for batch in batches]
         logits = np.concatenate([c[0] for c in chunks])
         features = np.concatenate([c[1] for c in chunks])
-        return self._prediction(logits, features)
+        return self._prediction(logits, features, classes)
 
     def _as_items(self, images: Any) -> list[Any] | np.ndarray:
         if isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):
@@ -127,33 +161,39 @@ class Runtime:
                             f"shape {images.shape} and dtype {images.dtype}", "cast images to uint8, or preprocess them to float32")
         return [images]
 
-    def _takes_raw_frames(self, images: Any, adapt: bool) -> bool:
+    def _takes_raw_frames(self, images: Any) -> bool:
         """A uint8 array for a fused graph that resizes frames itself (bundles with a ``frames`` section)."""
-        return (self.manifest.frames is not None and isinstance(images, np.ndarray) and images.dtype == np.uint8
-                and self._use_fused(adapt))
+        return self.manifest.frames is not None and isinstance(images, np.ndarray) and images.dtype == np.uint8
 
-    def _predict_frames(self, images: np.ndarray, bgr: bool, batch_size: int) -> Prediction:
+    def _predict_frames(self, images: np.ndarray, bgr: bool, batch_size: int, classes: list[str]) -> Prediction:
         """The frame goes to the graph as it is (see preprocess.graph_frames): O(1) Python work per call."""
         frames = pp.graph_frames(images, self.manifest.frames, bgr)
         runner = self._fused_runner()
         name = runner.input_names[0]
         outs = [runner.run({name: frames[i : i + batch_size]}) for i in range(0, len(frames), batch_size)]
         if len(outs) == 1:
-            return self._prediction(outs[0]["logits"], outs[0]["image_features"])
-        return self._prediction(np.concatenate([o["logits"] for o in outs]), np.concatenate([o["image_features"] for o in outs]))
+            return self._prediction(outs[0]["logits"], outs[0]["image_features"], classes)
+        return self._prediction(np.concatenate([o["logits"] for o in outs]),
+                                np.concatenate([o["image_features"] for o in outs]), classes)
 
-    def _use_fused(self, adapt: bool) -> bool:
-        return (not adapt and not self.head.adapted and self.classes == list(self.manifest.class_names)
+    def _use_fused(self, classes: list[str], adapted: bool) -> bool:
+        return (not adapted and classes == list(self.manifest.class_names)
                 and self.manifest.graph_key(FUSED, self._variant(FUSED)) in self.manifest.graphs)
 
     def _fused_runner(self) -> GraphRunner:
         if self._fused is None:
-            self._fused = make_runner(self._choice, self.bundle, self.manifest, FUSED, self._variant(FUSED))
+            with self._make_lock:
+                if self._fused is None:
+                    self._fused = make_runner(self._choice, self.bundle, self.manifest, FUSED, self._variant(FUSED))
         return self._fused
 
-    def _predict_chunk(self, items, bgr: bool, adapt: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _features_of(self, items, bgr: bool) -> np.ndarray:
         preprocessed = isinstance(items, np.ndarray)
-        if self._use_fused(adapt) and not (preprocessed and self.manifest.embed_preprocess):
+        return self.encode(items if preprocessed else pp.preprocess(items, self.manifest.preprocess, bgr, fast=True))
+
+    def _predict_chunk(self, items, bgr: bool, fused: bool, snapshot) -> tuple[np.ndarray, np.ndarray]:
+        preprocessed = isinstance(items, np.ndarray)
+        if fused and not (preprocessed and self.manifest.embed_preprocess):
             runner = self._fused_runner()
             if self.manifest.embed_preprocess:
                 feed = pp.frames_uint8(items, self.manifest.preprocess, bgr, fast=True)  # RGB at the model's size
@@ -163,15 +203,16 @@ class Runtime:
                 feed = items if preprocessed else pp.preprocess(items, self.manifest.preprocess, bgr, fast=True)
             out = runner.run({runner.input_names[0]: feed})
             return out["logits"], out["image_features"]
-        pixels = items if preprocessed else pp.preprocess(items, self.manifest.preprocess, bgr, fast=True)
-        features = self.encode(pixels)
-        logits = self.head.adapt(features) if adapt else self.head.logits(features)
-        return logits, features
+        features = self._features_of(items, bgr)
+        return self.head._logits(self.head._features(features), *snapshot[1:]), features
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Image features (N x D, L2-normalised) of a preprocessed float32 batch."""
         if self._encoder is None:
-            self._encoder = make_runner(self._choice, self.bundle, self.manifest, IMAGE_ENCODER, self._variant(IMAGE_ENCODER))
+            with self._make_lock:
+                if self._encoder is None:
+                    self._encoder = make_runner(self._choice, self.bundle, self.manifest, IMAGE_ENCODER,
+                                                self._variant(IMAGE_ENCODER))
         out = self._encoder.run({"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})
         return out["image_features"]
 
@@ -180,42 +221,52 @@ class Runtime:
             raise RadaError("episodic TTA makes augmented views of each image, which a preprocessed batch cannot give",
                             "pass the images themselves (paths, PIL images or uint8 arrays)")
         items = self._as_items(images)
+        with self.head._lock:  # one class list and starting head for the whole call
+            classes, snapshot = list(self.classes), self.head._snapshot()
         logits, features = [], []
         for item in items:
             image = pp.to_pil(item, bgr)
-            views = random_views(image, self.tta.views, self._rng)
+            views = random_views(image, self.tta.views, self._view_rng(image))
             feats = self.encode(pp.preprocess(views, self.manifest.preprocess))
-            logits.append(np.atleast_2d(self.head.adapt_episodic(feats)))
+            logits.append(np.atleast_2d(self.head.adapt_episodic(feats, _snapshot=snapshot)))
             features.append(feats[:1])
-        return self._prediction(np.concatenate(logits), np.concatenate(features))
+        return self._prediction(np.concatenate(logits), np.concatenate(features), classes)
 
-    def _prediction(self, logits: np.ndarray, features: np.ndarray) -> Prediction:
+    def _view_rng(self, image) -> np.random.Generator:
+        """The generator of an image's episodic views: a function of the seed and the pixels only, so
+        that results do not depend on which thread, or which call, handles the image."""
+        digest = zlib.crc32(image.tobytes(), zlib.crc32(f"{image.mode}{image.size}".encode()))
+        return np.random.default_rng([self._seed, digest])
+
+    def _prediction(self, logits: np.ndarray, features: np.ndarray, classes: list[str]) -> Prediction:
         logits = np.asarray(logits, dtype=np.float32)
         labels = logits.argmax(axis=1)
-        return Prediction(labels=labels, class_names=[self.classes[i] for i in labels], probabilities=softmax(logits),
-                          logits=logits, image_features=np.asarray(features, dtype=np.float32), classes=list(self.classes))
+        return Prediction(labels=labels, class_names=[classes[i] for i in labels], probabilities=softmax(logits),
+                          logits=logits, image_features=np.asarray(features, dtype=np.float32), classes=classes)
 
     # -- classes ---------------------------------------------------------------------------------
 
     def set_classes(self, names: Sequence[str], templates: Sequence[str] | None = None) -> None:
         """New classes on the device: prompts through the tokenizer and the text encoder graph."""
         names = _check_names(names)
-        templates = list(templates) if templates else list(self.manifest.templates)
-        if any("{}" not in t for t in templates):
-            raise RadaError(f"prompt templates need a '{{}}' placeholder: {templates}", "write templates like 'a photo of a {}.'")
+        validate.class_count(len(names), self.head.spec.num_heads)  # before any text-encoder work
+        templates = validate.templates(templates, self.manifest.templates)
         text = self.text_features(names, templates)
-        self.head.set_text_features(text)
-        self.classes = names
+        with self.head._lock:  # predictions see the old pair or the new one
+            self.head.set_text_features(text)
+            self.classes = names
 
     def text_features(self, names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
-        if self._tokenizer is None:
-            from .tokenizer import ClipTokenizer
+        with self._make_lock:
+            if self._tokenizer is None:
+                from .tokenizer import ClipTokenizer
 
-            self._tokenizer = ClipTokenizer.from_manifest_entry(self.bundle, self.manifest.tokenizer)
-        if self._text is None:
-            self._text = make_runner(self._choice, self.bundle, self.manifest, TEXT_ENCODER, "fp32")
+                self._tokenizer = ClipTokenizer.from_manifest_entry(self.bundle, self.manifest.tokenizer)
+            if self._text is None:
+                self._text = make_runner(self._choice, self.bundle, self.manifest, TEXT_ENCODER, "fp32")
         prompts = [t.format(n) for n in names for t in templates]
         tokens = self._tokenizer(prompts).astype(np.int64)
+        validate.distinct_prompts(names, tokens, len(templates), tokens.shape[1])
         chunks = [self._text.run({"token_ids": tokens[i : i + 256]})["text_features"] for i in range(0, len(tokens), 256)]
         per_prompt = np.concatenate(chunks).reshape(len(names), len(templates), -1)
         mean = per_prompt.mean(axis=1)
@@ -239,9 +290,11 @@ def _check_names(names: Sequence[str]) -> list[str]:
         names = [names]
     names = [str(n).strip() for n in names]
     if not names or not all(names):
-        raise RadaError("the class list is empty or holds an empty name", "pass at least one non-empty class name")
-    lowered = [n.lower() for n in names]
-    dupes = sorted({n for n in names if lowered.count(n.lower()) > 1})
+        raise RadaError("the class list is empty or holds an empty name", "pass at least two non-empty class names")
+    if len(names) < 2:
+        raise RadaError(f"only one class name given ({names[0][:60]!r}): a classifier needs at least two classes",
+                        "pass at least two class names")
+    dupes = validate.duplicates(names)
     if dupes:
         raise RadaError(f"duplicate class names: {', '.join(dupes)}", "each class must appear once")
     return names

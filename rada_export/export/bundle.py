@@ -30,11 +30,7 @@ from .onnx_io import DEFAULT_OPSET, MIN_OPSET, TWO_GB, GraphSpec, export_module,
 from .verify import VerificationReport, verify_bundle
 
 ENGINES_DIR = "engines"  # TensorRT engines built into a bundle (rada-export trt)
-
-# Refuse heads whose attention maps alone would exceed this per image (FP32), warn from WARN_CLASSES.
-MAX_ATTENTION_BYTES = 1 << 30
-WARN_CLASSES = 1000
-MAX_FRAME_SIDE = 16384
+MAX_FRAME_SIDE = mf.MAX_FRAME_SIDE
 
 
 @dataclass
@@ -67,10 +63,10 @@ class ExportResult:
 
 
 def _check_request(req: ExportRequest) -> None:
-    if req.max_batch < 1:
-        raise RadaError(f"--max-batch must be at least 1, got {req.max_batch}", "pass --max-batch 32 (the engine profile's largest batch)")
-    if req.opset < MIN_OPSET:
-        raise RadaError(f"--opset {req.opset} is too old", f"use opset {MIN_OPSET} or newer (one LayerNormalization node)")
+    from .. import validate
+
+    validate.integer("--max-batch", req.max_batch, 1)
+    validate.opset(req.opset, req.exporter)
     if req.exporter not in ("torchscript", "dynamo"):
         raise RadaError(f"unknown exporter {req.exporter!r}", "use --exporter torchscript or --exporter dynamo")
     _check_frames(req)
@@ -156,18 +152,10 @@ def _class_names(req: ExportRequest, ckpt: HeadCheckpoint | None) -> list[str]:
 
 
 def check_class_count(num_classes: int, num_heads: int) -> str | None:
-    """Raises for heads whose attention would not fit; returns a warning for large ones."""
-    needed = attention_bytes_per_image(num_classes, num_heads)
-    if needed > MAX_ATTENTION_BYTES:
-        limit = int((MAX_ATTENTION_BYTES / (3 * num_heads * 4)) ** 0.5)
-        raise RadaError(
-            f"{num_classes} classes need {needed / 2**30:.1f} GiB of head attention maps per image (FP32)",
-            f"use at most {limit} classes per bundle (split the label set, or pre-filter with zero-shot CLIP)",
-        )
-    if num_classes >= WARN_CLASSES:
-        return (f"{num_classes} classes: the head's attention maps take {needed / 2**20:.0f} MiB per image and the "
-                f"head adds roughly {100 * num_classes / 5000:.0f} % to a ViT-B/16 image pass")
-    return None
+    """Raises for heads whose attention would not fit; returns a warning for large ones (shared with the runtime)."""
+    from .. import validate
+
+    return validate.class_count(num_classes, num_heads)
 
 
 def _graph_entry(path: Path, root: Path, precision: str, data: Path | None, notes: str = "") -> mf.GraphEntry:
