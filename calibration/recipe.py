@@ -131,7 +131,8 @@ def audit_qdq(model: onnx.ModelProto, allowed: set[str]) -> QdqAudit:
         for out in node.output:
             for q in (c for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"):
                 targets = linear_targets(q)
-                into_linear = node.op_type == "LayerNormalization" and targets and all(t.name in allowed for t in targets)
+                # A LayerNorm or Conv feeding only selected layers: that quantization belongs to those layers.
+                into_linear = node.op_type in ("LayerNormalization", "Conv") and targets and all(t.name in allowed for t in targets)
                 if not into_linear:
                     audit.violations.append(f"{node.op_type} {node.name}: its output {out} is quantized")
     for node in graph.node:

@@ -73,6 +73,10 @@ class Manifest:
     max_batch: int
     graphs: dict[str, GraphEntry]  # key: "<graph>" for fp32, "<graph>.fp16", "<graph>.int8"
     embed_preprocess: bool = False  # the fused graph takes uint8 N x H x W x 3 frames
+    pretrained_cfg: str | None = None  # the open_clip tag whose settings (activation, preprocessing) apply
+    resolved: dict[str, Any] = field(default_factory=dict)  # what was built: quick_gelu, activations, preprocess
+    logit_bias: float | None = None  # SigLIP's learned bias; None for softmax (contrastive) families
+    probability: str = "softmax"  # how logits become probabilities: softmax over classes, or sigmoid (SigLIP)
     tokenizer: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256

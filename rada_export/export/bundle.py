@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from ..checkpoint import HeadCheckpoint, HeadMetadata, load_head, save_head, tool_versions
-from ..clip import LoadedClip, load_clip
+from ..clip import LoadedClip, check_rebuild, load_clip
 from ..errors import RadaError, VerificationError
 from ..head import RAdaHead, attention_bytes_per_image
 from ..progress import SILENT, Reporter
 from ..prompts import parse_class_names, text_features, validate_templates
 from ..runtimes import manifest as mf
 from . import fp16 as fp16_mod
+from . import reparam
 from .modules import FusedModel, HeadGraph, ImageEncoder, TextEncoder
 from .onnx_io import DEFAULT_OPSET, MIN_OPSET, TWO_GB, GraphSpec, export_module, graph_io, load_graph, save_graph, check_graph
 from .verify import VerificationReport, verify_bundle
@@ -39,6 +40,7 @@ class ExportRequest:
     ckpt: Path | None = None
     model: str | None = None
     pretrained: str | None = None
+    pretrained_cfg: str | None = None
     classes: Sequence[str] | str | Path | None = None
     templates: Sequence[str] | None = None
     opset: int = DEFAULT_OPSET
@@ -74,7 +76,7 @@ def _check_request(req: ExportRequest) -> None:
         raise RadaError(f"bundle folder {out} already exists and is not empty", "pass --force to replace it, or choose another --out")
 
 
-def _resolve_head(req: ExportRequest) -> tuple[HeadCheckpoint | None, str, str]:
+def _resolve_head(req: ExportRequest) -> tuple[HeadCheckpoint | None, str, str | None, str | None]:
     ckpt = load_head(req.ckpt) if req.ckpt is not None else None
     meta = ckpt.metadata if ckpt else None
     model = req.model or (meta.model if meta else None)
@@ -88,8 +90,11 @@ def _resolve_head(req: ExportRequest) -> tuple[HeadCheckpoint | None, str, str]:
             f"the checkpoint was trained on {meta.model}, but --model says {req.model}",
             f"drop --model, or pass --model {meta.model}",
         )
-    pretrained = req.pretrained or (meta.pretrained if meta and meta.pretrained else None) or "openai"
-    return ckpt, model, pretrained
+    if req.pretrained is not None:
+        return ckpt, model, req.pretrained, req.pretrained_cfg
+    # The checkpoint's own record: the same weights and the same settings tag rebuild the same model.
+    pretrained = (meta.pretrained or None) if meta else None
+    return ckpt, model, pretrained, req.pretrained_cfg or (meta.pretrained_cfg if meta else None)
 
 
 def _class_names(req: ExportRequest, ckpt: HeadCheckpoint | None) -> list[str]:
@@ -135,14 +140,16 @@ def _export_graphs(
     tokens = clip.tokenizer(["a photo of a cat.", "a dog"]).to(torch.int64)
     feats = torch.nn.functional.normalize(torch.randn(batch, dim), dim=-1)
     fused_input = "frames" if req.embed_preprocess else "pixels"
+    # Folded for export only (MobileCLIP's branches); verification compares against clip.model as built.
+    model, _ = reparam.for_export(clip.model)
     jobs = [
-        (mf.FUSED, FusedModel(clip.model, head, text, clip.preprocess_config if req.embed_preprocess else None),
+        (mf.FUSED, FusedModel(model, head, text, clip.preprocess_config if req.embed_preprocess else None),
          (frames if req.embed_preprocess else pixels,),
          GraphSpec((fused_input,), ("logits", "image_features"),
                    {fused_input: {0: "batch"}, "logits": {0: "batch"}, "image_features": {0: "batch"}})),
-        (mf.IMAGE_ENCODER, ImageEncoder(clip.model), (pixels,),
+        (mf.IMAGE_ENCODER, ImageEncoder(model), (pixels,),
          GraphSpec(("pixels",), ("image_features",), {"pixels": {0: "batch"}, "image_features": {0: "batch"}})),
-        (mf.TEXT_ENCODER, TextEncoder(clip.model), (tokens,),
+        (mf.TEXT_ENCODER, TextEncoder(model), (tokens,),
          GraphSpec(("token_ids",), ("text_features",), {"token_ids": {0: "num_texts"}, "text_features": {0: "num_texts"}})),
         (mf.HEAD, HeadGraph(head), (feats, text[:2] if len(text) > 1 else text),
          GraphSpec(("image_features", "text_features"), ("logits",),
@@ -183,17 +190,19 @@ def _copy_tokenizer(clip: LoadedClip, root: Path) -> dict:
 def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedClip | None = None) -> ExportResult:
     """Exports, checks and verifies the bundle; raises VerificationError (nothing kept) when parity fails."""
     _check_request(req)
-    ckpt, model_name, pretrained = _resolve_head(req)
+    ckpt, model_name, pretrained, pretrained_cfg = _resolve_head(req)
     class_names = _class_names(req, ckpt)
     templates = validate_templates(req.templates or (ckpt.metadata.templates if ckpt else None))
     if clip is None:
-        clip = load_clip(model_name, pretrained)
+        clip = load_clip(model_name, pretrained, pretrained_cfg=pretrained_cfg)
+    if ckpt is not None and ckpt.metadata.resolved and req.pretrained is None:
+        check_rebuild(clip, ckpt.metadata.resolved, f"checkpoint {req.ckpt}")
     if ckpt is not None and ckpt.head.embed_dim != clip.embed_dim:
         raise RadaError(
             f"the checkpoint's head has embedding size {ckpt.head.embed_dim}, {model_name} has {clip.embed_dim}",
             "pass the --model the head was trained on",
         )
-    warnings = []
+    warnings = list(clip.source.warnings) if clip.source else []
     if clip.random_weights:
         warnings.append("random CLIP weights (--pretrained none): the bundle's predictions are meaningless; "
                         "pass --pretrained openai or a weights file for a real model")
@@ -220,7 +229,8 @@ def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedC
         np.save(tmp / "text_features.npy", text.numpy().astype(np.float32))
         (tmp / "classes.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
         save_head(tmp / "head.safetensors", head, HeadMetadata(
-            **{**meta.__dict__, "model": model_name, "pretrained": clip.pretrained, "class_names": class_names,
+            **{**meta.__dict__, "model": model_name, "pretrained": clip.pretrained, "pretrained_cfg": clip.pretrained_cfg,
+               "resolved": clip.resolved(), "class_names": class_names,
                "templates": templates, "logit_scale": clip.logit_scale}))
         tokenizer = _copy_tokenizer(clip, tmp)
         versions = {**tool_versions(), "onnx": __import__("onnx").__version__}
@@ -230,7 +240,9 @@ def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedC
             head=mf.HeadConfig(clip.embed_dim, head.num_heads, head.temperature, clip.logit_scale),
             class_names=class_names, templates=templates, context_length=clip.context_length,
             opset=req.opset, max_batch=req.max_batch, graphs=entries, embed_preprocess=req.embed_preprocess,
-            tokenizer=tokenizer, versions=versions,
+            tokenizer=tokenizer, versions=versions, pretrained_cfg=clip.pretrained_cfg,
+            resolved={**clip.resolved(), "reparameterized": reparam.has_branches(clip.model)},
+            logit_bias=clip.logit_bias, probability="softmax" if clip.logit_bias is None else "sigmoid",
         )
         files = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and p.name != mf.MANIFEST_NAME]
         manifest.files = mf.checksum_files(tmp, files)
