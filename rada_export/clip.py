@@ -146,6 +146,38 @@ def _check_model_name(model_name: str) -> None:
     )
 
 
+def check_requirements(model_name: str) -> None:
+    """Raises, before any work, when the model needs a package that is not installed.
+
+    open_clip tokenizes SigLIP/SigLIP2 (and models with a Hugging Face text tower) through
+    transformers' AutoTokenizer, and builds ConvNeXt/EVA/MobileCLIP/SigLIP image towers with timm;
+    without them it fails deep inside model creation.
+    """
+    import importlib
+
+    import open_clip
+
+    cfg = open_clip.get_model_config(model_name) if not model_name.startswith("hf-hub:") else None
+    text = (cfg or {}).get("text_cfg", {})
+    vision = (cfg or {}).get("vision_cfg", {})
+    needs = []
+    if text.get("hf_tokenizer_name") or text.get("hf_model_name") or "siglip" in model_name.lower():
+        needs.append(("transformers", "its Hugging Face tokenizer"))
+    if vision.get("timm_model_name"):
+        needs.append(("timm", f"its timm image tower ({vision['timm_model_name']})"))
+    missing = []
+    for pkg, why in needs:
+        try:
+            importlib.import_module(pkg)
+        except ImportError:
+            missing.append((pkg, why))
+    if missing:
+        raise RadaError(
+            f"{model_name} needs " + " and ".join(f"the {pkg} package for {why}" for pkg, why in missing),
+            "pip install 'rada-export[export]' (it lists them), or pip install " + " ".join(p for p, _ in missing),
+        )
+
+
 def load_clip(
     model_name: str, pretrained: str | os.PathLike | None = "none", device: str = "cpu", pretrained_cfg: str | None = None,
 ) -> LoadedClip:
@@ -162,6 +194,7 @@ def load_clip(
 
     register_own_configs()
     _check_model_name(model_name)
+    check_requirements(model_name)
     source = resolve_source(model_name, pretrained, pretrained_cfg)
     resolved = source.open_clip_pretrained
     try:

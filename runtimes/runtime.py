@@ -170,8 +170,14 @@ class Runtime:
     def _prediction(self, logits: np.ndarray, features: np.ndarray) -> Prediction:
         logits = np.asarray(logits, dtype=np.float32)
         labels = logits.argmax(axis=1)
-        return Prediction(labels=labels, class_names=[self.classes[i] for i in labels], probabilities=softmax(logits),
+        return Prediction(labels=labels, class_names=[self.classes[i] for i in labels], probabilities=self._probabilities(logits),
                           logits=logits, image_features=np.asarray(features, dtype=np.float32), classes=list(self.classes))
+
+    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
+        # SigLIP scores each class on its own: sigmoid(logit + learned bias), not a softmax over classes.
+        if self.manifest.probability == "sigmoid":
+            return 1.0 / (1.0 + np.exp(-(logits + (self.manifest.logit_bias or 0.0))))
+        return softmax(logits)
 
     # -- classes ---------------------------------------------------------------------------------
 
@@ -187,9 +193,9 @@ class Runtime:
 
     def text_features(self, names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         if self._tokenizer is None:
-            from .tokenizer import ClipTokenizer
+            from .tokenizer import load_tokenizer
 
-            self._tokenizer = ClipTokenizer.from_manifest_entry(self.bundle, self.manifest.tokenizer)
+            self._tokenizer = load_tokenizer(self.bundle, self.manifest.tokenizer)
         if self._text is None:
             self._text = make_runner(self._choice, self.bundle, self.manifest, TEXT_ENCODER, "fp32")
         prompts = [t.format(n) for n in names for t in templates]

@@ -183,6 +183,10 @@ def _copy_tokenizer(clip: LoadedClip, root: Path) -> dict:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(open_clip.tokenizer.default_bpe(), target)
         return {"kind": "clip_bpe", "vocab": target.relative_to(root).as_posix(), "context_length": clip.context_length}
+    if isinstance(clip.tokenizer, open_clip.tokenizer.HFTokenizer):
+        from .hf_tokenizer import write_hf_tokenizer
+
+        return write_hf_tokenizer(clip.tokenizer, clip.model_name, root)
     return {"kind": type(clip.tokenizer).__name__, "context_length": clip.context_length,
             "note": "not supported by the torch-free runtime: set_classes needs the host"}
 
