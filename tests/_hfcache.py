@@ -56,3 +56,28 @@ def open_clip_config(model_name: str, preprocess: dict) -> str:
     import open_clip
 
     return json.dumps({"model_cfg": open_clip.get_model_config(model_name), "preprocess_cfg": preprocess})
+
+
+T5_STYLE_CORPUS = ["a photo of a cat", "a photo of a dog", "red square", "blue circle", "green triangle", "a bird in the sky",
+                   "a car on the road", "the quick brown fox jumps over the lazy dog", "striped banded dotted zigzagged"] * 20
+
+
+def add_t5_style_tokenizer(cache: Path, repo_id: str, vocab_size: int = 200) -> None:
+    """A small SigLIP-like (T5-style: Unigram, Metaspace, "</s>" appended) tokenizer, built with the
+    tokenizers library and saved through transformers, at the repository open_clip loads it from."""
+    import tempfile
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(T5_STYLE_CORPUS, trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    with tempfile.TemporaryDirectory() as staging:
+        fast.save_pretrained(staging)
+        files = {p.name: p.read_bytes() for p in Path(staging).iterdir() if p.is_file()}
+    files["config.json"] = json.dumps({"architecture": "vit_base_patch16_siglip_224"})  # the repo's timm config
+    add_repo(cache, repo_id, files)

@@ -7,6 +7,8 @@ pretrained tag whose settings matter, the weights come through that tag's own ro
 - ViT-B-32 ``openai``: the tag's download is redirected to a local Hugging Face cache holding random
   weights (the hub is the only network component; open_clip and huggingface_hub run unchanged).
   OpenAI's weights need QuickGELU, which open_clip only warns about.
+- SigLIP: random weights with the ``webli`` tag's settings (0.5 / 0.5, squash); its tokenizer is a small
+  T5-style tokenizer.json in the local hub cache (tests/_hfcache.py), which the runtime reads too.
 - MobileCLIP-S1: a bare weights file with ``pretrained_cfg="datacompdr"`` (mean 0, std 1, bilinear),
   BatchNorm statistics randomised so that reparameterization has real work to do.
 
@@ -25,7 +27,7 @@ import onnx
 import pytest
 import torch
 
-from _hfcache import add_repo, save_random_weights, use_cache
+from _hfcache import add_repo, add_t5_style_tokenizer, save_random_weights, use_cache
 
 pytestmark = pytest.mark.slow
 
@@ -51,10 +53,12 @@ FAMILIES = [
     Family("convnext", "convnext_tiny", "none"),
     Family("mobileclip", "MobileCLIP-S1", "file", "datacompdr", mean=(0.0, 0.0, 0.0), interpolation="bilinear"),
     Family("eva", "EVA02-B-16", "none"),
+    Family("siglip", "ViT-B-16-SigLIP", "none", "webli", mean=(0.5, 0.5, 0.5), resize_mode="squash"),
     Family("coca", "coca_ViT-B-32", "none"),
 ]
 
 _TIMES: dict[str, float] = {}
+_FIGURES: dict[str, dict[str, float]] = {}  # per family: FP16 / INT8 image-feature cosine (printed at the end)
 
 
 def _randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
@@ -71,6 +75,10 @@ def _weights_source(family: Family, root, monkeypatch) -> tuple[str, str | None]
     """(pretrained, pretrained_cfg) for train; writes the weights where the family's route finds them."""
     import open_clip
 
+    if "SigLIP" in family.model:
+        # open_clip fetches SigLIP's tokenizer from the hub: a small one of the same kind, offline.
+        add_t5_style_tokenizer(root / "hub", f"timm/{family.model}")
+        use_cache(monkeypatch, root / "hub")
     if family.weights == "none":
         return "none", family.tag
     torch.manual_seed(1)
@@ -140,6 +148,9 @@ def test_export_verifies_fp32_and_fp16(chain):
 
     report = verify_bundle(exported.bundle)  # rebuilt from the manifest's record, as `rada-export verify` does
     assert report.passed
+    fp16 = [r for r in report.results if r.precision == "fp16" and r.output == "image_features"]
+    assert fp16
+    _FIGURES.setdefault(family.name, {})["fp16 min cosine"] = min(r.min_cosine for r in fp16)
     _record(family.name, start)
 
 
@@ -165,6 +176,7 @@ def test_calibrate_int8(chain):
     (outcome,) = result.graphs
     assert outcome.layers > 0
     assert outcome.report.mean_cosine > 0.9, outcome.report.figures()
+    _FIGURES.setdefault(family.name, {}).update({"int8 mean cosine": outcome.report.mean_cosine, "int8 layers": outcome.layers})
     _record(family.name, start)
 
 
@@ -203,3 +215,5 @@ def teardown_module():
     """Prints the matrix's time per family (pytest -s shows it)."""
     total = sum(_TIMES.values())
     print("\nfamily matrix time: " + ", ".join(f"{k} {v:.0f} s" for k, v in _TIMES.items()) + f"; total {total:.0f} s")
+    for name, figures in _FIGURES.items():
+        print(f"  {name}: " + ", ".join(f"{k} {v:.5f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))

@@ -2,9 +2,9 @@
 and its Hugging Face tokenizer on the torch-free runtime.
 
 The tiny SigLIP configuration (rada-tiny-SigLIP) has SigLIP's text tower settings and tokenizer name;
-the tokenizer itself is a small tokenizer.json built here with the `tokenizers` library (T5-style:
-Unigram, Metaspace, "</s>" appended), saved through transformers into a local Hugging Face cache at
-the repository open_clip fetches it from, so open_clip's own HFTokenizer loads it offline.
+the tokenizer itself is a small tokenizer.json built with the `tokenizers` library (T5-style: Unigram,
+Metaspace, "</s>" appended; tests/_hfcache.py), saved through transformers into a local Hugging Face
+cache at the repository open_clip fetches it from, so open_clip's own HFTokenizer loads it offline.
 """
 
 from __future__ import annotations
@@ -15,34 +15,19 @@ import sys
 import numpy as np
 import pytest
 
-from _hfcache import add_repo, use_cache
+from _hfcache import add_t5_style_tokenizer, use_cache
 from rada_export.errors import RadaError
 
 TINY_SIGLIP = "rada-tiny-SigLIP"
 SIGLIP_TOKENIZER_REPO = "timm/ViT-B-16-SigLIP"
-CORPUS = ["a photo of a cat", "a photo of a dog", "red square", "blue circle", "green triangle", "a bird in the sky",
-          "a car on the road", "the quick brown fox jumps over the lazy dog", "striped banded dotted zigzagged"] * 20
 TEXTS = ["a photo of a cat.", "Dog", "red_square", "  blue   circle!!", "unknown wordzz", "",
          "a very long caption " * 12, "Crème brûlée & café"]
 
 
 @pytest.fixture(scope="module")
 def siglip_hub(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"],
-                                                           unk_token="<unk>"))
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-    staging = tmp_path_factory.mktemp("siglip-tokenizer")
-    fast.save_pretrained(str(staging))
     cache = tmp_path_factory.mktemp("hub")
-    files = {p.name: p.read_bytes() for p in staging.iterdir() if p.is_file()}
-    files["config.json"] = json.dumps({"architecture": "vit_base_patch16_siglip_224"})  # the repo's timm config
-    add_repo(cache, SIGLIP_TOKENIZER_REPO, files)
+    add_t5_style_tokenizer(cache, SIGLIP_TOKENIZER_REPO)
     return cache
 
 
