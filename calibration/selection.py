@@ -20,7 +20,7 @@ MobileCLIP's FastViT towers:
     layers, or outside the image tower's scope).
 
 Blocks are recognised from the module path each node carries (TorchScript names nodes
-``/encoder/clip/visual/transformer/resblocks.3/mlp/c_fc/MatMul``; the dynamo exporter records the
+``/encoder/visual/transformer/resblocks.3/mlp/c_fc/MatMul``; the dynamo exporter records the
 path in metadata, read by :func:`recipe.node_scope`): a path segment with an index (``resblocks.3``,
 ``layer2.1``, ``stages.0``, ``blocks.5``) marks a repeated block.
 """

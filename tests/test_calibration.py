@@ -101,7 +101,7 @@ def _maps(model: onnx.ModelProto):
 
 
 def test_recipe_selects_the_transformer_linear_layers_only(pristine):
-    for graph, prefix in (("model", "/encoder/clip/visual/transformer/"), ("image_encoder", "/clip/visual/transformer/")):
+    for graph, prefix in (("model", "/encoder/visual/transformer/"), ("image_encoder", "/visual/transformer/")):
         model = onnx.load(str(pristine / f"{graph}.onnx"))
         chosen = select_linear_nodes(model)
         # 2 blocks x (attention in-projection, out-projection, MLP c_fc, c_proj)
