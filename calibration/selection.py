@@ -38,7 +38,7 @@ VISUAL_SCOPE = "/visual/"
 # A repeated block: an indexed module in the path ("resblocks.3/", "stages.0/", or dynamo's "/3/").
 _BLOCK = re.compile(r"[./]\d+/")
 # Scopes kept in float even inside indexed modules (timm stems are Sequentials: "stem.0").
-_KEEP_FLOAT_SCOPES = ("/stem", "patch_embed", "/head/", "attn_pool", "attnpool", "final_conv", "/proj/")
+_KEEP_FLOAT_SCOPES = ("/stem", "patch_embed", "/head/", "attn_pool", "attnpool", "final_conv")
 
 
 @dataclass(frozen=True)
