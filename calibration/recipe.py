@@ -188,4 +188,18 @@ def confine_qdq(model: onnx.ModelProto, allowed: set[str]) -> onnx.ModelProto:
         for i, name in enumerate(node.input):
             if name in float_source:
                 node.input[i] = float_source[name]
-    return model
+    return _drop_dead_qdq(model)
+
+
+def _drop_dead_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Removes Q/DQ nodes nothing reads any more (after rewiring: e.g. the Q the quantizer put on a
+    Conv's output for a ReLU that now reads the float tensor)."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {name for node in graph.node for name in node.input} | outputs
+        dead = [n for n in graph.node if n.op_type in QDQ_OP_TYPES and not any(o in read for o in n.output)]
+        if not dead:
+            return model
+        for node in dead:
+            graph.node.remove(node)

@@ -85,3 +85,26 @@ def test_vit_tower_keeps_patch_embedding_and_projection_float(tiny_clip, tmp_pat
     assert sel.tower == "transformer" and "Conv" not in sel.op_types
     assert sel.kept_float["stem/patch embedding"] == 1  # conv1, the patch embedding
     assert sel.kept_float["final projection/pooling head"] == 1  # visual.proj
+
+
+def test_a_convolutional_tower_quantizes_and_passes_the_audit(tower_graph, tmp_path):
+    """Conv -> ReLU -> Conv chains: the Q/DQ graph keeps the recipe and stays close to FP32."""
+    import numpy as np
+
+    from rada_export.calibration.dataset import to_pixels
+    from rada_export.calibration.int8 import quantize_graph
+    from rada_export.runtimes import manifest as mf
+    from rada_export.runtimes.ort_session import create_session
+
+    src = tmp_path / "tower.onnx"
+    onnx.save(tower_graph, str(src))
+    pre = mf.Preprocess(size=[16, 16], mode="RGB", mean=[0.5] * 3, std=[0.25] * 3, interpolation="bicubic", resize_mode="shortest")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, size=(32, 16, 16, 3), dtype=np.uint8)
+    result = quantize_graph(src, tmp_path / "tower.int8.onnx", frames, pre)
+    assert result.audit.ok and len(result.layers) == 6
+    probe = to_pixels(rng.integers(0, 256, size=(8, 16, 16, 3), dtype=np.uint8), pre)
+    ref = create_session(src).run(None, {"pixels": probe})[0]
+    out = create_session(tmp_path / "tower.int8.onnx").run(None, {"pixels": probe})[0]
+    cos = np.sum(ref * out, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1))
+    assert cos.min() > 0.98, cos
