@@ -194,8 +194,8 @@ def load_clip(
 
     register_own_configs()
     _check_model_name(model_name)
+    source = resolve_source(model_name, pretrained, pretrained_cfg)  # validates local-dir: folders first
     check_requirements(model_name)
-    source = resolve_source(model_name, pretrained, pretrained_cfg)
     resolved = source.open_clip_pretrained
     try:
         # Random weights come from a fixed seed, so that a later `verify` rebuilds the same model.
