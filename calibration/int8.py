@@ -29,6 +29,7 @@ from rada_export.progress import quiet_root_logger
 
 from .dataset import to_pixels
 from .recipe import QdqAudit, TRANSFORMER_SCOPE, audit_qdq, confine_qdq, select_linear_nodes
+from .selection import select_nodes
 
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_PERCENTILE = 99.999
@@ -44,7 +45,8 @@ class QuantRecipe:
     def describe(self) -> str:
         extra = f" {self.percentile}" if self.method == "percentile" else ""
         return (f"onnxruntime quantize_static QDQ, {self.method}{extra} calibration; int8 symmetric (zero point 0), "
-                f"per-channel weights; weight-bearing MatMul/Gemm of {self.scope.strip('/')} only, biases float")
+                f"per-channel weights; " + ("the image tower's block layers chosen by calibration/selection.py, biases float"
+                                             if self.scope == TRANSFORMER_SCOPE else f"weight-bearing MatMul/Gemm of {self.scope.strip('/')} only, biases float"))
 
 
 @dataclass
@@ -162,12 +164,14 @@ def quantize_graph(
     ort_method(recipe.method)
     model = _load(src)
     input_name, wants_frames = graph_input(model)
-    layers = select_linear_nodes(model, recipe.scope)
+    selection = select_nodes(model) if recipe.scope == TRANSFORMER_SCOPE else None
+    layers = selection.nodes if selection else select_linear_nodes(model, recipe.scope)
+    op_types = list(selection.op_types) if selection else ["MatMul", "Gemm"]
     if not layers:
         raise RadaError(
-            f"{src.name} has no weight-bearing MatMul/Gemm nodes under {recipe.scope}: the INT8 recipe finds "
-            "layers by the module scopes in node names",
-            "export the bundle with the TorchScript exporter (`rada-export onnx --exporter torchscript`) from an open_clip ViT",
+            f"{src.name} has no weight-bearing MatMul/Gemm/Conv nodes inside the image tower's blocks: the INT8 "
+            "selection finds them by the module paths the exporter writes into the graph",
+            "re-export the bundle with this rada-export (`rada-export onnx`), which writes those paths, then calibrate again",
         )
     big = model.ByteSize() > external_threshold
     work = Path(tempfile.mkdtemp(prefix=".int8-", dir=dst.parent))
@@ -192,7 +196,7 @@ def quantize_graph(
                 progress(1)
                 quantize_static(
                     str(prepared), str(raw), reader, quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=layers, per_channel=True,
+                    op_types_to_quantize=op_types, nodes_to_quantize=layers, per_channel=True,
                     reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     use_external_data_format=big, calibrate_method=ort_method(recipe.method),
                     calibration_providers=["CPUExecutionProvider"], extra_options=quantizer_options(recipe),

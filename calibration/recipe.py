@@ -131,7 +131,8 @@ def audit_qdq(model: onnx.ModelProto, allowed: set[str]) -> QdqAudit:
         for out in node.output:
             for q in (c for c in consumers.get(out, []) if c.op_type == "QuantizeLinear"):
                 targets = linear_targets(q)
-                into_linear = node.op_type == "LayerNormalization" and targets and all(t.name in allowed for t in targets)
+                # A LayerNorm or Conv feeding only selected layers: that quantization belongs to those layers.
+                into_linear = node.op_type in ("LayerNormalization", "Conv") and targets and all(t.name in allowed for t in targets)
                 if not into_linear:
                     audit.violations.append(f"{node.op_type} {node.name}: its output {out} is quantized")
     for node in graph.node:
@@ -187,4 +188,18 @@ def confine_qdq(model: onnx.ModelProto, allowed: set[str]) -> onnx.ModelProto:
         for i, name in enumerate(node.input):
             if name in float_source:
                 node.input[i] = float_source[name]
-    return model
+    return _drop_dead_qdq(model)
+
+
+def _drop_dead_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Removes Q/DQ nodes nothing reads any more (after rewiring: e.g. the Q the quantizer put on a
+    Conv's output for a ReLU that now reads the float tensor)."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {name for node in graph.node for name in node.input} | outputs
+        dead = [n for n in graph.node if n.op_type in QDQ_OP_TYPES and not any(o in read for o in n.output)]
+        if not dead:
+            return model
+        for node in dead:
+            graph.node.remove(node)

@@ -29,8 +29,9 @@ def print_report(report, title: str = "parity: ONNX Runtime (CPU) against PyTorc
 def onnx(
     out: Path = typer.Option(Path("bundle"), "--out", help="Bundle folder to write."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Head checkpoint (rada-export train, or the paper's torch checkpoint). Omit for a fresh, zero-shot head."),
-    model: Optional[str] = typer.Option(None, "--model", help="open_clip model (default: the checkpoint's)."),
+    model: Optional[str] = typer.Option(None, "--model", help="open_clip model, hf-hub:org/repo or local-dir:/path (default: the checkpoint's)."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip tag, local weights file, or 'none' (default: the checkpoint's, else openai)."),
+    pretrained_cfg: Optional[str] = typer.Option(None, "--pretrained-cfg", help="Tag whose settings apply to a weights file (default: the checkpoint's)."),
     classes: Optional[List[str]] = typer.Option(None, "--classes", help="Class names: a file (one a line) or comma-separated (default: the checkpoint's)."),
     template: Optional[List[str]] = typer.Option(None, "--template", help="Prompt template(s) with '{}'."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write FP16 variants of the fused and image-encoder graphs."),
@@ -56,7 +57,7 @@ def onnx(
     # Every option is checked before the model loads: bad input costs nothing and writes nothing.
     check_export_options(out, classes, template, opset, exporter, max_batch, images)
     req = ExportRequest(
-        out=out, ckpt=ckpt, model=model, pretrained=pretrained, classes=classes or None, templates=template or None,
+        out=out, ckpt=ckpt, model=model, pretrained=pretrained, pretrained_cfg=pretrained_cfg, classes=classes or None, templates=template or None,
         opset=opset, max_batch=max_batch, fp16=fp16, embed_preprocess=embed_preprocess, exporter=exporter,
         frame_size=parse_frame_size(frame_size) if frame_size is not None else None, channel_order=channel_order.lower(),
         force=force, verify=not no_verify, verify_images=images or (),

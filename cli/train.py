@@ -14,8 +14,9 @@ from .common import console, handle_errors, make_table, pct, reporter
 def train(
     data: Path = typer.Option(..., "--data", help="ImageFolder: one sub-folder of images per class."),
     out: Path = typer.Option(Path("head.safetensors"), "--out", help="Checkpoint to write."),
-    model: str = typer.Option("ViT-B-16", "--model", help="open_clip model name."),
-    pretrained: str = typer.Option("openai", "--pretrained", help="open_clip tag, a local weights file, or 'none'."),
+    model: str = typer.Option("ViT-B-16", "--model", help="open_clip model name, hf-hub:org/repo or local-dir:/path."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip tag, a local weights file, or 'none' (default: openai; hf-hub:/local-dir: carry their own)."),
+    pretrained_cfg: Optional[str] = typer.Option(None, "--pretrained-cfg", help="Tag whose settings (QuickGELU, mean/std, resize) apply to a weights file."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation ImageFolder (default: hold out --val-fraction)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Held-out share per class when --val is not given."),
     shots: Optional[int] = typer.Option(None, "--shots", help="Few-shot: train on N images per class."),
@@ -40,7 +41,7 @@ def train(
     from rada_export.train_job import TrainJob, run_train_job
 
     job = TrainJob(
-        data=data, out=out, model=model, pretrained=pretrained, val=val, val_fraction=val_fraction,
+        data=data, out=out, model=model, pretrained=pretrained, pretrained_cfg=pretrained_cfg, val=val, val_fraction=val_fraction,
         shots=shots, aug_copies=aug_copies, templates=list(template or []), force=force,
         config=TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, alpha=alpha, temperature=temperature, seed=seed),
     )

@@ -98,10 +98,10 @@ def _fused_callable(bundle: Path, target: BenchTarget):
         import torch
 
         from .checkpoint import load_head
-        from .clip import load_clip
+        from .clip import load_recorded
         from .export.modules import FusedModel
 
-        clip = load_clip(manifest.model, manifest.pretrained)
+        clip = load_recorded(manifest.model, manifest.pretrained, manifest.pretrained_cfg, manifest.resolved, "the bundle")
         text = torch.from_numpy(np.load(bundle / "text_features.npy"))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         fused = FusedModel(clip.model, load_head(bundle / "head.safetensors").head, text).eval().to(device)

@@ -36,6 +36,9 @@ class HeadMetadata:
     logit_scale: float = 100.0
     model: str | None = None
     pretrained: str | None = None
+    pretrained_cfg: str | None = None  # the tag whose settings apply (a weights file's origin)
+    # What the CLIP model was built as (activation, preprocessing, logit_bias): export checks its rebuild against it.
+    resolved: dict[str, Any] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)

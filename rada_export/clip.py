@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from .clip_source import OFFLINE_HINT, ClipSource, resolve_source
 from .errors import RadaError
 from .progress import quiet_root_logger
 
@@ -20,10 +21,6 @@ from .progress import quiet_root_logger
 _OWN_CONFIGS = Path(__file__).parent / "model_configs"
 _registered = False
 
-OFFLINE_HINT = (
-    "use `--pretrained none` for random weights (smoke runs only), or `--pretrained /path/to/weights.pt` "
-    "with a weights file downloaded elsewhere"
-)
 
 
 @dataclass(frozen=True)
@@ -73,10 +70,34 @@ class LoadedClip:
     tokenizer: Callable
     embed_dim: int
     context_length: int
+    source: ClipSource | None = None
 
     @property
     def logit_scale(self) -> float:
         return float(self.model.logit_scale.exp().item())
+
+    @property
+    def logit_bias(self) -> float | None:
+        """SigLIP's learned bias (sigmoid probabilities); None for softmax (contrastive) families."""
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias.reshape(-1)[0].item())
+
+    @property
+    def pretrained_cfg(self) -> str | None:
+        return self.source.pretrained_cfg if self.source else None
+
+    def resolved(self) -> dict[str, Any]:
+        """What was built, for the checkpoint and the manifest; a rebuild must give the same."""
+        return {
+            "model": self.model_name,
+            "pretrained": self.pretrained,
+            "pretrained_cfg": self.pretrained_cfg,
+            "settings_from": self.source.settings_from if self.source else "",
+            "quick_gelu": uses_quick_gelu(self.model),
+            "activations": activation_names(self.model),
+            "preprocess": self.preprocess_config.to_dict(),
+            "logit_bias": self.logit_bias,
+        }
 
     @property
     def random_weights(self) -> bool:
@@ -96,62 +117,112 @@ def register_own_configs() -> None:
         _registered = True
 
 
-def _resolve_pretrained(model_name: str, pretrained: str | os.PathLike | None) -> str | None:
-    """Returns what open_clip's `pretrained=` takes, or raises a RadaError naming the fix."""
+def activation_names(model: torch.nn.Module) -> list[str]:
+    """The activation module types in the model (QuickGELU, GELU, ReLU...), for the record."""
+    names = set()
+    for module in model.modules():
+        name = type(module).__name__
+        if name in ("QuickGELU", "GELU", "GELUTanh", "ReLU", "SiLU", "Swish", "Hardswish", "ReLU6", "Sigmoid", "Tanh"):
+            names.add(name)
+    return sorted(names)
+
+
+def uses_quick_gelu(model: torch.nn.Module) -> bool:
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(m, QuickGELU) for m in model.modules())
+
+
+def _check_model_name(model_name: str) -> None:
     import open_clip
 
-    if pretrained is None or str(pretrained).lower() in ("", "none", "random"):
-        return None
-    text = str(pretrained)
-    if os.path.sep in text or text.endswith((".pt", ".pth", ".bin", ".safetensors")) or Path(text).exists():
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise RadaError(f"weights file {text!r} does not exist", "pass an existing file, a pretrained tag, or `none`")
-        return str(path)
-    tags = open_clip.list_pretrained_tags_by_model(model_name)
-    if text not in tags:
-        known = ", ".join(tags) if tags else "none published"
+    if model_name.startswith(("hf-hub:", "local-dir:")) or model_name in open_clip.list_models():
+        return
+    close = [m for m in open_clip.list_models() if model_name.lower().replace("/", "-") in m.lower()][:8]
+    raise RadaError(
+        f"unknown open_clip model {model_name!r}" + (f" (did you mean: {', '.join(close)}?)" if close else ""),
+        "run `python -c 'import open_clip; print(open_clip.list_models())'` for the known names, "
+        "or pass hf-hub:org/repo or local-dir:/path",
+    )
+
+
+def check_requirements(model_name: str) -> None:
+    """Raises, before any work, when the model needs a package that is not installed.
+
+    open_clip tokenizes SigLIP/SigLIP2 (and models with a Hugging Face text tower) through
+    transformers' AutoTokenizer, and builds ConvNeXt/EVA/MobileCLIP/SigLIP image towers with timm;
+    without them it fails deep inside model creation.
+    """
+    import importlib
+
+    import open_clip
+
+    cfg = open_clip.get_model_config(model_name) if not model_name.startswith("hf-hub:") else None
+    text = (cfg or {}).get("text_cfg", {})
+    vision = (cfg or {}).get("vision_cfg", {})
+    needs = []
+    if text.get("hf_tokenizer_name") or text.get("hf_model_name") or "siglip" in model_name.lower():
+        needs.append(("transformers", "its Hugging Face tokenizer"))
+    if vision.get("timm_model_name"):
+        needs.append(("timm", f"its timm image tower ({vision['timm_model_name']})"))
+    missing = []
+    for pkg, why in needs:
+        try:
+            importlib.import_module(pkg)
+        except ImportError:
+            missing.append((pkg, why))
+    if missing:
         raise RadaError(
-            f"unknown pretrained tag {text!r} for {model_name} (known tags: {known})",
-            "pick one of the known tags, a local weights file, or `none` for random weights",
+            f"{model_name} needs " + " and ".join(f"the {pkg} package for {why}" for pkg, why in missing),
+            "pip install 'rada-export[export]' (it lists them), or pip install " + " ".join(p for p, _ in missing),
         )
-    return text
 
 
-def load_clip(model_name: str, pretrained: str | os.PathLike | None = "none", device: str = "cpu") -> LoadedClip:
-    """Builds an open_clip model, its eval preprocessing and its tokenizer.
+def load_clip(
+    model_name: str, pretrained: str | os.PathLike | None = "none", device: str = "cpu", pretrained_cfg: str | None = None,
+) -> LoadedClip:
+    """Builds an open_clip model, its eval preprocessing and its tokenizer, as its weights were trained.
 
+    ``model_name`` is an open_clip name or ``hf-hub:org/repo`` / ``local-dir:/path``.
     ``pretrained`` is an open_clip tag (``openai``, ``laion2b_s34b_b88k``...), a local weights file,
-    or ``none`` for random weights.
+    ``none`` for random weights, or None for the default (``openai``; a schema source's own weights).
+    ``pretrained_cfg`` names the tag whose settings (activation, preprocessing) apply to a weights
+    file or to random weights. The tag's ``quick_gelu`` is honoured, which open_clip only warns about.
+    What was guessed (a weights file with no tag named) is in ``.source.warnings`` for the caller to report.
     """
     import open_clip
 
     register_own_configs()
-    if model_name not in open_clip.list_models():
-        close = [m for m in open_clip.list_models() if model_name.lower().replace("/", "-") in m.lower()][:8]
-        raise RadaError(
-            f"unknown open_clip model {model_name!r}" + (f" (did you mean: {', '.join(close)}?)" if close else ""),
-            "run `python -c 'import open_clip; print(open_clip.list_models())'` for the known names",
-        )
-    resolved = _resolve_pretrained(model_name, pretrained)
+    _check_model_name(model_name)
+    source = resolve_source(model_name, pretrained, pretrained_cfg)  # validates local-dir: folders first
+    check_requirements(model_name)
+    resolved = source.open_clip_pretrained
     try:
         # Random weights come from a fixed seed, so that a later `verify` rebuilds the same model.
         with torch.random.fork_rng(devices=[]), quiet_root_logger():  # open_clip warns for every model built without weights
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=resolved, device=device)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=resolved, device=device, force_quick_gelu=source.quick_gelu,
+                load_weights=not source.random_weights,
+                image_mean=source.force_preprocess.get("mean"), image_std=source.force_preprocess.get("std"),
+                image_interpolation=source.force_preprocess.get("interpolation"),
+                image_resize_mode=source.force_preprocess.get("resize_mode"),
+            )
     except Exception as err:  # a bad weights file raises whatever its loader raises (SafetensorError, UnpicklingError...)
-        if resolved is None:
-            raise
-        if not Path(resolved).is_file():
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:300]
+        if source.schema == "hf-hub":
+            raise RadaError(f"could not load {model_name}: {reason}", OFFLINE_HINT) from err
+        if resolved is not None and not Path(resolved).is_file():
             raise RadaError(
-                f"could not fetch pretrained weights {model_name}/{resolved}: {str(err).splitlines()[0][:300]}",
+                f"could not fetch pretrained weights {model_name}/{resolved}: {reason}",
                 OFFLINE_HINT,
             ) from err
-        raise RadaError(
-            f"weights file {resolved} cannot be loaded into {model_name} ({type(err).__name__}: "
-            f"{(str(err).splitlines() or [''])[0][:300]})",
-            "pass an open_clip weights file (.safetensors, or a torch checkpoint of tensors) saved for this architecture",
-        ) from err
+        if resolved is not None or source.schema:
+            raise RadaError(
+                f"weights {resolved or model_name} cannot be loaded into {model_name} ({type(err).__name__}: {reason})",
+                "pass an open_clip weights file (.safetensors, or a torch checkpoint of tensors) saved for this architecture",
+            ) from err
+        raise
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -162,10 +233,35 @@ def load_clip(model_name: str, pretrained: str | os.PathLike | None = "none", de
     return LoadedClip(
         model=model,
         model_name=model_name,
-        pretrained="none" if resolved is None else str(pretrained),
+        pretrained=source.pretrained,
         preprocess=preprocess,
         preprocess_config=PreprocessConfig.from_model(model),
         tokenizer=tokenizer,
         embed_dim=embed_dim,
         context_length=int(getattr(tokenizer, "context_length", 77)),
+        source=source,
     )
+
+
+# What must come out the same when a checkpoint or a bundle is rebuilt from its record.
+_REBUILD_KEYS = ("quick_gelu", "activations", "preprocess")
+
+
+def check_rebuild(clip: LoadedClip, recorded: dict[str, Any], origin: str) -> None:
+    """Raises when the model just built differs from the one recorded (activation, preprocessing)."""
+    now = clip.resolved()
+    diff = [f"{k}: recorded {recorded[k]!r}, rebuilt {now[k]!r}" for k in _REBUILD_KEYS if k in recorded and recorded[k] != now[k]]
+    if diff:
+        raise RadaError(
+            f"{origin} was made with a different {clip.model_name} than this rebuild gives ({'; '.join(diff)[:400]})",
+            f"pass --pretrained-cfg {recorded.get('pretrained_cfg')} (the recorded settings), or use the open_clip version "
+            "the record names" if recorded.get("pretrained_cfg") else "use the open_clip version the record names",
+        )
+
+
+def load_recorded(model: str, pretrained: str | None, pretrained_cfg: str | None, resolved: dict[str, Any], origin: str) -> LoadedClip:
+    """Rebuilds the CLIP model a checkpoint or bundle records, and checks it is the same build."""
+    clip = load_clip(model, pretrained or None, pretrained_cfg=pretrained_cfg)
+    if resolved:
+        check_rebuild(clip, resolved, origin)
+    return clip

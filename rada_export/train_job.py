@@ -24,7 +24,8 @@ class TrainJob:
     data: Path
     out: Path
     model: str = "ViT-B-16"
-    pretrained: str = "openai"
+    pretrained: str | None = None  # None: openai for built-in names, the source's own weights for hf-hub:/local-dir:
+    pretrained_cfg: str | None = None  # the tag whose settings apply to a weights file
     val: Path | None = None
     val_fraction: float = 0.2
     shots: int | None = None
@@ -103,7 +104,9 @@ def _run(job: TrainJob, reporter: Reporter, shard: Shard) -> TrainResult | None:
     _check_output(job)
     templates = validate_templates(job.templates)
     train, val = _datasets(job)
-    clip = load_clip(job.model, job.pretrained)
+    clip = load_clip(job.model, job.pretrained, pretrained_cfg=job.pretrained_cfg)
+    for warning in clip.source.warnings:
+        reporter.log(f"[yellow]warning:[/yellow] {warning}")
     if clip.random_weights:
         reporter.log("[yellow]random CLIP weights (--pretrained none): accuracies are meaningless; "
                      "pass --pretrained openai (or a weights file) for a real head[/yellow]")
@@ -144,6 +147,8 @@ def _run(job: TrainJob, reporter: Reporter, shard: Shard) -> TrainResult | None:
         embed_dim=clip.embed_dim,
         model=job.model,
         pretrained=clip.pretrained,
+        pretrained_cfg=clip.pretrained_cfg,
+        resolved=clip.resolved(),
         class_names=train.class_names,
         templates=templates,
         training={

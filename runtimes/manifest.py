@@ -122,6 +122,10 @@ class Manifest:
     graphs: dict[str, GraphEntry]  # key: "<graph>" for fp32, "<graph>.fp16", "<graph>.int8"
     embed_preprocess: bool = False  # the fused graph takes uint8 N x H x W x 3 frames
     frames: Optional[Frames] = None  # with embed_preprocess: frames of any size (None: older bundles, model-size RGB)
+    pretrained_cfg: Optional[str] = None  # the open_clip tag whose settings (activation, preprocessing) apply
+    resolved: dict[str, Any] = field(default_factory=dict)  # what was built: quick_gelu, activations, preprocess
+    logit_bias: Optional[float] = None  # SigLIP's learned bias; None for softmax (contrastive) families
+    probability: str = "softmax"  # how logits become probabilities: softmax over classes, or sigmoid (SigLIP)
     tokenizer: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256

@@ -241,8 +241,14 @@ class Runtime:
     def _prediction(self, logits: np.ndarray, features: np.ndarray, classes: list[str]) -> Prediction:
         logits = np.asarray(logits, dtype=np.float32)
         labels = logits.argmax(axis=1)
-        return Prediction(labels=labels, class_names=[classes[i] for i in labels], probabilities=softmax(logits),
+        return Prediction(labels=labels, class_names=[classes[i] for i in labels], probabilities=self._probabilities(logits),
                           logits=logits, image_features=np.asarray(features, dtype=np.float32), classes=classes)
+
+    def _probabilities(self, logits: np.ndarray) -> np.ndarray:
+        # SigLIP scores each class on its own: sigmoid(logit + learned bias), not a softmax over classes.
+        if self.manifest.probability == "sigmoid":
+            return 1.0 / (1.0 + np.exp(-(logits + (self.manifest.logit_bias or 0.0))))
+        return softmax(logits)
 
     # -- classes ---------------------------------------------------------------------------------
 
@@ -259,9 +265,9 @@ class Runtime:
     def text_features(self, names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         with self._make_lock:
             if self._tokenizer is None:
-                from .tokenizer import ClipTokenizer
+                from .tokenizer import load_tokenizer
 
-                self._tokenizer = ClipTokenizer.from_manifest_entry(self.bundle, self.manifest.tokenizer)
+                self._tokenizer = load_tokenizer(self.bundle, self.manifest.tokenizer)
             if self._text is None:
                 self._text = make_runner(self._choice, self.bundle, self.manifest, TEXT_ENCODER, "fp32")
         prompts = [t.format(n) for n in names for t in templates]

@@ -274,3 +274,12 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
             )
         merges.append(pair)
     return merges
+
+
+def load_tokenizer(bundle_path: str | Path, entry: dict[str, Any]):
+    """The tokenizer a bundle's manifest names: CLIP's BPE, or a Hugging Face tokenizer.json (SigLIP...)."""
+    if isinstance(entry, dict) and entry.get("kind") == "hf_tokenizers":
+        from .hf_tokenizer import HFTokenizer
+
+        return HFTokenizer.from_manifest_entry(bundle_path, entry)
+    return ClipTokenizer.from_manifest_entry(bundle_path, entry)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import HeadCheckpoint, HeadMetadata, load_head, save_head, tool_versions
-from ..clip import LoadedClip, load_clip
+from ..clip import LoadedClip, check_rebuild, load_clip
 from ..errors import RadaError, VerificationError
 from ..head import RAdaHead, attention_bytes_per_image
 from ..progress import SILENT, Reporter
@@ -25,6 +25,7 @@ from ..runtimes import manifest as mf
 from ..runtimes import replace
 from . import fp16 as fp16_mod
 from .frames import CHANNEL_ORDERS, FramesConfig, prepend_frames
+from . import reparam
 from .modules import FusedModel, HeadGraph, ImageEncoder, TextEncoder
 from .onnx_io import DEFAULT_OPSET, MIN_OPSET, TWO_GB, GraphSpec, export_module, graph_io, load_graph, save_graph, check_graph
 from .verify import VerificationReport, verify_bundle
@@ -39,6 +40,7 @@ class ExportRequest:
     ckpt: Path | None = None
     model: str | None = None
     pretrained: str | None = None
+    pretrained_cfg: str | None = None
     classes: Sequence[str] | str | Path | None = None
     templates: Sequence[str] | None = None
     opset: int = DEFAULT_OPSET
@@ -124,7 +126,7 @@ def parse_frame_size(text: str) -> tuple[int, int]:
     return int(parts[1]), int(parts[0])
 
 
-def _resolve_head(req: ExportRequest) -> tuple[HeadCheckpoint | None, str, str]:
+def _resolve_head(req: ExportRequest) -> tuple[HeadCheckpoint | None, str, str | None, str | None]:
     ckpt = load_head(req.ckpt) if req.ckpt is not None else None
     meta = ckpt.metadata if ckpt else None
     model = req.model or (meta.model if meta else None)
@@ -138,8 +140,11 @@ def _resolve_head(req: ExportRequest) -> tuple[HeadCheckpoint | None, str, str]:
             f"the checkpoint was trained on {meta.model}, but --model says {req.model}",
             f"drop --model, or pass --model {meta.model}",
         )
-    pretrained = req.pretrained or (meta.pretrained if meta and meta.pretrained else None) or "openai"
-    return ckpt, model, pretrained
+    if req.pretrained is not None:
+        return ckpt, model, req.pretrained, req.pretrained_cfg
+    # The checkpoint's own record: the same weights and the same settings tag rebuild the same model.
+    pretrained = (meta.pretrained or None) if meta else None
+    return ckpt, model, pretrained, req.pretrained_cfg or (meta.pretrained_cfg if meta else None)
 
 
 def _class_names(req: ExportRequest, ckpt: HeadCheckpoint | None) -> list[str]:
@@ -175,15 +180,17 @@ def _export_graphs(
     pixels = torch.randn(batch, 3, height, width)
     tokens = clip.tokenizer(["a photo of a cat.", "a dog"]).to(torch.int64)
     feats = torch.nn.functional.normalize(torch.randn(batch, dim), dim=-1)
+    # Folded for export only (MobileCLIP's branches); verification compares against clip.model as built.
+    model, _ = reparam.for_export(clip.model)
     # The fused graph is exported on pixels; with embedded preprocessing the frames graph (built in
     # ONNX, see frames.py) is put in front of it afterwards.
     jobs = [
-        (mf.FUSED, FusedModel(clip.model, head, text), (pixels,),
+        (mf.FUSED, FusedModel(model, head, text), (pixels,),
          GraphSpec(("pixels",), ("logits", "image_features"),
                    {"pixels": {0: "batch"}, "logits": {0: "batch"}, "image_features": {0: "batch"}})),
-        (mf.IMAGE_ENCODER, ImageEncoder(clip.model), (pixels,),
+        (mf.IMAGE_ENCODER, ImageEncoder(model), (pixels,),
          GraphSpec(("pixels",), ("image_features",), {"pixels": {0: "batch"}, "image_features": {0: "batch"}})),
-        (mf.TEXT_ENCODER, TextEncoder(clip.model), (tokens,),
+        (mf.TEXT_ENCODER, TextEncoder(model), (tokens,),
          GraphSpec(("token_ids",), ("text_features",), {"token_ids": {0: "num_texts"}, "text_features": {0: "num_texts"}})),
         (mf.HEAD, HeadGraph(head), (feats, text[:2] if len(text) > 1 else text),
          GraphSpec(("image_features", "text_features"), ("logits",),
@@ -221,6 +228,10 @@ def _copy_tokenizer(clip: LoadedClip, root: Path) -> dict:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(open_clip.tokenizer.default_bpe(), target)
         return {"kind": "clip_bpe", "vocab": target.relative_to(root).as_posix(), "context_length": clip.context_length}
+    if isinstance(clip.tokenizer, open_clip.tokenizer.HFTokenizer):
+        from .hf_tokenizer import write_hf_tokenizer
+
+        return write_hf_tokenizer(clip.tokenizer, clip.model_name, root)
     return {"kind": type(clip.tokenizer).__name__, "context_length": clip.context_length,
             "note": "not supported by the torch-free runtime: set_classes needs the host"}
 
@@ -233,17 +244,19 @@ def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedC
     """
     replace.recover(req.out)  # leftovers of a killed run
     _check_request(req)
-    ckpt, model_name, pretrained = _resolve_head(req)
+    ckpt, model_name, pretrained, pretrained_cfg = _resolve_head(req)
     class_names = _class_names(req, ckpt)
     templates = validate_templates(req.templates or (ckpt.metadata.templates if ckpt else None))
     if clip is None:
-        clip = load_clip(model_name, pretrained)
+        clip = load_clip(model_name, pretrained, pretrained_cfg=pretrained_cfg)
+    if ckpt is not None and ckpt.metadata.resolved and req.pretrained is None:
+        check_rebuild(clip, ckpt.metadata.resolved, f"checkpoint {req.ckpt}")
     if ckpt is not None and ckpt.head.embed_dim != clip.embed_dim:
         raise RadaError(
             f"the checkpoint's head has embedding size {ckpt.head.embed_dim}, {model_name} has {clip.embed_dim}",
             "pass the --model the head was trained on",
         )
-    warnings = []
+    warnings = list(clip.source.warnings) if clip.source else []
     if clip.random_weights:
         warnings.append("random CLIP weights (--pretrained none): the bundle's predictions are meaningless; "
                         "pass --pretrained openai or a weights file for a real model")
@@ -269,7 +282,8 @@ def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedC
         np.save(tmp / "text_features.npy", text.numpy().astype(np.float32))
         (tmp / "classes.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
         save_head(tmp / "head.safetensors", head, HeadMetadata(
-            **{**meta.__dict__, "model": model_name, "pretrained": clip.pretrained, "class_names": class_names,
+            **{**meta.__dict__, "model": model_name, "pretrained": clip.pretrained, "pretrained_cfg": clip.pretrained_cfg,
+               "resolved": clip.resolved(), "class_names": class_names,
                "templates": templates, "logit_scale": clip.logit_scale}))
         tokenizer = _copy_tokenizer(clip, tmp)
         versions = {**tool_versions(), "onnx": __import__("onnx").__version__}
@@ -280,7 +294,9 @@ def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedC
             class_names=class_names, templates=templates, context_length=clip.context_length,
             opset=req.opset, max_batch=req.max_batch, graphs=entries, embed_preprocess=req.embed_preprocess,
             frames=FramesConfig(req.channel_order, req.frame_size).manifest_entry() if req.embed_preprocess else None,
-            tokenizer=tokenizer, versions=versions,
+            tokenizer=tokenizer, versions=versions, pretrained_cfg=clip.pretrained_cfg,
+            resolved={**clip.resolved(), "reparameterized": reparam.has_branches(clip.model)},
+            logit_bias=clip.logit_bias, probability="softmax" if clip.logit_bias is None else "sigmoid",
         )
         files = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file() and p.name != mf.MANIFEST_NAME]
         manifest.files = mf.checksum_files(tmp, files)

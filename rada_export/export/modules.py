@@ -55,15 +55,19 @@ class Preprocess(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """pixels -> L2-normalised image features."""
+    """pixels -> L2-normalised image features, through open_clip's encode_image.
+
+    encode_image is what training encodes with, and the one entry every family shares: CoCa's
+    vision tower returns (pooled, tokens), and other families add steps after the tower.
+    """
 
     def __init__(self, clip_model: nn.Module):
         super().__init__()
-        self.visual = clip_model.visual
+        self.clip = clip_model
         self.image_norm = L2Normalize()
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.image_norm(self.visual(pixels))
+        return self.image_norm(self.clip.encode_image(pixels, normalize=False))
 
 
 class TextEncoder(nn.Module):
@@ -75,7 +79,7 @@ class TextEncoder(nn.Module):
         self.text_norm = L2Normalize()
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_norm(self.clip.encode_text(token_ids))
+        return self.text_norm(self.clip.encode_text(token_ids, normalize=False))
 
 
 class HeadGraph(nn.Module):

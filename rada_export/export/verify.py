@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..clip import LoadedClip, load_clip
+from ..clip import LoadedClip, load_recorded
 from ..checkpoint import load_head
 from ..errors import RadaError
 from ..head import RAdaHead
@@ -96,7 +96,7 @@ def verify_bundle(
     manifest = read_manifest(bundle)
     verify_checksums(bundle, manifest)
     if clip is None:
-        clip = load_clip(manifest.model, manifest.pretrained)
+        clip = load_recorded(manifest.model, manifest.pretrained, manifest.pretrained_cfg, manifest.resolved, f"bundle {bundle}")
     head = _torch_head(bundle, manifest)
     text_features = torch.from_numpy(np.load(bundle / "text_features.npy"))
     inputs = make_inputs(clip, manifest, images, num_random, seed)
