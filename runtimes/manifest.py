@@ -157,6 +157,10 @@ class Manifest:
         if self.frames is not None:
             _check_frames(self.frames)
         _positive_finite("logit_scale", self.logit_scale)
+        if self.probability not in ("softmax", "sigmoid"):
+            _bad(f"probability must be 'softmax' or 'sigmoid', got {self.probability!r}")
+        if self.logit_bias is not None and not math.isfinite(self.logit_bias):
+            _bad(f"logit_bias must be a finite number, got {self.logit_bias}")
         _check_head(self.head, self.embed_dim)
         _check_names(self.class_names)
         _in_range("context_length", self.context_length, 1, MAX_CONTEXT_LENGTH)
