@@ -61,8 +61,47 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def raise_tiny_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy whose Q/DQ scales are at least FP16's smallest normal number, and how many were raised.
+
+    Calibration can give a scale below 6.1e-5 (an activation whose range is under 0.008, common in
+    convolutional towers), which FP16 holds only as a subnormal, losing its precision. Raising such a
+    scale never clips (the range grows) and only coarsens the step; int8 weights behind a raised
+    DequantizeLinear are requantized so that they dequantize to the same values as before.
+    """
+    model = _copy(model)
+    tiny = np.float32(np.finfo(np.float16).tiny)
+    inits = {init.name: init for init in model.graph.initializer}
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        if node.op_type in QDQ_OPS and len(node.input) > 1 and node.input[1] in inits:
+            users.setdefault(node.input[1], []).append(node)
+    raised = 0
+    for name, nodes in users.items():
+        old = onnx.numpy_helper.to_array(inits[name]).astype(np.float32)
+        if not (np.abs(old) < tiny).any():
+            continue
+        new = np.where(np.abs(old) < tiny, tiny, old).astype(np.float32)
+        for node in nodes:
+            weight = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+            if weight is None:
+                continue
+            q = onnx.numpy_helper.to_array(weight)
+            ratio = old / new
+            if ratio.ndim == 1 and ratio.size > 1:  # per-channel: along the node's axis
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
+                ratio = ratio.reshape([-1 if d == axis else 1 for d in range(q.ndim)])
+            info = np.iinfo(q.dtype)
+            requantized = np.clip(np.rint(q.astype(np.float32) * ratio), info.min, info.max).astype(q.dtype)
+            weight.CopyFrom(onnx.numpy_helper.from_array(requantized, weight.name))
+        inits[name].CopyFrom(onnx.numpy_helper.from_array(new.astype(onnx.helper.tensor_dtype_to_np_dtype(inits[name].data_type)), name))
+        raised += int((np.abs(old) < tiny).sum())
+    return model, raised
+
+
 def qdq_to_fp16(model: onnx.ModelProto, inline_limit: int = TWO_GB) -> onnx.ModelProto:
     """The Q/DQ ``model`` (quantized from FP32) with its non-quantized parts in FP16."""
+    model, _ = raise_tiny_scales(model)
     converted = fp16.to_fp16(with_opset(model, FP16_QDQ_OPSET), inline_limit)
     audit = audit_qdq_types(converted, inline_limit)
     if audit.violations:

@@ -237,3 +237,44 @@ def test_int8_fp16_conversion_carries_external_data(tiny_bundles, tmp_path, monk
     assert data == out.with_name(out.name + ".data") and data.stat().st_size > 100_000
     monkeypatch.undo()
     assert bare_session(out)["finite"]
+
+
+def test_scales_below_fp16_normal_range_are_raised_without_changing_the_weights():
+    # A convolutional tower with random weights calibrated RN50 activations to scales of 4.9e-5,
+    # below FP16's smallest normal (6.1e-5): the INT8-over-FP16 graph must still convert, its int8
+    # weights dequantizing to the same values, its activation range only growing.
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from rada_export.calibration.int8_fp16 import qdq_to_fp16, raise_tiny_scales
+
+    rng = np.random.default_rng(0)
+    w_scale = np.array([3e-5, 2e-3, 5e-5], dtype=np.float32)  # per output channel, two of them tiny
+    w_q = rng.integers(-127, 128, size=(4, 3), dtype=np.int8)
+    inits = [numpy_helper.from_array(np.float32(4e-5), "x_scale"), numpy_helper.from_array(np.int8(0), "zp"),
+             numpy_helper.from_array(w_q, "w_q"), numpy_helper.from_array(w_scale, "w_scale"),
+             numpy_helper.from_array(np.zeros(3, dtype=np.int8), "w_zp")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "zp"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "x_scale", "zp"], ["xd"], name="dq"),
+             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], name="wdq", axis=1),
+             helper.make_node("MatMul", ["xd", "w"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+
+    raised, count = raise_tiny_scales(model)
+    assert count == 3
+    values = {i.name: numpy_helper.to_array(i) for i in raised.graph.initializer}
+    assert values["x_scale"] >= np.finfo(np.float16).tiny and values["w_scale"][1] == w_scale[1]
+    before = w_q.astype(np.float32) * w_scale
+    after = values["w_q"].astype(np.float32) * values["w_scale"]
+    assert np.abs(after - before).max() <= values["w_scale"].max() / 2 + 1e-9  # within half a new step
+
+    x = (rng.standard_normal((2, 4)) * 2e-3).astype(np.float32)  # inside both ranges: nothing clips
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    reference = x @ before
+    assert np.abs(run(raised) - reference).max() < 0.05 * np.abs(reference).max()
+    converted = qdq_to_fp16(model)  # raised the old audit's "below FP16's normal range" before the fix
+    assert np.abs(run(converted) - reference).max() < 0.05 * np.abs(reference).max()
