@@ -17,7 +17,7 @@ import numpy as np
 
 from rada_export.errors import RadaError
 
-from .tokenizer import _CLEANERS, _as_text_list, _check_context_length
+from .text_input import CLEANERS, as_text_list, check_context_length
 
 KIND_HF = "hf_tokenizers"
 
@@ -41,10 +41,10 @@ class HFTokenizer:
         except ImportError as err:
             raise RadaError("this bundle's text tokenizer needs the `tokenizers` package",
                             "pip install tokenizers (rada-export lists it as a dependency)") from err
-        if clean not in _CLEANERS:
-            raise RadaError(f"unknown text cleaning {clean!r}", f"use one of: {', '.join(_CLEANERS)}")
-        self.context_length = _check_context_length(context_length)
-        self._clean_fn = _CLEANERS[clean]
+        if clean not in CLEANERS:
+            raise RadaError(f"unknown text cleaning {clean!r}", f"use one of: {', '.join(CLEANERS)}")
+        self.context_length = check_context_length(context_length)
+        self._clean_fn = CLEANERS[clean]
         self.pad_id = int(pad_id)
         self.pad_token = pad_token
         try:
@@ -78,8 +78,8 @@ class HFTokenizer:
         )
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
-        length = self.context_length if context_length is None else _check_context_length(context_length)
-        batch = [self._clean_fn(t) for t in _as_text_list(texts)]
+        length = self.context_length if context_length is None else check_context_length(context_length)
+        batch = [self._clean_fn(t) for t in as_text_list(texts)]
         tok = self._tokenizer if length == self.context_length else self._configured(length)
         out = np.array([enc.ids for enc in tok.encode_batch(batch)], dtype=np.int64).reshape(len(batch), length)
         if self.strip_sep_token and self.sep_id is not None:

@@ -206,19 +206,26 @@ def _resize(img: Image.Image, height: int, width: int, resample: int, reducing_g
     return img.resize((width, height), resample, reducing_gap=reducing_gap)
 
 
-def _shortest_side_size(height: int, width: int, target: int) -> tuple[int, int]:
+def shortest_side_size(height: int, width: int, target: int) -> tuple[int, int]:
+    """(height, width) after scaling the short side to ``target``."""
     # torchvision's Resize(int): the long side is truncated, not rounded.
     if width <= height:
         return int(target * height / width), target
     return target, int(target * width / height)
 
 
-def _keep_ratio_size(height: int, width: int, target_h: int, target_w: int, longest: bool) -> tuple[int, int]:
+def keep_ratio_size(height: int, width: int, target_h: int, target_w: int, longest: bool) -> tuple[int, int]:
+    """(height, width) after one scale for both sides that fits (longest) or covers the target."""
     # open_clip's ResizeKeepRatio: one scale for both sides, sides rounded half to even (Python round).
     ratio_h = height / target_h
     ratio_w = width / target_w
     ratio = max(ratio_h, ratio_w) if longest else min(ratio_h, ratio_w)
     return round(height / ratio), round(width / ratio)
+
+
+# The export's frame-graph builder imported these under their former names.
+_shortest_side_size = shortest_side_size
+_keep_ratio_size = keep_ratio_size
 
 
 def _pad(img: Image.Image, left: int, top: int, right: int, bottom: int, fill: int) -> Image.Image:
@@ -272,15 +279,15 @@ def resize_to_input(img: Image.Image, cfg: Any, fast: bool = False) -> Image.Ima
     if spec.resize_mode == "squash":
         img = _resize(img, height, width, spec.resample, gap)
     elif spec.resize_mode == "longest":
-        new_h, new_w = _keep_ratio_size(img.height, img.width, height, width, longest=True)
+        new_h, new_w = keep_ratio_size(img.height, img.width, height, width, longest=True)
         img = _resize(img, new_h, new_w, spec.resample, gap)
         img = _center_crop_or_pad(img, height, width, spec.fill_color)
     else:
         if height == width:
-            new_h, new_w = _shortest_side_size(img.height, img.width, height)
+            new_h, new_w = shortest_side_size(img.height, img.width, height)
             img = _resize(img, new_h, new_w, spec.resample, gap)
         else:
-            new_h, new_w = _keep_ratio_size(img.height, img.width, height, width, longest=False)
+            new_h, new_w = keep_ratio_size(img.height, img.width, height, width, longest=False)
             img = _resize(img, new_h, new_w, Image.Resampling.BICUBIC, gap)
         # torchvision's CenterCrop pads with 0 whatever fill_color says.
         img = _center_crop_or_pad(img, height, width, 0)
@@ -311,7 +318,9 @@ def normalize(frames: np.ndarray, cfg: Any) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _items(images: Any) -> list[Any]:
+def image_list(images: Any) -> list[Any]:
+    """One image, a list of images or a uint8 N x h x w x 3 batch, as a list of images; an empty
+    list or batch is refused."""
     if isinstance(images, (list, tuple)):
         if len(images) == 0:
             raise RadaError("expected at least one image, got an empty list", "pass one image or a non-empty list of images")
@@ -340,7 +349,7 @@ def frames_uint8(images: Any, cfg: Any, bgr: bool = False, fast: bool = False) -
     with Pillow's reducing_gap, see ``resize_to_input``; paths and PIL images stay exact.
     """
     spec = _spec(cfg)
-    return np.stack([_frame(item, spec, bgr, fast) for item in _items(images)])
+    return np.stack([_frame(item, spec, bgr, fast) for item in image_list(images)])
 
 
 def _check_float_batch(batch: np.ndarray, spec: _Spec) -> np.ndarray:
@@ -382,7 +391,7 @@ def preprocess(images: Any, cfg: Any, bgr: bool = False, fast: bool = False) -> 
     if isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):
         return _check_float_batch(images, spec)
     out = []
-    for item in _items(images):
+    for item in image_list(images):
         if isinstance(item, np.ndarray) and np.issubdtype(item.dtype, np.floating):
             if item.ndim != 3:
                 raise RadaError(
@@ -452,10 +461,13 @@ __all__ = [
     "RESIZE_MODES",
     "frames_uint8",
     "graph_frames",
+    "image_list",
     "input_size",
+    "keep_ratio_size",
     "load_image",
     "normalize",
     "preprocess",
     "resize_to_input",
+    "shortest_side_size",
     "to_pil",
 ]

@@ -24,6 +24,7 @@ from . import preprocess as pp
 from .augment import random_views
 from .backends import BackendChoice, GraphRunner, choose_backend, make_runner
 from .head import Head
+from .head_snapshot import HeadSnapshot
 from .manifest import FUSED, IMAGE_ENCODER, TEXT_ENCODER, Manifest, read_manifest, verify_checksums
 from .tta import TTAConfig
 
@@ -86,8 +87,7 @@ class Runtime:
         self.backend_reason = choice.reason
         self.precision = precision
         self.tta = tta
-        self.head = Head.from_bundle(bundle, tta=tta)
-        self.classes = list(manifest.class_names)
+        self.head = Head.from_bundle(bundle, tta=tta)  # owns the class set: names and text features
         self._choice = choice
         self._encoder: GraphRunner | None = None  # made on first use: a fused-only deployment never loads it
         self._fused: GraphRunner | None = None
@@ -103,6 +103,11 @@ class Runtime:
         if self.backend == "tensorrt":
             return self.precision
         return self.precision if self.manifest.graph_key(graph, self.precision) in self.manifest.graphs else "fp32"
+
+    @property
+    def classes(self) -> list[str]:
+        """The current class names, in logit column order."""
+        return list(self.head.class_names)
 
     @property
     def description(self) -> str:
@@ -125,33 +130,29 @@ class Runtime:
         if adapt and self.tta.mode == "episodic":
             return self._predict_episodic(images, bgr)
         if not adapt and self._takes_raw_frames(images):
-            with self.head._lock:
-                classes, adapted = list(self.classes), self.head.adapted
-            if self._use_fused(classes, adapted):
-                return self._predict_frames(images, bgr, batch_size, classes)
+            snapshot = self.head.snapshot()
+            if self._use_fused(snapshot):
+                return self._predict_frames(images, bgr, batch_size, list(snapshot.class_names))
         items = self._as_items(images)
         batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
         if adapt:
             # Continual: encode outside the lock (in parallel with other threads), then this call's
             # update steps in one critical section, with the class list they belong to.
             features = [self._features_of(batch, bgr) for batch in batches]
-            with self.head._lock:
-                classes = list(self.classes)
-                logits = [self.head.adapt(f) for f in features]
-            return self._prediction(np.concatenate(logits), np.concatenate(features), classes)
-        with self.head._lock:  # the class list, the head's text features and weights that belong together
-            classes, snapshot, adapted = list(self.classes), self.head._snapshot(), self.head.adapted
-        fused = self._use_fused(classes, adapted)
+            logits, classes = self.head.adapt_batches(features)
+            return self._prediction(logits, np.concatenate(features), list(classes))
+        snapshot = self.head.snapshot()  # class names, text features and weights that belong together
+        fused = self._use_fused(snapshot)
         chunks = [self._predict_chunk(batch, bgr, fused, snapshot) for batch in batches]
         logits = np.concatenate([c[0] for c in chunks])
         features = np.concatenate([c[1] for c in chunks])
-        return self._prediction(logits, features, classes)
+        return self._prediction(logits, features, list(snapshot.class_names))
 
     def _as_items(self, images: Any) -> list[Any] | np.ndarray:
         if isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):
             return pp.preprocess(images, self.manifest.preprocess)  # validates shape and finiteness
         if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4:
-            return list(images) if len(images) else pp._items(images)
+            return pp.image_list(images)
         if isinstance(images, (list, tuple)):
             if not images:
                 raise RadaError("expected at least one image, got an empty list", "pass one image or a non-empty list of images")
@@ -176,8 +177,8 @@ class Runtime:
         return self._prediction(np.concatenate([o["logits"] for o in outs]),
                                 np.concatenate([o["image_features"] for o in outs]), classes)
 
-    def _use_fused(self, classes: list[str], adapted: bool) -> bool:
-        return (not adapted and classes == list(self.manifest.class_names)
+    def _use_fused(self, snapshot: HeadSnapshot) -> bool:
+        return (not snapshot.adapted and list(snapshot.class_names) == list(self.manifest.class_names)
                 and self.manifest.graph_key(FUSED, self._variant(FUSED)) in self.manifest.graphs)
 
     def _fused_runner(self) -> GraphRunner:
@@ -191,7 +192,7 @@ class Runtime:
         preprocessed = isinstance(items, np.ndarray)
         return self.encode(items if preprocessed else pp.preprocess(items, self.manifest.preprocess, bgr, fast=True))
 
-    def _predict_chunk(self, items, bgr: bool, fused: bool, snapshot) -> tuple[np.ndarray, np.ndarray]:
+    def _predict_chunk(self, items, bgr: bool, fused: bool, snapshot: HeadSnapshot) -> tuple[np.ndarray, np.ndarray]:
         preprocessed = isinstance(items, np.ndarray)
         if fused and not (preprocessed and self.manifest.embed_preprocess):
             runner = self._fused_runner()
@@ -204,7 +205,7 @@ class Runtime:
             out = runner.run({runner.input_names[0]: feed})
             return out["logits"], out["image_features"]
         features = self._features_of(items, bgr)
-        return self.head._logits(self.head._features(features), *snapshot[1:]), features
+        return self.head.logits(features, snapshot=snapshot), features
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         """Image features (N x D, L2-normalised) of a preprocessed float32 batch."""
@@ -221,16 +222,15 @@ class Runtime:
             raise RadaError("episodic TTA makes augmented views of each image, which a preprocessed batch cannot give",
                             "pass the images themselves (paths, PIL images or uint8 arrays)")
         items = self._as_items(images)
-        with self.head._lock:  # one class list and starting head for the whole call
-            classes, snapshot = list(self.classes), self.head._snapshot()
+        snapshot = self.head.snapshot()  # one class set and starting head for the whole call
         logits, features = [], []
         for item in items:
             image = pp.to_pil(item, bgr)
             views = random_views(image, self.tta.views, self._view_rng(image))
             feats = self.encode(pp.preprocess(views, self.manifest.preprocess))
-            logits.append(np.atleast_2d(self.head.adapt_episodic(feats, _snapshot=snapshot)))
+            logits.append(np.atleast_2d(self.head.adapt_episodic(feats, snapshot=snapshot)))
             features.append(feats[:1])
-        return self._prediction(np.concatenate(logits), np.concatenate(features), classes)
+        return self._prediction(np.concatenate(logits), np.concatenate(features), list(snapshot.class_names))
 
     def _view_rng(self, image) -> np.random.Generator:
         """The generator of an image's episodic views: a function of the seed and the pixels only, so
@@ -257,10 +257,7 @@ class Runtime:
         names = _check_names(names)
         validate.class_count(len(names), self.head.spec.num_heads)  # before any text-encoder work
         templates = validate.templates(templates, self.manifest.templates)
-        text = self.text_features(names, templates)
-        with self.head._lock:  # predictions see the old pair or the new one
-            self.head.set_text_features(text)
-            self.classes = names
+        self.head.set_classes(names, self.text_features(names, templates))  # predictions see the old set or the new one
 
     def text_features(self, names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         with self._make_lock:

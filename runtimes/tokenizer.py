@@ -9,30 +9,26 @@ Needs numpy, regex (for the Unicode classes ``\\p{L}`` / ``\\p{N}``) and ftfy.
 from __future__ import annotations
 
 import gzip
-import html
-import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import ftfy
 import numpy as np
 import regex
 
 from rada_export.errors import RadaError
 
+from .text_input import CLEAN_MODES, CLEANERS, as_text_list, check_context_length
+
 SOT = "<start_of_text>"
 EOT = "<end_of_text>"
 DEFAULT_CONTEXT_LENGTH = 77
 KIND_CLIP_BPE = "clip_bpe"
-CLEAN_MODES = ("lower", "whitespace", "canonicalize")
 
 # The vocabulary is 256 byte symbols, the same 256 with "</w>", the merges, and the two special
 # tokens: 49408 ids. The merges file has a version line first and more merges than CLIP kept.
 _N_MERGES = 49152 - 256 - 2
 _CACHE_LIMIT = 200_000  # bounds memory on a device that tokenizes free text for a long time
-
-_PUNCTUATION_TABLE = str.maketrans("", "", string.punctuation)
 
 
 def byte_symbols() -> list[str]:
@@ -59,40 +55,19 @@ def _vocab_order(symbols: list[str]) -> list[str]:
     return sorted(symbols, key=ord)
 
 
-def _clean_lower(text: str) -> str:
-    return " ".join(_fix(text).split()).lower()
-
-
-def _clean_whitespace(text: str) -> str:
-    return " ".join(_fix(text).split())
-
-
-def _clean_canonicalize(text: str) -> str:
-    text = _fix(text).replace("_", " ").translate(_PUNCTUATION_TABLE).lower()
-    return " ".join(text.split())
-
-
-def _fix(text: str) -> str:
-    # Twice, because scraped captions often carry doubly escaped entities ("&amp;amp;").
-    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-
-
-_CLEANERS = {"lower": _clean_lower, "whitespace": _clean_whitespace, "canonicalize": _clean_canonicalize}
-
-
 class ClipTokenizer:
     """Text -> int64 token ids (K x context_length), as open_clip's SimpleTokenizer."""
 
     def __init__(self, vocab_path: str | Path, context_length: int = DEFAULT_CONTEXT_LENGTH, clean: str = "lower"):
         self.vocab_path = Path(vocab_path)
-        self.context_length = _check_context_length(context_length)
-        if clean not in _CLEANERS:
+        self.context_length = check_context_length(context_length)
+        if clean not in CLEANERS:
             raise RadaError(
                 f"unknown text cleaning {clean!r} for the CLIP tokenizer",
                 f"use one of: {', '.join(CLEAN_MODES)}",
             )
         self.clean = clean
-        self._clean_fn = _CLEANERS[clean]
+        self._clean_fn = CLEANERS[clean]
 
         merges = _read_merges(self.vocab_path)
         symbols = byte_symbols()
@@ -202,8 +177,8 @@ class ClipTokenizer:
         Text longer than L - 2 ids is cut, and the last kept position is overwritten with the end
         token: the text encoder pools at the end token (argmax of the ids), so it must be there.
         """
-        length = self.context_length if context_length is None else _check_context_length(context_length)
-        batch = _as_text_list(texts)
+        length = self.context_length if context_length is None else check_context_length(context_length)
+        batch = as_text_list(texts)
         out = np.zeros((len(batch), length), dtype=np.int64)
         for row, text in enumerate(batch):
             ids = [self.sot_token_id] + self.encode(text) + [self.eot_token_id]
@@ -215,33 +190,6 @@ class ClipTokenizer:
 
     def __repr__(self) -> str:
         return f"ClipTokenizer({str(self.vocab_path)!r}, context_length={self.context_length}, clean={self.clean!r})"
-
-
-def _check_context_length(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 2:
-        raise RadaError(
-            f"context_length must be an integer of at least 2 (room for the start and end tokens), got {value!r}",
-            "use the model's context length, 77 for CLIP",
-        )
-    return int(value)
-
-
-def _as_text_list(texts: Any) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
-        raise RadaError(
-            f"the tokenizer takes a str or a sequence of str, got {type(texts).__name__}",
-            "decode bytes first (text.decode('utf-8')) and pass str",
-        )
-    batch = list(texts)
-    for index, text in enumerate(batch):
-        if not isinstance(text, str):
-            raise RadaError(
-                f"the tokenizer takes a sequence of str, but item {index} is a {type(text).__name__} ({text!r:.60})",
-                "pass every prompt as str",
-            )
-    return batch
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:

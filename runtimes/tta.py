@@ -1,4 +1,4 @@
-"""Test-time adaptation settings for the device head (numpy only).
+"""Test-time adaptation settings for the device head, and the counters of what it did (no numpy).
 
 Two modes, both acting on the head's six projections only (the encoders stay frozen engines):
 
@@ -170,6 +170,17 @@ class TTAConfig:
             values["betas"] = tuple(values["betas"])
         return cls(**values)
 
+
+@dataclass
+class Counters:
+    """What adaptation has done so far; kept across reset() (they describe the whole run)."""
+
+    frames: int = 0  # frames (rows) seen by continual adaptation
+    updates: int = 0  # AdamW steps applied, continual and episodic
+    skipped_unconfident: int = 0  # frames too unsure to learn from (entropy >= e_margin * ln K)
+    skipped_nonfinite: int = 0  # frames with non-finite logits, plus steps with a non-finite gradient
+    resets: int = 0  # collapse-guard resets to the deployed head
+    episodes: int = 0  # episodic adaptations (one per image)
 
 def _finite(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

@@ -12,9 +12,12 @@ torch = pytest.importorskip("torch")
 
 from rada_export.errors import RadaError  # noqa: E402
 from rada_export.head import RAdaHead  # noqa: E402
-from rada_export.runtimes import head as head_module  # noqa: E402
+from rada_export.runtimes import head_math, losses  # noqa: E402
+from rada_export.runtimes.adamw import AdamState, adamw_step  # noqa: E402
 from rada_export.runtimes.head import PARAMETER_NAMES, Head  # noqa: E402
 from rada_export.runtimes.tta import TTAConfig  # noqa: E402
+
+import gradcheck  # noqa: E402
 
 D = 512
 SCALE = 100.0
@@ -88,8 +91,8 @@ def test_large_batches_are_chunked_without_changing_results(monkeypatch):
     text, feats = unit(9, 64, seed=5), unit(11, 64, seed=6)
     head = Head(numpy_weights(ref), text, logit_scale=SCALE)
     whole = head.logits(feats)
-    monkeypatch.setattr(head_module, "_ATTENTION_BUDGET", 8 * 9 * 9 * 3)  # three rows per chunk
-    assert len(head._chunks(11)) == 4
+    monkeypatch.setattr(head_math, "ATTENTION_BUDGET", 8 * 9 * 9 * 3)  # three rows per chunk
+    assert len(head_math.chunks(11, 9, 8)) == 4
     assert rel(head.logits(feats), whole) <= 1e-6
     assert rel(head.mask(feats), ref.mask(torch.from_numpy(feats), torch.from_numpy(text)).detach().numpy()) <= 1e-5
 
@@ -127,13 +130,13 @@ def test_episodic_gradient_matches_autograd():
     logits = ref(feats_t, text_t)
     entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
     chosen = torch.argsort(entropy, stable=True)[:4]
-    np_entropy = head_module.entropy(head.logits(views))
+    np_entropy = losses.entropy(head.logits(views))
     assert sorted(chosen.tolist()) == sorted(np.argsort(np_entropy, kind="stable")[:4].tolist())
     loss = torch_marginal_entropy(logits[chosen])
     ref.zero_grad()
     loss.backward()
-    assert abs(head.episodic_loss(views) - loss.item()) <= 1e-4 * abs(loss.item())
-    assert_gradients_match(head.episodic_gradients(views), ref)
+    assert abs(gradcheck.episodic_loss(head, views) - loss.item()) <= 1e-4 * abs(loss.item())
+    assert_gradients_match(gradcheck.episodic_gradients(head, views), ref)
 
 
 def test_continual_gradient_matches_autograd_including_anchors():
@@ -146,7 +149,7 @@ def test_continual_gradient_matches_autograd_including_anchors():
         drifted.adapt(row[None])
     assert drifted.updates > 0
     # A threshold between the frames' entropies, so that some count as confident and some not.
-    ent = head_module.entropy(drifted.logits(feats))
+    ent = losses.entropy(drifted.logits(feats))
     e_margin = float(np.sort(ent)[2:4].mean() / np.log(7))
     cfg = TTAConfig(e_margin=e_margin, anchor=3.0, mask_anchor=2.0)
     head = Head(numpy_weights(deployed), text, logit_scale=SCALE, tta=cfg)
@@ -168,8 +171,8 @@ def test_continual_gradient_matches_autograd_including_anchors():
         loss = loss + 0.5 * cfg.anchor * ((param - deployed.state_dict()[name]) ** 2).sum()
     ref.zero_grad()
     loss.backward()
-    assert abs(head.continual_loss(feats) - loss.item()) <= 1e-4 * abs(loss.item())
-    assert_gradients_match(head.continual_gradients(feats), ref)
+    assert abs(gradcheck.continual_loss(head, feats) - loss.item()) <= 1e-4 * abs(loss.item())
+    assert_gradients_match(gradcheck.continual_gradients(head, feats), ref)
 
 
 def test_vector_jacobian_product_matches_autograd_with_zero_init_head():
@@ -181,7 +184,7 @@ def test_vector_jacobian_product_matches_autograd_with_zero_init_head():
     d_mask = rng.normal(size=(3, 5, D)).astype(np.float32)
     logits, mask = ref.logits_and_mask(torch.from_numpy(feats), torch.from_numpy(text))
     ((logits * torch.from_numpy(d_logits)).sum() + (mask * torch.from_numpy(d_mask)).sum()).backward()
-    grads = head.gradients(feats, d_logits, d_mask)
+    grads = gradcheck.vjp_gradients(head, feats, d_logits, d_mask)
     # With out_proj at zero only out_proj gets a gradient; the rest must be exactly zero too.
     for name, param in ref.named_parameters():
         expected = param.grad.numpy()
@@ -209,10 +212,10 @@ def test_adamw_matches_the_torch_update():
     params = rng.normal(size=70_000).astype(np.float32)  # more than one block
     start = params.copy()
     grads = [rng.normal(size=params.size).astype(np.float32) for _ in range(4)]
-    state = head_module.AdamState.zeros(params.size)
+    state = AdamState.zeros(params.size)
     scratch = np.empty_like(params)
     for grad in grads:
-        head_module.adamw_step(
+        adamw_step(
             params, grad.copy(), state, lr=1e-2, weight_decay=0.05, betas=(0.8, 0.99), eps=1e-6, scratch=scratch
         )
     expected = reference_adamw(start, grads, 1e-2, 0.05, (0.8, 0.99), 1e-6)
@@ -225,12 +228,12 @@ def test_adamw_anchor_and_restore_pull_toward_the_reference():
     reference = rng.normal(size=1000).astype(np.float32)
     params = reference + 0.1
     grad = np.zeros_like(params)
-    state, scratch = head_module.AdamState.zeros(params.size), np.empty_like(params)
-    head_module.adamw_step(params, grad.copy(), state, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
+    state, scratch = AdamState.zeros(params.size), np.empty_like(params)
+    adamw_step(params, grad.copy(), state, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
                            scratch=scratch, restore=0.5, reference=reference)
     assert np.allclose(params - reference, 0.05, atol=1e-6)  # restore alone: half the drift undone
     state.clear()
-    head_module.adamw_step(params, grad.copy(), state, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
+    adamw_step(params, grad.copy(), state, lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8,
                            scratch=scratch, anchor=10.0, reference=reference)
     assert np.allclose(params - reference, 0.05 - 1e-3, atol=1e-6)  # anchor: an Adam step toward it
 
@@ -251,7 +254,7 @@ def test_episodic_step_lowers_entropy_and_resets():
     assert logits.shape == (1, 7)
     assert report is not None and report.steps == 1 and len(report.kept) == 4
     assert report.loss_after < report.loss_before
-    assert abs(report.loss_before - head.episodic_loss(views)) <= 1e-5
+    assert abs(report.loss_before - gradcheck.episodic_loss(head, views)) <= 1e-5
     assert not np.array_equal(logits, deployed_logits[:1])  # the prediction came from adapted weights
     # The next call sees the deployed head again.
     assert all(np.array_equal(head.weights()[k], deployed_weights[k]) for k in PARAMETER_NAMES)
@@ -304,7 +307,7 @@ def test_frames_are_gathered_into_batches():
 
 def test_unconfident_frames_do_not_update():
     probe, frames = adaptive_head()
-    lowest = float(head_module.entropy(probe.logits(frames[:5])).min())
+    lowest = float(losses.entropy(probe.logits(frames[:5])).min())
     head, _ = adaptive_head(e_margin=0.5 * lowest / np.log(6), continual_batch=1)
     for row in frames[:5]:
         head.adapt(row[None])
@@ -326,18 +329,18 @@ def test_nonfinite_forward_is_skipped_and_counted():
 def test_nonfinite_gradient_is_skipped_and_counted(monkeypatch):
     head, frames = adaptive_head(continual_batch=1)
     weights = head.weights()
-    real_backward = head_module._backward
+    real_backward = head_math.backward
 
     def poisoned(*args):
         real_backward(*args)
         args[-1].w_out[0, 0] = np.nan
 
-    monkeypatch.setattr(head_module, "_backward", poisoned)
+    monkeypatch.setattr(head_math, "backward", poisoned)
     head.adapt(frames[:1])
     head.adapt_episodic(frames[:8])
     assert head.skipped_nonfinite == 2 and head.updates == 0
     assert all(np.array_equal(head.weights()[k], weights[k]) for k in PARAMETER_NAMES)
-    monkeypatch.setattr(head_module, "_backward", real_backward)
+    monkeypatch.setattr(head_math, "backward", real_backward)
     head.adapt(frames[1:2])
     assert head.updates == 1
 
@@ -350,7 +353,7 @@ def test_reset_restores_deployed_outputs_exactly():
     assert head.updates >= 5 and not np.array_equal(head.logits(frames), deployed)
     head.reset()
     assert np.array_equal(head.logits(frames), deployed)
-    assert not head.adapted and head.pending_frames == 0 and head._adam.step == 0
+    assert not head.adapted and head.pending_frames == 0 and int(head.state()["adam.step"]) == 0
     assert head.updates >= 5  # counters describe the whole run
 
 
@@ -501,7 +504,8 @@ def test_from_bundle(tmp_path):
 
 def test_runtime_modules_do_not_import_torch():
     code = (
-        "import sys; import rada_export.runtimes.head, rada_export.runtimes.tta, rada_export.runtimes.augment; "
+        "import sys; import rada_export.runtimes.head, rada_export.runtimes.tta, rada_export.runtimes.augment, "
+        "rada_export.runtimes.tokenizer, rada_export.runtimes.hf_tokenizer; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'torchvision')]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -534,3 +538,58 @@ def test_an_episode_during_continual_adaptation_keeps_the_continual_weights():
     assert head.adapted and head.pending_frames == pending_before
     assert all(np.array_equal(head.weights()[k], continual[k]) for k in PARAMETER_NAMES)
     assert not all(np.array_equal(head.weights(deployed=True)[k], continual[k]) for k in PARAMETER_NAMES)
+
+
+# ---------------------------------------------------------------------------------------------
+# The class set and snapshots
+
+
+def test_the_head_owns_its_class_set():
+    head, frames = adaptive_head()
+    assert head.class_names == tuple(f"class {i}" for i in range(6))  # numbered when none are given
+    names = ("cat", "dog", "bird")
+    text = unit(3, 64, seed=50)
+    head.set_classes(names, text)
+    snap = head.snapshot()
+    assert snap.class_names == names == head.class_names and snap.num_classes == 3
+    assert np.array_equal(snap.text_features, text) and not snap.text_features.flags.writeable
+    assert head.logits(frames).shape == (40, 3)
+    head.set_text_features(unit(3, 64, seed=51))  # same count: the same classes, other prompts
+    assert head.class_names == names
+    head.set_text_features(unit(2, 64, seed=52))
+    assert head.class_names == ("class 0", "class 1")
+    with pytest.raises(RadaError, match="2 class names for 3 rows"):
+        head.set_classes(["a", "b"], text)
+    with pytest.raises(RadaError, match="sequence of str"):
+        head.set_classes("abc", text)
+    assert head.class_names == ("class 0", "class 1")  # a refused change leaves the set as it was
+
+
+def test_a_snapshot_keeps_its_weights_and_classes_while_the_head_moves_on():
+    head, frames = adaptive_head(continual_batch=1)
+    snap = head.snapshot()
+    before = head.logits(frames)
+    for row in frames[:5]:
+        head.adapt(row[None])
+    head.set_classes(["a", "b"], unit(2, 64, seed=53))
+    assert head.updates == 5 and head.snapshot() is not snap
+    assert np.array_equal(head.logits(frames, snapshot=snap), before)
+    assert snap.num_classes == 6 and not snap.adapted and head.snapshot().adapted
+    other = Head(numpy_weights(torch_head(dim=32)), unit(2, 32), logit_scale=SCALE)
+    with pytest.raises(RadaError, match="snapshot"):
+        other.logits(unit(1, 32), snapshot=snap)
+    with pytest.raises(RadaError, match="snapshot"):
+        head.logits(frames, snapshot=("not", "a", "snapshot"))
+
+
+def test_adapt_batches_equals_adapt_in_a_row():
+    one, frames = adaptive_head(continual_batch=3)
+    two, _ = adaptive_head(continual_batch=3)
+    batches = [frames[0:2], frames[2:3], frames[3:7]]
+    logits, names = one.adapt_batches(batches)
+    assert names == one.class_names
+    assert np.array_equal(logits, np.concatenate([two.adapt(b) for b in batches]))
+    assert all(np.array_equal(one.weights()[k], two.weights()[k]) for k in PARAMETER_NAMES)
+    with pytest.raises(RadaError, match="shape"):
+        one.adapt_batches([frames[:1], frames[:1, :10]])  # checked before any batch adapts
+    assert one.frames == two.frames == 7
