@@ -12,6 +12,12 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "clip-vitb-features" / "dtd"
 TINY = "rada-tiny-ViT"
 
 
+def pytest_configure(config):
+    import tiny_families
+
+    tiny_families.register()  # the tiny family configs, before any test builds a model
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_blas_thread():
     """numpy's BLAS on one thread: the tests' matmuls are small, and on a shared 2-core machine a
@@ -57,28 +63,41 @@ def image_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def vit_b32_bundle(tmp_path_factory):
-    """One full-size bundle (ViT-B-32, random weights, FP32 + FP16, verified), shared by the slow tests.
+def family_chain(tmp_path_factory, image_folder):
+    """Builds one family's chain (train, onnx FP32 + FP16 verified, calibrate) once per session:
+    ``family_chain(family)``. Tests that change a bundle work on a copy of it."""
+    from families import build_chain
 
-    Returns the ExportResult; its bundle folder is ``result.bundle``.
-    """
-    from rada_export.export.bundle import ExportRequest, export_bundle
-    from rada_export.synthetic import CLASSES
+    chains = {}
 
-    out = tmp_path_factory.mktemp("vit-b-32") / "bundle"
-    return export_bundle(ExportRequest(out=out, model="ViT-B-32", pretrained="none", classes=[c[0] for c in CLASSES], fp16=True))
+    def get(family):
+        key = (family.name, family.model)
+        if key not in chains:
+            chains[key] = build_chain(family, tmp_path_factory.mktemp(family.name), image_folder)
+        return chains[key]
+
+    return get
 
 
 @pytest.fixture(scope="session")
-def vit_b32_int8(vit_b32_bundle, tmp_path_factory):
-    """The shared ViT-B-32 bundle with its fused graph calibrated to INT8; returns the CalibrateResult."""
-    from rada_export.calibration.bundle import CalibrateRequest, calibrate_bundle
-    from rada_export.synthetic import make_image_folder
+def vit_b32_chain(family_chain):
+    """The one full-size chain of the default run: ViT-B-32 through the real `openai` tag (QuickGELU,
+    random weights behind a local hub), trained, exported in FP32 + FP16, calibrated to both INT8 graphs."""
+    from families import VIT_B32_OPENAI
 
-    root = tmp_path_factory.mktemp("vit-b-32-calibration")
-    make_image_folder(root / "images", images_per_class=5, size=240)
-    return calibrate_bundle(CalibrateRequest(bundle=vit_b32_bundle.bundle, images=root / "images", samples=16, holdout=8,
-                                             graph="model", cache_dir=root / "cache", accept_degraded=True))
+    return family_chain(VIT_B32_OPENAI)
+
+
+@pytest.fixture(scope="session")
+def vit_b32_bundle(vit_b32_chain):
+    """The full-size chain's ExportResult; its bundle folder (calibrated since) is ``result.bundle``."""
+    return vit_b32_chain.exported
+
+
+@pytest.fixture(scope="session")
+def vit_b32_int8(vit_b32_chain):
+    """The full-size chain's CalibrateResult (the fused graph, Q/DQ over FP32 and over FP16)."""
+    return vit_b32_chain.calibrated
 
 
 def calibrate_for_tests(bundle: Path, work: Path) -> None:

@@ -485,7 +485,6 @@ def test_cli_writes_and_reports(pristine, images, tmp_path):
 # A full-size architecture
 
 
-@pytest.mark.slow
 def test_vit_b_32(vit_b32_int8):
     result = vit_b32_int8
     bundle = result.bundle

@@ -313,7 +313,6 @@ def test_too_many_classes_is_refused_with_the_figure(tmp_path):
     assert result.exit_code == 2 and "4000 classes" in flat(result.output) and not (tmp_path / "b").exists()
 
 
-@pytest.mark.slow
 def test_full_size_architecture_vit_b_32(vit_b32_bundle):
     assert vit_b32_bundle.report.passed
     checked = {(r.graph, r.precision) for r in vit_b32_bundle.report.results}

@@ -81,7 +81,6 @@ def test_every_graph_of_tiny_bundles_runs_in_a_bare_session(tiny_bundles):
     assert {"fp32", "fp16", "int8"} <= seen
 
 
-@pytest.mark.slow
 def test_every_graph_of_vit_b_32_runs_in_a_bare_session(vit_b32_int8):
     bundle = vit_b32_int8.bundle
     for key, entry in read_manifest(bundle).graphs.items():
