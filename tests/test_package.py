@@ -7,13 +7,11 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 def test_built_wheel_holds_and_imports_every_subpackage(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(REPO)], check=True)
     (wheel,) = tmp_path.glob("rada_export-*.whl")
