@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from rada_export.errors import RadaError, VerificationError
-    from rada_export.runtimes import tensorrt_engine as te
+    from rada_export.runtimes.tensorrt_engine import TensorRTEngine
+    from rada_export.runtimes.trt_environment import diagnose_environment
 
-    missing, env = te.diagnose_environment()
+    missing, env = diagnose_environment()
     if missing:
         print("bench_tensorrt: cannot run here, missing " + ", ".join(m.component for m in missing))
         for m in missing:
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench_tensorrt: cannot export a bundle here ({err}); pass --bundle")
                 return 0
         from rada_export.runtimes.manifest import read_manifest
-        from rada_export.tensorrt.build import build_engine
+        from rada_export.tensorrt.build import BuildRequest, build_engine
 
         manifest = read_manifest(bundle)
         height, width = manifest.preprocess.size
@@ -109,13 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         cache = Path(scratch) / "timing.cache"
         for precision in args.precisions:
             try:
-                result = build_engine(bundle, "model", precision, min_batch=1, opt_batch=min(8, max_batch), max_batch=max_batch,
-                                      timing_cache=cache, verify=not args.no_verify, environment=env)
+                req = BuildRequest(bundle=bundle, graph="model", precision=precision, min_batch=1, opt_batch=min(8, max_batch),
+                                   max_batch=max_batch, timing_cache=cache, verify=not args.no_verify)
+                result = build_engine(req, environment=env)
             except (RadaError, VerificationError) as err:
                 print(f"TensorRT {precision}: skipped ({getattr(err, 'problem', err)})")
                 continue
             print(f"TensorRT {precision}: built in {result.build_seconds:.1f} s -> {result.engine_path}")
-            with te.TensorRTEngine(result.engine_path, manifest, environment=env) as engine:
+            with TensorRTEngine(result.engine_path, manifest, environment=env) as engine:
                 name = engine.input_names[0]
                 for batch in args.batches:
                     if engine.dtype(name) == np.uint8:
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         feed = np.random.default_rng(0).standard_normal((batch, 3, height, width)).astype(np.float32)
                     rows[(f"TensorRT {precision}", batch)] = median_ms(lambda: engine.run({name: feed}), args.runs, args.warmup) / 1000
-                # A batch twice the profile's max: run() splits it (defect 4 of issue 12); against two calls by hand.
+                # A batch twice the profile's max: run() splits it; timed against two calls by hand.
                 big = np.concatenate([feed, feed])
                 split = median_ms(lambda: engine.run({name: big}), args.runs, args.warmup) / 1000
                 by_hand = median_ms(lambda: [engine.run({name: feed}) for _ in range(2)], args.runs, args.warmup) / 1000

@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-
 from .common import console, err_console, handle_errors, make_table, print_json, reporter
 
 
@@ -54,23 +53,23 @@ def trt(
         raise RadaError("--trt-version only applies with --check (a build uses the installed TensorRT)",
                         "add --check, or drop --trt-version")
     from rada_export.errors import VerificationError
-    from rada_export.tensorrt.build import build_engine
-    from rada_export.tensorrt.verify import EngineReport
+    from rada_export.runtimes.parity_report import ParityReport
+    from rada_export.tensorrt.build import BuildRequest, build_engine
 
     from .onnx import print_report
 
+    req = BuildRequest(
+        bundle=bundle, graph=graph, precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+        workspace_gb=workspace, timing_cache=timing_cache, dla_core=dla_core, gpu_fallback=gpu_fallback, tf32=tf32,
+        max_classes=max_classes, max_texts=max_texts, calib_images=calib_images, verify=not no_verify,
+    )
     title = f"parity: TensorRT {precision} against ONNX Runtime FP32 (CPU)"
     try:
         # build_engine checks the request, the ONNX file's checksum and its operators before it
         # imports TensorRT, then every prerequisite at once (TensorRT, libcudart, driver, GPU, onnxruntime), then builds.
-        result = build_engine(
-            bundle, graph=graph, precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-            workspace_gb=workspace, timing_cache=timing_cache, dla_core=dla_core, gpu_fallback=gpu_fallback,
-            reporter=reporter(quiet or json_out), tf32=tf32, max_classes=max_classes, max_texts=max_texts,
-            calib_images=calib_images, verify=not no_verify,
-        )
+        result = build_engine(req, reporter=reporter(quiet or json_out))
     except VerificationError as err:  # RadaError (exit 2) is handle_errors' job
-        engine_parity = isinstance(err.report, EngineReport)  # else: calibration's own report (--calib-images)
+        engine_parity = isinstance(err.report, ParityReport)  # else: calibration's own report (--calib-images)
         if json_out:
             print_json({"engine": None, "verification": err.report.to_dict() if hasattr(err.report, "to_dict") else None})
         elif engine_parity:

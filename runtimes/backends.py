@@ -2,7 +2,7 @@
 
 The runtime picks a backend per graph: a TensorRT engine built for this GPU and TensorRT version
 where the bundle has one (``rada-export trt`` builds ``--graph model`` by default), ONNX Runtime
-(CUDA, else CPU) for the other graphs. :func:`rada_export.runtimes.tensorrt_engine.select_engines`
+(CUDA, else CPU) for the other graphs. :func:`rada_export.runtimes.engine_selection.select_engines`
 makes the choice as a pure function of the manifest, the engines folder and this device.
 """
 
@@ -90,19 +90,20 @@ def choose_backend(bundle: Path, manifest: Manifest, backend: str, device: str, 
         alone = "ONNX Runtime on the CPU" + (" (no GPU backend available)" if device == "auto" else "")
     if not engines:
         return BackendChoice(ort, alone, ort)
-    from .tensorrt_engine import describe_placements
+    from .engine_selection import describe_placements
 
     return BackendChoice(f"tensorrt+{ort}", describe_placements(placements, ort_label), ort, engines)
 
 
 def _placements(bundle: Path, manifest: Manifest, precision: str) -> dict:
-    from .tensorrt_engine import scan_engines, select_engines
+    from .engine_layout import scan_engines
+    from .engine_selection import select_engines
 
     engines = scan_engines(bundle)
     if not engines:
         return select_engines(manifest, {}, None, precision, f"no engines in {bundle / 'engines'}")
     try:
-        from .tensorrt_engine import current_engine_environment
+        from .trt_environment import current_engine_environment
 
         current, unavailable = current_engine_environment(), None
     except RadaError as err:
@@ -115,7 +116,7 @@ def make_runner(choice: BackendChoice, bundle: Path, manifest: Manifest, graph: 
     if engine is not None:
         return TrtRunner(bundle / engine, manifest)
     if choice.name == "tensorrt":  # an explicit TensorRT-only choice (rada-export bench): this graph's engine or an error
-        from .tensorrt_engine import find_engine
+        from .engine_selection import find_engine
 
         path = find_engine(bundle, graph, precision)
         if path is None:

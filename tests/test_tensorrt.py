@@ -30,7 +30,11 @@ from typer.testing import CliRunner
 
 from rada_export.errors import RadaError
 from rada_export.runtimes import cuda_memory as cm
-from rada_export.runtimes import tensorrt_engine as te
+from rada_export.runtimes import engine_layout as layout
+from rada_export.runtimes import engine_selection as selection
+from rada_export.runtimes import trt_environment as trtenv
+from rada_export.runtimes.batch_chunks import plan_chunks
+from rada_export.runtimes.tensorrt_engine import TensorRTEngine
 from rada_export.runtimes.manifest import read_manifest, sha256_file, write_manifest
 
 from conftest import calibrate_for_tests
@@ -68,14 +72,14 @@ def bundle(tiny_bundle, tmp_path) -> Path:
 
 
 def test_engine_dir_name():
-    assert te.engine_dir_name("NVIDIA GeForce RTX 4090", 8, 9, "10.3.0") == "nvidia-geforce-rtx-4090-sm89-trt10.3.0"
-    assert te.engine_dir_name("Orin", 8, 7, "10.3.0.30") == "orin-sm87-trt10.3.0.30"
-    assert te.engine_dir_name("NVIDIA H200 (MIG 1g.18gb)", 9, 0, "11.0.0") == "nvidia-h200-mig-1g-18gb-sm90-trt11.0.0"
-    assert te.engine_dir_name("", 7, 2, "10.1/x") == "gpu-sm72-trt10.1-x"
-    env = te.EngineEnvironment("10.3.0", "Orin", "8.7")
+    assert layout.engine_dir_name("NVIDIA GeForce RTX 4090", 8, 9, "10.3.0") == "nvidia-geforce-rtx-4090-sm89-trt10.3.0"
+    assert layout.engine_dir_name("Orin", 8, 7, "10.3.0.30") == "orin-sm87-trt10.3.0.30"
+    assert layout.engine_dir_name("NVIDIA H200 (MIG 1g.18gb)", 9, 0, "11.0.0") == "nvidia-h200-mig-1g-18gb-sm90-trt11.0.0"
+    assert layout.engine_dir_name("", 7, 2, "10.1/x") == "gpu-sm72-trt10.1-x"
+    env = layout.EngineEnvironment("10.3.0", "Orin", "8.7")
     assert env.dir_name == "orin-sm87-trt10.3.0"
-    assert te.meta_path(Path("e/model.fp16.engine")) == Path("e/model.fp16.json")
-    assert te.parse_version("10.3.0.30") == (10, 3, 0, 30) and te.parse_version("11.0.0b1") == (11, 0, 0)
+    assert layout.meta_path(Path("e/model.fp16.engine")) == Path("e/model.fp16.json")
+    assert trtenv.parse_version("10.3.0.30") == (10, 3, 0, 30) and trtenv.parse_version("11.0.0b1") == (11, 0, 0)
 
 
 def _meta(**over):
@@ -85,39 +89,39 @@ def _meta(**over):
 
 
 def test_engine_from_another_tensorrt_or_gpu_is_refused():
-    here = te.EngineEnvironment("10.3.0", "Orin", "8.7")
-    te.check_engine_compat(_meta(), here)
+    here = layout.EngineEnvironment("10.3.0", "Orin", "8.7")
+    layout.check_engine_compat(_meta(), here)
     with pytest.raises(RadaError) as err:
-        te.check_engine_compat(_meta(tensorrt_version="10.7.0"), here, "model.fp16.engine")
+        layout.check_engine_compat(_meta(tensorrt_version="10.7.0"), here, "model.fp16.engine")
     text = str(err.value)
     assert "10.7.0" in text and "10.3.0" in text and "TensorRT version" in text and "rebuild" in text
     with pytest.raises(RadaError) as err:
-        te.check_engine_compat(_meta(gpu_name="NVIDIA GeForce RTX 3090", compute_capability="8.6"), here)
+        layout.check_engine_compat(_meta(gpu_name="NVIDIA GeForce RTX 3090", compute_capability="8.6"), here)
     text = str(err.value)
     assert "RTX 3090" in text and "Orin" in text and "compute capability 8.6" in text and "8.7" in text
     with pytest.raises(RadaError, match="lacks"):
-        te.check_engine_compat({"graph": "model"}, here)
+        layout.check_engine_compat({"graph": "model"}, here)
 
 
 def test_engine_from_another_onnx_file_is_refused(tiny_bundle):
     manifest = read_manifest(tiny_bundle)
     meta = _meta(onnx_file="model.fp16.onnx", onnx_sha256=manifest.files["model.fp16.onnx"])
-    te.check_engine_matches_bundle(meta, manifest)
+    layout.check_engine_matches_bundle(meta, manifest)
     with pytest.raises(RadaError, match="another version of model.fp16.onnx"):
-        te.check_engine_matches_bundle({**meta, "onnx_sha256": "0" * 64}, manifest)
+        layout.check_engine_matches_bundle({**meta, "onnx_sha256": "0" * 64}, manifest)
 
 
 def test_find_engine(tmp_path):
-    env = te.EngineEnvironment("10.3.0", "Orin", "8.7")
-    assert te.find_engine(tmp_path, "model", "fp16", env) is None
-    path = te.engine_path(tmp_path, "model", "fp16", env)
+    env = layout.EngineEnvironment("10.3.0", "Orin", "8.7")
+    assert selection.find_engine(tmp_path, "model", "fp16", env) is None
+    path = layout.engine_path(tmp_path, "model", "fp16", env)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"engine")
-    te.meta_path(path).write_text(json.dumps(_meta()))
-    assert te.find_engine(tmp_path, "model", "fp16", env) == path
-    assert te.find_engine(tmp_path, "model", "int8", env) is None
-    assert te.find_engine(tmp_path, "model", "fp16", te.EngineEnvironment("10.7.0", "Orin", "8.7")) is None
-    assert [p for p, _ in te.list_engines(tmp_path)] == [path]
+    layout.meta_path(path).write_text(json.dumps(_meta()))
+    assert selection.find_engine(tmp_path, "model", "fp16", env) == path
+    assert selection.find_engine(tmp_path, "model", "int8", env) is None
+    assert selection.find_engine(tmp_path, "model", "fp16", layout.EngineEnvironment("10.7.0", "Orin", "8.7")) is None
+    assert [p for p, _ in layout.list_engines(tmp_path)] == [path]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,12 +142,12 @@ def _real_cudart_without_gpu():
 
 def test_missing_tensorrt_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    missing, env = te.diagnose_environment()
+    missing, env = trtenv.diagnose_environment()
     assert env is None and missing[0].component == "TensorRT"
     with pytest.raises(RadaError) as err:
-        te.import_tensorrt()
+        trtenv.import_tensorrt()
     assert "`tensorrt` is not installed" in err.value.problem
-    err = te.environment_error(missing)
+    err = trtenv.environment_error(missing)
     assert "tensorrt" in err.problem and "rada-export[trt-cu12]" in err.fix and "python3-libnvinfer" in err.fix
 
 
@@ -153,16 +157,16 @@ class _OldTensorRT:
 
 def test_jetpack_6_0_tensorrt_8_6_is_refused_clearly():
     with pytest.raises(RadaError) as err:
-        te.import_tensorrt(lambda name: _OldTensorRT())
+        trtenv.import_tensorrt(lambda name: _OldTensorRT())
     assert "8.6.2.3 is too old" in err.value.problem and "JetPack 6.0 ships TensorRT 8.6" in err.value.problem
     assert "JetPack 6.1 or 6.2 (TensorRT 10.3)" in err.value.fix
 
 
 def test_missing_tensorrt_and_cuda_runtime_are_each_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    missing, env = te.diagnose_environment(load_cudart=lambda prefer_major: cm.load_cudart(["/no/such/libcudart.so.12"]))
+    missing, env = trtenv.diagnose_environment(load_cudart=lambda prefer_major: cm.load_cudart(["/no/such/libcudart.so.12"]))
     assert env is None and [m.component for m in missing] == ["TensorRT", "CUDA runtime"]
-    err = te.environment_error(missing)
+    err = trtenv.environment_error(missing)
     assert "missing TensorRT, CUDA runtime" in err.problem and "/no/such/libcudart.so.12" in err.problem
     assert "rada-export[trt-cu12]" in err.fix and "JetPack" in err.fix
 
@@ -170,9 +174,9 @@ def test_missing_tensorrt_and_cuda_runtime_are_each_named(monkeypatch):
 def test_missing_tensorrt_and_driver_are_each_named(monkeypatch):
     _real_cudart_without_gpu()
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    missing, env = te.diagnose_environment()
+    missing, env = trtenv.diagnose_environment()
     assert env is None and [m.component for m in missing] == ["TensorRT", "NVIDIA driver"]
-    err = te.environment_error(missing)
+    err = trtenv.environment_error(missing)
     assert "NVIDIA driver" in err.problem and "nvidia-smi" in err.fix
 
 
@@ -186,9 +190,9 @@ def test_a_driver_too_old_for_the_tensorrt_wheel_names_the_extra_that_fits():
     assert "525.60.13" in cm.driver_fix(11080)
     assert "no NVIDIA driver" in cm.diagnose_driver(0, 12, "TensorRT")
     versions = {"tensorrt-cu13-libs": "11.4.0.106"}
-    assert te.tensorrt_cuda_major(lambda n: versions.get(n, "")) == 13
-    assert te.tensorrt_cuda_major(lambda n: {"tensorrt_cu12_libs": "10.3.0"}.get(n, "")) == 12
-    assert te.tensorrt_cuda_major(lambda n: "") is None  # JetPack's apt TensorRT: no wheel
+    assert trtenv.tensorrt_cuda_major(lambda n: versions.get(n, "")) == 13
+    assert trtenv.tensorrt_cuda_major(lambda n: {"tensorrt_cu12_libs": "10.3.0"}.get(n, "")) == 12
+    assert trtenv.tensorrt_cuda_major(lambda n: "") is None  # JetPack's apt TensorRT: no wheel
 
 
 def test_real_libcudart_without_a_gpu_reports_the_driver():
@@ -216,7 +220,8 @@ def test_libcudart_candidates_cover_wheels_jetpack_and_the_loader(tmp_path):
 
 
 def test_runtime_and_engine_building_import_no_torch():
-    code = ("import sys; import rada_export.runtimes.tensorrt_engine, rada_export.runtimes.cuda_memory, rada_export.tensorrt; "
+    code = ("import sys; import rada_export.runtimes.tensorrt_engine, rada_export.runtimes.engine_selection, "
+            "rada_export.runtimes.batch_chunks, rada_export.runtimes.cuda_memory, rada_export.tensorrt; "
             "bad = [m for m in ('torch', 'open_clip', 'tensorrt', 'rada_export.export') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -267,17 +272,17 @@ def test_bad_input_exits_2_before_tensorrt(bundle, monkeypatch, args, message):
 
 
 def test_dla_needs_a_jetson_and_fp16_or_int8(bundle, monkeypatch):
-    from rada_export.tensorrt import build
+    from rada_export.tensorrt import plan as planning
 
-    monkeypatch.setattr(build, "is_jetson", lambda: False)
+    monkeypatch.setattr(planning, "is_jetson", lambda: False)
     code, out = _run(["--bundle", bundle, "--dla-core", "0"], monkeypatch)
     assert code == 2 and "needs a Jetson" in out
-    monkeypatch.setattr(build, "is_jetson", lambda: True)
+    monkeypatch.setattr(planning, "is_jetson", lambda: True)
     code, out = _run(["--bundle", bundle, "--dla-core", "0", "--precision", "fp32"], monkeypatch)
     assert code == 2 and "FP16 and INT8 only" in out
     code, out = _run(["--bundle", bundle, "--dla-core", "0", "--min-batch", "1", "--max-batch", "8"], monkeypatch)
     assert code == 2 and "fixed batch" in out
-    plan = build.plan_build(bundle, dla_core=0, gpu_fallback=True)
+    plan = planning.plan_build(planning.BuildRequest(bundle, dla_core=0, gpu_fallback=True))
     assert set(plan.ranges.values()) == {(1, 1, 1), (3, 3, 3)}
 
 
@@ -329,7 +334,7 @@ def test_missing_gpu_exits_2_naming_it(bundle, monkeypatch):
 
 
 def test_every_missing_prerequisite_is_named_at_once_before_building(bundle, monkeypatch):
-    # Defect 2: onnxruntime (parity) used to be imported only after a build of many minutes.
+    # onnxruntime (parity) is checked with the rest, not imported only after a build of many minutes.
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     code, out = _run(["--bundle", bundle], monkeypatch)
     flat = " ".join(out.split())
@@ -342,14 +347,15 @@ def test_every_missing_prerequisite_is_named_at_once_before_building(bundle, mon
 
 
 def test_int8_calibration_and_dla_prerequisites_are_checked_before_building(bundle, tmp_path):
-    from rada_export.tensorrt import build
+    from rada_export.tensorrt.plan import BuildRequest, plan_build
+    from rada_export.tensorrt.preflight import check_prerequisites
 
     images = tmp_path / "imgs"
     images.mkdir()
-    plan = build.plan_build(bundle, precision="int8", calib_images=images)
+    plan = plan_build(BuildRequest(bundle, precision="int8", calib_images=images))
     assert plan.needs_calibration
     with pytest.raises(RadaError) as err:
-        build.check_prerequisites(plan, verify=True, diagnose=lambda: ([te.Missing("TensorRT", "absent", "install it")], None))
+        check_prerequisites(plan, verify=True, diagnose=lambda: ([trtenv.Missing("TensorRT", "absent", "install it")], None))
     assert "missing TensorRT" in err.value.problem  # calibration code is installed here, so only TensorRT is named
 
 
@@ -363,7 +369,7 @@ def test_int8_calibration_and_dla_prerequisites_are_checked_before_building(bund
     ("11.4.1", "int8", True, True, ()),  # strongly typed DLA (JetPack 7.2.2+)
 ])
 def test_dla_build_mode_per_tensorrt_release(version, precision, supported, strongly_typed, flags):
-    from rada_export.tensorrt.build import dla_build_mode
+    from rada_export.tensorrt.dla import dla_build_mode
 
     mode = dla_build_mode(version, precision)
     assert (mode.supported, mode.strongly_typed, mode.precision_flags) == (supported, strongly_typed, flags)
@@ -377,19 +383,19 @@ def test_dla_build_mode_per_tensorrt_release(version, precision, supported, stro
 @pytest.fixture(scope="module")
 def trt_env():
     try:
-        return te.require_environment()
+        return trtenv.require_environment()
     except RadaError as err:
         pytest.skip(f"needs TensorRT and an NVIDIA GPU: {err.problem}")
 
 
 def _build_and_check(bundle: Path, precision: str, env, tmp_path: Path):
-    from rada_export.tensorrt.build import build_engine
+    from rada_export.tensorrt.build import BuildRequest, build_engine
 
     if precision == "int8" and "model.int8" not in read_manifest(bundle).graphs:
         calibrate_for_tests(bundle, tmp_path)
-    result = build_engine(bundle, "model", precision, max_batch=8, environment=env)
+    result = build_engine(BuildRequest(bundle, "model", precision, max_batch=8), environment=env)
     assert result.report.passed, result.report.to_dict()
-    with te.TensorRTEngine(result.engine_path, read_manifest(bundle), environment=env) as engine:
+    with TensorRTEngine(result.engine_path, read_manifest(bundle), environment=env) as engine:
         out = engine.run({"pixels": np.zeros((3, 3, *read_manifest(bundle).preprocess.size), np.float32)})
         assert out["logits"].shape == (3, len(CLASSES)) and np.isfinite(out["logits"]).all()
     return result
@@ -411,32 +417,32 @@ def test_real_engines_for_vit_b_32(trt_env, precision, tmp_path):
 
 @pytest.mark.tensorrt
 def test_real_timing_cache_makes_the_second_build_faster(bundle, trt_env, tmp_path):
-    from rada_export.tensorrt.build import build_engine
+    from rada_export.tensorrt.build import BuildRequest, build_engine
 
     cache = tmp_path / "timing.cache"
-    first = build_engine(bundle, "model", "fp32", max_batch=32, timing_cache=cache, environment=trt_env, verify=False)
-    second = build_engine(bundle, "model", "fp32", max_batch=32, timing_cache=cache, environment=trt_env, verify=False)
+    first = build_engine(BuildRequest(bundle, "model", "fp32", max_batch=32, timing_cache=cache, verify=False), environment=trt_env)
+    second = build_engine(BuildRequest(bundle, "model", "fp32", max_batch=32, timing_cache=cache, verify=False), environment=trt_env)
     assert second.meta["build_flags"]["timing_cache_reused"]
     assert second.build_seconds < first.build_seconds, (first.build_seconds, second.build_seconds)
 
 
 @pytest.mark.tensorrt
 def test_real_engine_from_another_version_or_gpu_is_refused(bundle, trt_env):
-    from rada_export.tensorrt.build import build_engine
+    from rada_export.tensorrt.build import BuildRequest, build_engine
 
-    result = build_engine(bundle, "model", "fp16", max_batch=2, environment=trt_env, verify=False)
+    result = build_engine(BuildRequest(bundle, "model", "fp16", max_batch=2, verify=False), environment=trt_env)
     original = json.loads(result.meta_path.read_text())
     for change in ({"tensorrt_version": "9.9.9"}, {"gpu_name": "Another GPU", "compute_capability": "1.0"}):
         result.meta_path.write_text(json.dumps({**original, **change}))
         with pytest.raises(RadaError, match="rebuild it on this device"):
-            te.TensorRTEngine(result.engine_path, environment=trt_env)
+            TensorRTEngine(result.engine_path, environment=trt_env)
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-graph engine selection (defect 3) and batch splitting (defect 4): pure functions
+# Per-graph engine selection and batch splitting: pure functions
 
 
-HERE = te.EngineEnvironment("10.3.0.30", "Orin", "8.7")
+HERE = layout.EngineEnvironment("10.3.0.30", "Orin", "8.7")
 
 
 def _engine_meta(manifest, graph, precision, **over):
@@ -452,12 +458,12 @@ def _engine_meta(manifest, graph, precision, **over):
 def test_the_default_model_engine_is_used_and_the_other_graphs_run_on_onnxruntime(tiny_bundle):
     manifest = read_manifest(tiny_bundle)
     rel = f"engines/{HERE.dir_name}/model.fp16.engine"
-    placements = te.select_engines(manifest, {rel: _engine_meta(manifest, "model", "fp16")}, HERE, "fp16")
+    placements = selection.select_engines(manifest, {rel: _engine_meta(manifest, "model", "fp16")}, HERE, "fp16")
     assert placements["model"].backend == "tensorrt" and placements["model"].engine == rel
     assert {g: p.backend for g, p in placements.items() if g != "model"} == {
         "image_encoder": "onnxruntime", "text_encoder": "onnxruntime", "head": "onnxruntime"}
     assert placements["text_encoder"].precision == "fp32" and placements["image_encoder"].precision == "fp16"
-    text = te.describe_placements(placements, "ONNX Runtime CPU")
+    text = selection.describe_placements(placements, "ONNX Runtime CPU")
     assert text.startswith(f"model: TensorRT fp16 ({rel})") and "image_encoder, text_encoder, head: ONNX Runtime CPU" in text
 
 
@@ -470,13 +476,13 @@ def test_engines_for_another_gpu_version_onnx_file_or_failed_parity_are_not_sele
         "failed the parity check": _engine_meta(manifest, "model", "fp16", verification={"passed": False}),
     }
     for reason, meta in cases.items():
-        placement = te.select_engines(manifest, {"engines/x/model.fp16.engine": meta}, HERE, "fp16")["model"]
+        placement = selection.select_engines(manifest, {"engines/x/model.fp16.engine": meta}, HERE, "fp16")["model"]
         assert placement.backend == "onnxruntime" and reason in placement.reason, (reason, placement)
     unverified = _engine_meta(manifest, "model", "fp16", verification={"passed": None, "status": "parity not checked"})
-    placement = te.select_engines(manifest, {"engines/x/model.fp16.engine": unverified}, HERE, "fp16")["model"]
+    placement = selection.select_engines(manifest, {"engines/x/model.fp16.engine": unverified}, HERE, "fp16")["model"]
     assert placement.backend == "tensorrt" and "parity not checked" in placement.reason
     # No TensorRT here: everything on ONNX Runtime, with the reason
-    none = te.select_engines(manifest, {"engines/x/model.fp16.engine": cases["on RTX 4090"]}, None, "fp16", "no GPU")
+    none = selection.select_engines(manifest, {"engines/x/model.fp16.engine": cases["on RTX 4090"]}, None, "fp16", "no GPU")
     assert {p.backend for p in none.values()} == {"onnxruntime"} and none["model"].reason == "no GPU"
 
 
@@ -484,7 +490,7 @@ def test_graphs_without_a_variant_take_their_fp32_engine_and_precision_must_matc
     manifest = read_manifest(tiny_bundle)
     engines = {"engines/x/text_encoder.fp32.engine": _engine_meta(manifest, "text_encoder", "fp32"),
                "engines/x/model.int8.engine": {**_engine_meta(manifest, "model", "fp16"), "precision": "int8"}}
-    placements = te.select_engines(manifest, engines, HERE, "fp16")
+    placements = selection.select_engines(manifest, engines, HERE, "fp16")
     assert placements["text_encoder"].backend == "tensorrt"  # no FP16 text encoder exists: its FP32 engine serves
     assert placements["model"].backend == "onnxruntime"  # an INT8 engine does not serve an FP16 request
 
@@ -494,13 +500,13 @@ def test_scan_engines_reads_the_folder_and_stays_inside_it(bundle, tmp_path):
     folder = bundle / "engines" / HERE.dir_name
     folder.mkdir(parents=True)
     (folder / "model.fp16.engine").write_bytes(b"engine")
-    te.meta_path(folder / "model.fp16.engine").write_text(json.dumps(_engine_meta(manifest, "model", "fp16")))
+    layout.meta_path(folder / "model.fp16.engine").write_text(json.dumps(_engine_meta(manifest, "model", "fp16")))
     outside = tmp_path / "outside.engine"
     outside.write_bytes(b"x")
     (folder / "head.fp32.engine").symlink_to(outside)
-    found = te.scan_engines(bundle)
+    found = layout.scan_engines(bundle)
     assert list(found) == [f"engines/{HERE.dir_name}/model.fp16.engine"]
-    assert te.select_engines(manifest, found, HERE, "fp16")["model"].backend == "tensorrt"
+    assert selection.select_engines(manifest, found, HERE, "fp16")["model"].backend == "tensorrt"
 
 
 def test_runtime_description_says_which_graph_runs_where(bundle):
@@ -518,18 +524,18 @@ def test_runtime_description_says_which_graph_runs_where(bundle):
     (0, 1, 8, []),
 ])
 def test_batches_are_split_to_the_engine_profile(total, low, high, chunks):
-    assert te.plan_chunks(total, low, high) == chunks
+    assert plan_chunks(total, low, high) == chunks
 
 
 def test_an_unusable_profile_is_refused():
     with pytest.raises(RadaError):
-        te.plan_chunks(4, 0, 2)
+        plan_chunks(4, 0, 2)
     with pytest.raises(RadaError):
-        te.plan_chunks(4, 3, 2)
+        plan_chunks(4, 3, 2)
 
 
 # ---------------------------------------------------------------------------------------------
-# Real TensorRT: one test per defect of issue 12 (skipped here, with the reason)
+# Real TensorRT: parity failures, the runtime's choice, batch splitting, DLA (skipped here, with the reason)
 
 
 @pytest.mark.tensorrt
@@ -540,7 +546,7 @@ def test_real_engine_is_kept_when_parity_cannot_run(bundle, trt_env, monkeypatch
         raise RadaError("ONNX Runtime could not create a session", "reinstall onnxruntime")
 
     monkeypatch.setattr(build, "verify_engine", parity_crashes)  # failure injection into ONNX Runtime's side only
-    result = build.build_engine(bundle, "model", "fp16", max_batch=4, environment=trt_env)
+    result = build.build_engine(build.BuildRequest(bundle, "model", "fp16", max_batch=4), environment=trt_env)
     meta = json.loads(result.meta_path.read_text())
     assert result.engine_path.is_file() and meta["verification"]["status"] == "parity not checked"
     assert "could not create a session" in meta["verification"]["reason"]
@@ -550,9 +556,9 @@ def test_real_engine_is_kept_when_parity_cannot_run(bundle, trt_env, monkeypatch
 @pytest.mark.tensorrt
 def test_real_runtime_uses_the_default_model_engine_and_onnxruntime_for_the_rest(bundle, trt_env):
     from rada_export.runtimes import load_bundle
-    from rada_export.tensorrt.build import build_engine
+    from rada_export.tensorrt.build import BuildRequest, build_engine
 
-    build_engine(bundle, "model", "fp16", max_batch=4, environment=trt_env)
+    build_engine(BuildRequest(bundle, "model", "fp16", max_batch=4), environment=trt_env)
     rt = load_bundle(bundle, precision="fp16")
     assert rt.backend.startswith("tensorrt+onnxruntime"), rt.description
     assert "model: TensorRT fp16" in rt.description and "text_encoder" in rt.description
@@ -567,12 +573,12 @@ def test_real_runtime_uses_the_default_model_engine_and_onnxruntime_for_the_rest
 
 @pytest.mark.tensorrt
 def test_real_engine_splits_batches_above_its_profile(bundle, trt_env):
-    from rada_export.tensorrt.build import build_engine
+    from rada_export.tensorrt.build import BuildRequest, build_engine
 
-    result = build_engine(bundle, "image_encoder", "fp16", max_batch=2, environment=trt_env, verify=False)
+    result = build_engine(BuildRequest(bundle, "image_encoder", "fp16", max_batch=2, verify=False), environment=trt_env)
     assert result.meta["batch_inputs"] == ["pixels"]
     pixels = np.random.default_rng(1).standard_normal((5, 3, *read_manifest(bundle).preprocess.size)).astype(np.float32)
-    with te.TensorRTEngine(result.engine_path, read_manifest(bundle), environment=trt_env) as engine:
+    with TensorRTEngine(result.engine_path, read_manifest(bundle), environment=trt_env) as engine:
         assert engine.max_batch == 2
         whole = engine.run({"pixels": pixels})["image_features"]
         # the same slices by hand: same shapes, same kernels, so the same numbers, row for row
@@ -585,20 +591,21 @@ def test_real_engine_splits_batches_above_its_profile(bundle, trt_env):
 def test_real_environment_records_cuda_and_the_driver_fits(trt_env):
     assert trt_env.cudart.driver_version() // 1000 >= trt_env.cudart.major
     assert cm.runtime_version(trt_env.cudart) and trt_env.device.total_memory > 0
-    major = te.tensorrt_cuda_major()
+    major = trtenv.tensorrt_cuda_major()
     assert major is None or cm.diagnose_driver(trt_env.cudart.driver_version(), major, "TensorRT") is None
 
 
 @pytest.mark.tensorrt
 def test_real_dla_engine_on_a_jetson_with_dla(bundle, trt_env):
-    from rada_export.tensorrt.build import build_engine, dla_build_mode, is_jetson
+    from rada_export.tensorrt.build import BuildRequest, build_engine
+    from rada_export.tensorrt.dla import dla_build_mode, is_jetson
 
     if not is_jetson():
         pytest.skip("needs a Jetson with DLA cores (AGX Orin / Orin NX)")
     mode = dla_build_mode(trt_env.tensorrt_version, "fp16")
     if not mode.supported:
         pytest.skip(mode.reason)
-    result = build_engine(bundle, "image_encoder", "fp16", dla_core=0, gpu_fallback=True, environment=trt_env)
+    result = build_engine(BuildRequest(bundle, "image_encoder", "fp16", dla_core=0, gpu_fallback=True), environment=trt_env)
     assert result.meta["build_flags"]["strongly_typed"] == mode.strongly_typed
     assert isinstance(result.meta["build_flags"]["dla_gpu_layers"], dict)  # which layers fell back to the GPU
     assert result.report.passed, result.report.to_dict()
@@ -606,7 +613,7 @@ def test_real_dla_engine_on_a_jetson_with_dla(bundle, trt_env):
 
 @pytest.mark.tensorrt
 def test_real_parser_accepts_what_the_lint_passes(tmp_path, trt_env):
-    from rada_export.tensorrt.build import build_engine
+    from rada_export.tensorrt.build import BuildRequest, build_engine
     from rada_export.tensorrt.lint import lint_bundle
 
     pytest.importorskip("open_clip")
@@ -616,7 +623,7 @@ def test_real_parser_accepts_what_the_lint_passes(tmp_path, trt_env):
     export_bundle(ExportRequest(out=out, model="rada-tiny-ViT", pretrained="none", classes=CLASSES, fp16=True, embed_preprocess=True))
     assert lint_bundle(out, trt_env.tensorrt_version).ok
     for precision in ("fp32", "fp16"):
-        build_engine(out, "model", precision, max_batch=2, environment=trt_env)
+        build_engine(BuildRequest(out, "model", precision, max_batch=2), environment=trt_env)
 
 
 def test_trt_extras_match_their_cuda_major_and_every_advised_extra_exists():
@@ -630,7 +637,7 @@ def test_trt_extras_match_their_cuda_major_and_every_advised_extra_exists():
         assert re.search(rf"{runtime}>={major}\.0,<{major + 1}\b", deps), deps  # libcudart of the same major
         assert "cuda-python" not in deps and "onnx>=" in deps
     assert extras["trt"] == ["rada-export[trt-cu12]"]
-    advice = " ".join([te.TENSORRT_FIX, cm.CUDART_FIX, cm.driver_fix(12040), cm.driver_fix(13000), cm.driver_fix(11000)])
+    advice = " ".join([trtenv.TENSORRT_FIX, cm.CUDART_FIX, cm.driver_fix(12040), cm.driver_fix(13000), cm.driver_fix(11000)])
     assert set(re.findall(r"rada-export\[([\w-]+)\]", advice)) <= set(extras)
 
 

@@ -68,7 +68,6 @@ def test_int8_graphs_are_supported(tiny_bundle, tmp_path):
     assert any(key.endswith(".int8") for key in checked), f"calibration wrote no .int8 graph ({checked})"
 
 
-@pytest.mark.slow
 def test_every_graph_of_a_vit_b_32_bundle_is_supported(vit_b32_int8):
     # FP32, FP16 and the INT8 Q/DQ graph of the shared full-size bundle: operators, and the full lint.
     assert any(key.endswith(".int8") for key in _assert_all_supported(vit_b32_int8.bundle))
@@ -190,8 +189,8 @@ def frames_bundle(tmp_path_factory) -> Path:
 
 
 def test_frames_bundle_has_uint8_only_at_the_input_which_feeds_only_cast(frames_bundle, tmp_path):
-    # Must show (issue 12): --embed-preprocess --fp16, then calibrated: every graph passes, and the
-    # frames input is the only uint8 tensor, feeding only Cast. Needs defect 1's Cast-first preprocess.
+    # --embed-preprocess --fp16, then calibrated: every graph passes, and the frames input is the
+    # only uint8 tensor, feeding only Cast (the preprocess casts first).
     from rada_export.runtimes.manifest import read_manifest
 
     bundle = tmp_path / "bundle"
@@ -395,10 +394,10 @@ def test_build_plan_and_parity_feeds_cover_the_frame_dims(frames_bundle, tmp_pat
     # The frames graph's height/width/channels are symbolic: the build's profile must range over them
     # (from the manifest, fixed by --frame-size), and the engine's parity feeds must lie inside it.
     from rada_export.export.bundle import ExportRequest, export_bundle
-    from rada_export.tensorrt.build import MAX_FRAMES_BATCH, plan_build
-    from rada_export.tensorrt.verify import _sizes_to_check, make_feeds
+    from rada_export.tensorrt.plan import MAX_FRAMES_BATCH, BuildRequest, plan_build
+    from rada_export.tensorrt.verify import make_feeds, sizes_to_check
 
-    plan = plan_build(frames_bundle, graph="model", precision="fp16")
+    plan = plan_build(BuildRequest(frames_bundle, graph="model", precision="fp16"))
     assert plan.ranges["frame_height"] == (1, 1080, 4096) and plan.ranges["frame_width"] == (1, 1920, 4096)
     assert plan.batch[2] <= MAX_FRAMES_BATCH
     low, opt, high = plan.input_profile("frames")
@@ -406,24 +405,36 @@ def test_build_plan_and_parity_feeds_cover_the_frame_dims(frames_bundle, tmp_pat
 
     fixed = export_bundle(ExportRequest(out=tmp_path / "fixed", model="rada-tiny-ViT", pretrained="none", classes=["cat", "dog"],
                                         embed_preprocess=True, frame_size=(480, 640), verify=False)).bundle
-    plan = plan_build(fixed, graph="model", precision="fp32")
+    plan = plan_build(BuildRequest(fixed, graph="model", precision="fp32"))
     assert plan.input_profile("frames")[0][1:3] == plan.input_profile("frames")[2][1:3] == (480, 640)
-    for _, sizes in _sizes_to_check(plan.ranges, "model", 2, 2):
+    for _, sizes in sizes_to_check(plan.ranges, "model", 2, 2):
         feeds = make_feeds(fixed, plan.manifest, "model", sizes)
         assert feeds["frames"].dtype == np.uint8 and feeds["frames"].shape[1:] == (480, 640, 3)
     report = lint_bundle(fixed, TARGET)
     assert report.ok, [f.line() for f in report.findings]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_pre_build_lint_accepts_the_frame_dims_the_plan_ranges_over(frames_bundle, precision):
+    # The build's own lint must allow every dynamic dim the profile has a range for, frame dims included;
+    # it once allowed batch/num_classes/num_texts only, refusing every frames graph before TensorRT was loaded.
+    from rada_export.tensorrt.plan import BuildRequest, plan_build
+    from rada_export.tensorrt.preflight import check_graph_ops
+
+    plan = plan_build(BuildRequest(frames_bundle, graph="model", precision=precision))
+    assert {"frame_height", "frame_width", "frame_channels"} <= set(plan.ranges)
+    assert check_graph_ops(plan, TARGET, []) == []
+
+
 def test_int8_engines_build_from_the_qdq_graph_over_fp16(frames_bundle, tmp_path):
-    # Issue 12 defect 7: under strong typing the Q/DQ graph over FP32 would run its other layers in
-    # FP32, so `trt --precision int8` must take `<graph>.int8_fp16` where calibration wrote one.
-    from rada_export.tensorrt.build import plan_build
+    # Under strong typing the Q/DQ graph over FP32 would run its other layers in FP32, so
+    # `trt --precision int8` must take `<graph>.int8_fp16` where calibration wrote one.
+    from rada_export.tensorrt.plan import BuildRequest, plan_build
 
     bundle = tmp_path / "bundle"
     shutil.copytree(frames_bundle, bundle)
     calibrate_for_tests(bundle, tmp_path)
-    plan = plan_build(bundle, graph="model", precision="int8")
+    plan = plan_build(BuildRequest(bundle, graph="model", precision="int8"))
     assert plan.onnx_path.name == "model.int8_fp16.onnx"
     model = onnx.load(str(plan.onnx_path), load_external_data=False)
     types = {i.type.tensor_type.elem_type for n in model.graph.node if n.op_type == "MatMul" for i in model.graph.value_info if i.name in n.output}

@@ -6,7 +6,7 @@ the bundle is run and each output compared with the PyTorch module it was export
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -20,23 +20,15 @@ from ..head import RAdaHead
 from ..progress import SILENT, Reporter
 from ..runtimes.manifest import FUSED, HEAD, IMAGE_ENCODER, TEXT_ENCODER, Manifest, read_manifest, verify_checksums
 from ..runtimes.ort_session import create_session
-from ..runtimes.parity import ParityResult, compare
+from ..runtimes.parity import compare
+from ..runtimes.parity_report import ParityReport
 from .modules import FusedModel, HeadGraph, ImageEncoder, TextEncoder
 
 EXTRA_TEXTS = ("a photo of a dog.", "an origami crane, folded from paper!", "número 42 — café", "")
 
 
-@dataclass
-class VerificationReport:
-    results: list[ParityResult] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(r.passed for r in self.results)
-
-    def to_dict(self) -> dict:
-        return {"passed": self.passed, "results": [r.to_dict() for r in self.results], "notes": self.notes}
+# The name export.bundle imports; the same type as the TensorRT engine's parity report.
+VerificationReport = ParityReport
 
 
 @dataclass
@@ -90,7 +82,7 @@ def verify_bundle(
     num_random: int = 8,
     seed: int = 0,
     reporter: Reporter = SILENT,
-) -> VerificationReport:
+) -> ParityReport:
     """Runs every graph of the bundle in ONNX Runtime (CPU) and PyTorch and compares the outputs."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -100,7 +92,7 @@ def verify_bundle(
     head = _torch_head(bundle, manifest)
     text_features = torch.from_numpy(np.load(bundle / "text_features.npy"))
     inputs = make_inputs(clip, manifest, images, num_random, seed)
-    report = VerificationReport()
+    report = ParityReport()
     if clip.random_weights:
         report.notes.append("random CLIP weights: parity is meaningful, accuracy is not")
 

@@ -6,10 +6,13 @@ built. Loading and running engines on the device is :mod:`rada_export.runtimes.t
 
 from __future__ import annotations
 
-from .build import BuildPlan, EngineResult, build_engine, plan_build
+from rada_export.runtimes.parity_report import ParityReport
+
+from .build import EngineResult, build_engine
 from .lint import Finding, LintReport, lint_bundle, lint_model
 from .ops import OpCheck, check_ops, unsupported_ops
-from .verify import EngineReport, verify_engine
+from .plan import BuildPlan, BuildRequest, plan_build
+from .verify import verify_engine
 
-__all__ = ["BuildPlan", "EngineReport", "EngineResult", "Finding", "LintReport", "OpCheck", "build_engine", "check_ops",
-           "lint_bundle", "lint_model", "plan_build", "unsupported_ops", "verify_engine"]
+__all__ = ["BuildPlan", "BuildRequest", "EngineResult", "Finding", "LintReport", "OpCheck", "ParityReport", "build_engine",
+           "check_ops", "lint_bundle", "lint_model", "plan_build", "unsupported_ops", "verify_engine"]

@@ -39,7 +39,7 @@ from rada_export.errors import RadaError
 
 from .ops import DEFAULT_TARGET, check_ops, load_supported_ops
 
-# Symbolic input dimensions that `rada-export trt` gives a profile range (rada_export.tensorrt.build.plan_build).
+# Symbolic input dimensions that `rada-export trt` gives a profile range (rada_export.tensorrt.plan.plan_build).
 PROFILE_DIMS = ("batch", "num_classes", "num_texts")
 PROTOBUF_LIMIT = 2**31  # bytes
 
@@ -468,7 +468,7 @@ def lint_bundle(bundle: str | os.PathLike, trt_version: str = DEFAULT_TARGET, gr
     manifest = read_manifest(bundle)
     report = LintReport(target=trt_version)
     supported = load_supported_ops()
-    from rada_export.runtimes.tensorrt_engine import parse_version
+    from rada_export.runtimes.trt_environment import parse_version
 
     if parse_version(trt_version) > supported.newest_known:
         report.notes.append(f"TensorRT {trt_version} is newer than the operator list; operators it added later count as unsupported")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rada_export.errors import RadaError
-from rada_export.runtimes.tensorrt_engine import parse_version
+from rada_export.runtimes.trt_environment import parse_version
 
 OPS_FILE = Path(__file__).with_name("onnx_ops.txt")
 DEFAULT_TARGET = "10.3"  # JetPack 6

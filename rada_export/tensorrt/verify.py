@@ -1,13 +1,13 @@
 """Parity of a TensorRT engine against ONNX Runtime FP32 (CPU), on seeded inputs. No torch.
 
-The same metrics and table as ``rada-export verify`` (:mod:`rada_export.runtimes.parity`), with the
-reference being the bundle's FP32 ONNX graph run by ONNX Runtime on the CPU, so it runs on a
-Jetson without PyTorch.
+The same metrics, report and table as ``rada-export verify`` (:mod:`rada_export.runtimes.parity`,
+:class:`~rada_export.runtimes.parity_report.ParityReport`), with the reference being the bundle's
+FP32 ONNX graph run by ONNX Runtime on the CPU, so it runs on a Jetson without PyTorch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,23 +15,11 @@ import numpy as np
 
 from rada_export.errors import RadaError
 from rada_export.runtimes.manifest import FUSED, HEAD, IMAGE_ENCODER, TEXT_ENCODER, Manifest
-from rada_export.runtimes.parity import THRESHOLDS, ParityResult, Thresholds, compare
+from rada_export.runtimes.parity import THRESHOLDS, Thresholds, compare
+from rada_export.runtimes.parity_report import ParityReport
 
 EXTRA_TEXTS = ("a photo of a dog.", "an origami crane, folded from paper!", "número 42 — café")
 DEFAULT_SAMPLES = 8
-
-
-@dataclass
-class EngineReport:
-    results: list[ParityResult] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.results) and all(r.passed for r in self.results)
-
-    def to_dict(self) -> dict:
-        return {"passed": self.passed, "results": [r.to_dict() for r in self.results], "notes": self.notes}
 
 
 def thresholds_for(precision: str, tf32: bool) -> Thresholds:
@@ -97,7 +85,7 @@ def make_feeds(
     return feeds
 
 
-def _sizes_to_check(ranges: dict[str, tuple[int, int, int]], graph: str, num_classes: int, num_texts: int) -> list[tuple[str, dict[str, int]]]:
+def sizes_to_check(ranges: dict[str, tuple[int, int, int]], graph: str, num_classes: int, num_texts: int) -> list[tuple[str, dict[str, int]]]:
     """The main check (batch 8 or what the profile allows) and one at the profile's low end."""
     def pick(dim: str, want: int) -> int:
         low, _, high = ranges.get(dim, (1, want, want))
@@ -132,7 +120,7 @@ def verify_engine(
     tf32: bool = False,
     seed: int = 0,
     session: Any = None,
-) -> EngineReport:
+) -> ParityReport:
     """Runs the engine and ONNX Runtime FP32 (CPU) on the same seeded inputs and compares every output."""
     from rada_export.runtimes.ort_session import create_session
 
@@ -142,7 +130,7 @@ def verify_engine(
         session = create_session(bundle / reference.file, "cpu", "fp32")
     output_names = [o.name for o in session.get_outputs()]
     thresholds = thresholds_for(precision, tf32)
-    report = EngineReport()
+    report = ParityReport()
     random_weights = manifest.pretrained == "none" or "random" in str(manifest.pretrained)
     if random_weights and thresholds.top1_agreement is not None:
         # Random CLIP weights give near-tied logits, whose argmax flips on any rounding: top-1 is
@@ -152,7 +140,7 @@ def verify_engine(
                             "the cosines decide")
     num_classes = len(manifest.class_names)
     num_texts = num_classes * max(1, len(manifest.templates)) + len(EXTRA_TEXTS)
-    for suffix, sizes in _sizes_to_check(ranges, graph, num_classes, num_texts):
+    for suffix, sizes in sizes_to_check(ranges, graph, num_classes, num_texts):
         feeds = make_feeds(bundle, manifest, graph, sizes, seed)
         expected = dict(zip(output_names, session.run(output_names, feeds)))
         got = run_engine(feeds)

@@ -1,0 +1,123 @@
+"""Which graph of a bundle runs on which TensorRT engine, and which falls back to ONNX Runtime, and why.
+
+:func:`select_engines` is a pure function of the manifest, the engines folder's descriptions and
+this device; :func:`find_engine` looks up one engine for the TensorRT and GPU found here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from rada_export.errors import RadaError
+
+from .engine_layout import EngineEnvironment, check_engine_compat, engine_file_name, engine_path, read_engine_meta
+from .trt_environment import current_engine_environment
+
+
+def find_engine(
+    bundle: str | os.PathLike, graph: str = "model", precision: str = "fp16", environment: EngineEnvironment | None = None,
+) -> Path | None:
+    """The bundle's engine for this GPU and TensorRT version, or None (also when TensorRT or a GPU is missing)."""
+    if environment is None:
+        try:
+            environment = current_engine_environment()
+        except RadaError:
+            return None
+    path = engine_path(bundle, graph, precision, environment)
+    if not path.is_file():
+        return None
+    try:
+        check_engine_compat(read_engine_meta(path), environment, path)
+    except RadaError:
+        return None
+    return path
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one graph runs: a TensorRT engine (``engine``, relative to the bundle) or ONNX Runtime."""
+
+    graph: str
+    backend: str  # "tensorrt" or "onnxruntime"
+    precision: str
+    reason: str
+    engine: str | None = None
+
+
+def _engine_problem(meta: Mapping[str, Any] | None, manifest: Any, current: EngineEnvironment) -> str | None:
+    if meta is None:
+        return "its description (.json) is missing or unreadable"
+    built = (str(meta.get("tensorrt_version")), str(meta.get("gpu_name")), str(meta.get("compute_capability")))
+    if built != (current.tensorrt_version, current.gpu_name, current.compute_capability):
+        return f"built with TensorRT {built[0]} on {built[1]} (sm {built[2]})"
+    expected = (getattr(manifest, "files", {}) or {}).get(str(meta.get("onnx_file")))
+    if not expected or expected != meta.get("onnx_sha256"):
+        return f"built from another version of {meta.get('onnx_file')}"
+    verification = meta.get("verification")
+    if isinstance(verification, Mapping) and verification.get("passed") is False:
+        return "it failed the parity check when it was built"
+    return None
+
+
+def select_engines(
+    manifest: Any,
+    engines: Mapping[str, Mapping[str, Any] | None],
+    current: EngineEnvironment | None,
+    precision: str,
+    unavailable: str | None = None,
+) -> dict[str, Placement]:
+    """Per graph of the bundle: the engine to run it with, or ONNX Runtime, and why. A pure function.
+
+    ``engines`` is :func:`scan_engines`' answer (engine path -> description), ``current`` the GPU and
+    TensorRT version here (None when TensorRT cannot run: ``unavailable`` says why). A graph gets
+    an engine built on this GPU with this TensorRT version, from this bundle's ONNX file (same
+    sha256), that did not fail parity, in ``precision``, or in FP32 for graphs that the bundle has
+    no ``precision`` variant of (text encoder, head). Every other graph runs on ONNX Runtime.
+    """
+    graphs = getattr(manifest, "graphs", {}) or {}
+    base_graphs = [g for g in graphs if "." not in g]
+    placements: dict[str, Placement] = {}
+    for graph in base_graphs:
+        has_variant = manifest.graph_key(graph, precision) in graphs
+        ort_precision = precision if has_variant else "fp32"
+        wanted = [precision] if has_variant or precision == "fp32" else [precision, "fp32"]
+        if current is None:
+            placements[graph] = Placement(graph, "onnxruntime", ort_precision, unavailable or "TensorRT is not available here")
+            continue
+        rejected: list[str] = []
+        chosen: tuple[str, Mapping[str, Any]] | None = None
+        for want in wanted:
+            for rel, meta in sorted(engines.items()):
+                name = Path(rel).name
+                if meta is not None and (meta.get("graph") != graph or meta.get("precision") != want):
+                    continue
+                if meta is None and name != engine_file_name(graph, want):
+                    continue
+                problem = _engine_problem(meta, manifest, current)
+                if problem is None:
+                    chosen = (rel, meta)
+                    break
+                rejected.append(f"{rel}: {problem}")
+            if chosen:
+                break
+        if chosen is not None:
+            rel, meta = chosen
+            verification = meta.get("verification") if isinstance(meta.get("verification"), Mapping) else {}
+            note = "" if verification.get("passed") is True else ", parity not checked"
+            placements[graph] = Placement(graph, "tensorrt", str(meta.get("precision")), f"TensorRT engine {rel}{note}", rel)
+        else:
+            why = "; ".join(rejected[:3]) if rejected else f"no {'/'.join(wanted)} {graph} engine for {current.dir_name}"
+            placements[graph] = Placement(graph, "onnxruntime", ort_precision, why)
+    return placements
+
+
+def describe_placements(placements: Mapping[str, Placement], onnxruntime: str) -> str:
+    """'model: TensorRT (engines/.../model.fp16.engine); image_encoder, text_encoder, head: ONNX Runtime CPU'."""
+    groups: dict[str, list[str]] = {}
+    for graph, placement in placements.items():
+        label = f"TensorRT {placement.precision} ({placement.engine})" if placement.backend == "tensorrt" else onnxruntime
+        groups.setdefault(label, []).append(graph)
+    return "; ".join(f"{', '.join(graphs)}: {label}" for label, graphs in groups.items())
