@@ -8,9 +8,7 @@ What is tested where:
   end. Everywhere else they are skipped, and ``-rs`` / ``-ra`` prints the reason (what is missing).
   Nothing here stands in for TensorRT or the CUDA runtime.
 - CPU tests (run everywhere) cover everything before TensorRT: input validation and the CLI's
-  exit-2 errors, checksum and operator checks, engine folder naming, reading engine descriptions
-  and refusing one made for another TensorRT, GPU or ONNX file (pure functions on plain data), and
-  the environment checks against what is really installed here (``tensorrt`` made unimportable
+  exit-2 errors, checksum and operator checks (engine selection and batch splitting: test_engine_selection.py), and the environment checks against what is really installed here (``tensorrt`` made unimportable
   with ``sys.modules[...] = None`` where a test needs it missing; the real libcudart, if
   installed, without a GPU).
 """
@@ -30,10 +28,7 @@ from typer.testing import CliRunner
 
 from rada_export.errors import RadaError
 from rada_export.runtimes import cuda_memory as cm
-from rada_export.runtimes import engine_layout as layout
-from rada_export.runtimes import engine_selection as selection
 from rada_export.runtimes import trt_environment as trtenv
-from rada_export.runtimes.batch_chunks import plan_chunks
 from rada_export.runtimes.tensorrt_engine import TensorRTEngine
 from rada_export.runtimes.manifest import read_manifest, sha256_file, write_manifest
 
@@ -65,63 +60,6 @@ def bundle(tiny_bundle, tmp_path) -> Path:
     copy = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, copy)
     return copy
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure helpers
-
-
-def test_engine_dir_name():
-    assert layout.engine_dir_name("NVIDIA GeForce RTX 4090", 8, 9, "10.3.0") == "nvidia-geforce-rtx-4090-sm89-trt10.3.0"
-    assert layout.engine_dir_name("Orin", 8, 7, "10.3.0.30") == "orin-sm87-trt10.3.0.30"
-    assert layout.engine_dir_name("NVIDIA H200 (MIG 1g.18gb)", 9, 0, "11.0.0") == "nvidia-h200-mig-1g-18gb-sm90-trt11.0.0"
-    assert layout.engine_dir_name("", 7, 2, "10.1/x") == "gpu-sm72-trt10.1-x"
-    env = layout.EngineEnvironment("10.3.0", "Orin", "8.7")
-    assert env.dir_name == "orin-sm87-trt10.3.0"
-    assert layout.meta_path(Path("e/model.fp16.engine")) == Path("e/model.fp16.json")
-    assert trtenv.parse_version("10.3.0.30") == (10, 3, 0, 30) and trtenv.parse_version("11.0.0b1") == (11, 0, 0)
-
-
-def _meta(**over):
-    meta = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "graph": "model", "precision": "fp16"}
-    meta.update(over)
-    return meta
-
-
-def test_engine_from_another_tensorrt_or_gpu_is_refused():
-    here = layout.EngineEnvironment("10.3.0", "Orin", "8.7")
-    layout.check_engine_compat(_meta(), here)
-    with pytest.raises(RadaError) as err:
-        layout.check_engine_compat(_meta(tensorrt_version="10.7.0"), here, "model.fp16.engine")
-    text = str(err.value)
-    assert "10.7.0" in text and "10.3.0" in text and "TensorRT version" in text and "rebuild" in text
-    with pytest.raises(RadaError) as err:
-        layout.check_engine_compat(_meta(gpu_name="NVIDIA GeForce RTX 3090", compute_capability="8.6"), here)
-    text = str(err.value)
-    assert "RTX 3090" in text and "Orin" in text and "compute capability 8.6" in text and "8.7" in text
-    with pytest.raises(RadaError, match="lacks"):
-        layout.check_engine_compat({"graph": "model"}, here)
-
-
-def test_engine_from_another_onnx_file_is_refused(tiny_bundle):
-    manifest = read_manifest(tiny_bundle)
-    meta = _meta(onnx_file="model.fp16.onnx", onnx_sha256=manifest.files["model.fp16.onnx"])
-    layout.check_engine_matches_bundle(meta, manifest)
-    with pytest.raises(RadaError, match="another version of model.fp16.onnx"):
-        layout.check_engine_matches_bundle({**meta, "onnx_sha256": "0" * 64}, manifest)
-
-
-def test_find_engine(tmp_path):
-    env = layout.EngineEnvironment("10.3.0", "Orin", "8.7")
-    assert selection.find_engine(tmp_path, "model", "fp16", env) is None
-    path = layout.engine_path(tmp_path, "model", "fp16", env)
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"engine")
-    layout.meta_path(path).write_text(json.dumps(_meta()))
-    assert selection.find_engine(tmp_path, "model", "fp16", env) == path
-    assert selection.find_engine(tmp_path, "model", "int8", env) is None
-    assert selection.find_engine(tmp_path, "model", "fp16", layout.EngineEnvironment("10.7.0", "Orin", "8.7")) is None
-    assert [p for p, _ in layout.list_engines(tmp_path)] == [path]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,102 +374,6 @@ def test_real_engine_from_another_version_or_gpu_is_refused(bundle, trt_env):
         result.meta_path.write_text(json.dumps({**original, **change}))
         with pytest.raises(RadaError, match="rebuild it on this device"):
             TensorRTEngine(result.engine_path, environment=trt_env)
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-graph engine selection and batch splitting: pure functions
-
-
-HERE = layout.EngineEnvironment("10.3.0.30", "Orin", "8.7")
-
-
-def _engine_meta(manifest, graph, precision, **over):
-    key = manifest.graph_key(graph, precision)
-    onnx_file = manifest.graphs[key].file if key in manifest.graphs else manifest.graphs[graph].file
-    meta = {"tensorrt_version": HERE.tensorrt_version, "gpu_name": HERE.gpu_name, "compute_capability": HERE.compute_capability,
-            "graph": graph, "precision": precision, "onnx_file": onnx_file, "onnx_sha256": manifest.files[onnx_file],
-            "verification": {"passed": True}}
-    meta.update(over)
-    return meta
-
-
-def test_the_default_model_engine_is_used_and_the_other_graphs_run_on_onnxruntime(tiny_bundle):
-    manifest = read_manifest(tiny_bundle)
-    rel = f"engines/{HERE.dir_name}/model.fp16.engine"
-    placements = selection.select_engines(manifest, {rel: _engine_meta(manifest, "model", "fp16")}, HERE, "fp16")
-    assert placements["model"].backend == "tensorrt" and placements["model"].engine == rel
-    assert {g: p.backend for g, p in placements.items() if g != "model"} == {
-        "image_encoder": "onnxruntime", "text_encoder": "onnxruntime", "head": "onnxruntime"}
-    assert placements["text_encoder"].precision == "fp32" and placements["image_encoder"].precision == "fp16"
-    text = selection.describe_placements(placements, "ONNX Runtime CPU")
-    assert text.startswith(f"model: TensorRT fp16 ({rel})") and "image_encoder, text_encoder, head: ONNX Runtime CPU" in text
-
-
-def test_engines_for_another_gpu_version_onnx_file_or_failed_parity_are_not_selected(tiny_bundle):
-    manifest = read_manifest(tiny_bundle)
-    cases = {
-        "built with TensorRT 10.7.0": _engine_meta(manifest, "model", "fp16", tensorrt_version="10.7.0"),
-        "on RTX 4090": _engine_meta(manifest, "model", "fp16", gpu_name="RTX 4090", compute_capability="8.9"),
-        "another version of model.fp16.onnx": _engine_meta(manifest, "model", "fp16", onnx_sha256="0" * 64),
-        "failed the parity check": _engine_meta(manifest, "model", "fp16", verification={"passed": False}),
-    }
-    for reason, meta in cases.items():
-        placement = selection.select_engines(manifest, {"engines/x/model.fp16.engine": meta}, HERE, "fp16")["model"]
-        assert placement.backend == "onnxruntime" and reason in placement.reason, (reason, placement)
-    unverified = _engine_meta(manifest, "model", "fp16", verification={"passed": None, "status": "parity not checked"})
-    placement = selection.select_engines(manifest, {"engines/x/model.fp16.engine": unverified}, HERE, "fp16")["model"]
-    assert placement.backend == "tensorrt" and "parity not checked" in placement.reason
-    # No TensorRT here: everything on ONNX Runtime, with the reason
-    none = selection.select_engines(manifest, {"engines/x/model.fp16.engine": cases["on RTX 4090"]}, None, "fp16", "no GPU")
-    assert {p.backend for p in none.values()} == {"onnxruntime"} and none["model"].reason == "no GPU"
-
-
-def test_graphs_without_a_variant_take_their_fp32_engine_and_precision_must_match(tiny_bundle):
-    manifest = read_manifest(tiny_bundle)
-    engines = {"engines/x/text_encoder.fp32.engine": _engine_meta(manifest, "text_encoder", "fp32"),
-               "engines/x/model.int8.engine": {**_engine_meta(manifest, "model", "fp16"), "precision": "int8"}}
-    placements = selection.select_engines(manifest, engines, HERE, "fp16")
-    assert placements["text_encoder"].backend == "tensorrt"  # no FP16 text encoder exists: its FP32 engine serves
-    assert placements["model"].backend == "onnxruntime"  # an INT8 engine does not serve an FP16 request
-
-
-def test_scan_engines_reads_the_folder_and_stays_inside_it(bundle, tmp_path):
-    manifest = read_manifest(bundle)
-    folder = bundle / "engines" / HERE.dir_name
-    folder.mkdir(parents=True)
-    (folder / "model.fp16.engine").write_bytes(b"engine")
-    layout.meta_path(folder / "model.fp16.engine").write_text(json.dumps(_engine_meta(manifest, "model", "fp16")))
-    outside = tmp_path / "outside.engine"
-    outside.write_bytes(b"x")
-    (folder / "head.fp32.engine").symlink_to(outside)
-    found = layout.scan_engines(bundle)
-    assert list(found) == [f"engines/{HERE.dir_name}/model.fp16.engine"]
-    assert selection.select_engines(manifest, found, HERE, "fp16")["model"].backend == "tensorrt"
-
-
-def test_runtime_description_says_which_graph_runs_where(bundle):
-    from rada_export.runtimes import load_bundle
-
-    rt = load_bundle(bundle, device="cpu")
-    assert rt.backend == "onnxruntime-cpu" and "ONNX Runtime on the CPU" in rt.description
-
-
-@pytest.mark.parametrize("total, low, high, chunks", [
-    (10, 1, 4, [(0, 4, 4), (4, 8, 4), (8, 10, 2)]),
-    (4, 1, 4, [(0, 4, 4)]),
-    (6, 4, 4, [(0, 4, 4), (4, 6, 4)]),  # fixed-batch (DLA) engine: the last slice is padded
-    (3, 1, 1, [(0, 1, 1), (1, 2, 1), (2, 3, 1)]),  # DLA engines built for batch 1
-    (0, 1, 8, []),
-])
-def test_batches_are_split_to_the_engine_profile(total, low, high, chunks):
-    assert plan_chunks(total, low, high) == chunks
-
-
-def test_an_unusable_profile_is_refused():
-    with pytest.raises(RadaError):
-        plan_chunks(4, 0, 2)
-    with pytest.raises(RadaError):
-        plan_chunks(4, 3, 2)
 
 
 # ---------------------------------------------------------------------------------------------
