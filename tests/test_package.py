@@ -59,3 +59,11 @@ def test_cli_version_and_help_on_every_command():
 def test_console_script_is_installed():
     result = subprocess.run(["rada-export", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "rada-export" in result.stdout
+
+
+def test_calibration_imports_no_torch():
+    """INT8 calibration works on graphs alone (ONNX Runtime's quantizer): a host without torch can run
+    it, and the crash-safety tests' killed `calibrate` processes start without loading torch."""
+    code = ("import sys; import rada_export.calibration.bundle, rada_export.cli.calibrate, rada_export.cli.app; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]")
+    subprocess.run([sys.executable, "-c", code], check=True)

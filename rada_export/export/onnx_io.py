@@ -12,10 +12,12 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import onnx
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 TWO_GB = 2**31 - 1
 DEFAULT_OPSET = 18
@@ -79,6 +81,8 @@ def export_module(
     The TorchScript exporter is the default: about 3x faster than dynamo on ViTs, and its node names
     keep the module scopes (``/encoder/image_norm/...``) that FP16 and INT8 recipes select nodes by.
     """
+    import torch  # here, not at the top: calibration reads and writes graphs without torch
+
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}: LayerNormalization would be decomposed")
     path = Path(path)
@@ -115,6 +119,8 @@ def export_module(
 @contextlib.contextmanager
 def _mha_fastpath_disabled():
     # nn.MultiheadAttention's inference fast path is a fused kernel that no ONNX exporter knows.
+    import torch
+
     previous = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
@@ -124,6 +130,8 @@ def _mha_fastpath_disabled():
 
 
 def _dynamic_shapes(example_inputs: Sequence[torch.Tensor], spec: GraphSpec):
+    import torch
+
     dims: dict[str, torch.export.Dim] = {}
     shapes = []
     for name, tensor in zip(spec.input_names, example_inputs):
