@@ -9,7 +9,7 @@ structural selection of calibration/selection.py, calibrated on random frames), 
 Markdown row: the selection, FP16 and INT8 feature cosine against the FP32 graph, and ORT CPU latency
 at batch 1 and 8 (FP32 and INT8 alternating, medians), with the INT8 speed-up measured in the same run.
 
-Random weights make the cosines optimistic (see README, Model families). Not a test: prints figures.
+Random weights make the cosines optimistic (see docs/families.md). Not a test: prints figures.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Camera frames through `predict`: ViT-B-32, FP32, batch 1, ONNX Runtime on this CPU (issue 11).
+"""Camera frames through `predict`: ViT-B-32, FP32, batch 1, ONNX Runtime on this CPU.
 
 Prints, in one run:
 - `predict(frame, bgr=True)` on a 224 x 224 frame and on a 1920 x 1080 frame, with a bundle
@@ -35,7 +35,7 @@ def export(out: Path, embed: bool) -> Path:
 
 def split_predict(rt, frame, repeats: int, **kwargs) -> tuple[float, float, float]:
     """(total ms, host ms, graph ms), medians; the graph's share timed at the runner's call."""
-    runner = rt._fused_runner()
+    runner = rt.fused_runner()
     real_run = runner.run
     inside: list[float] = []
 
@@ -86,7 +86,7 @@ def main() -> None:
         rows.append(("host resizes", "224 x 224", *base_px))
         rows.append(("host resizes (fast)", "1920 x 1080", *fast_hd))
 
-        table = Table(title=f"predict(frame, bgr=True), ViT-B-32 FP32, batch 1, ONNX Runtime CPU")
+        table = Table(title="predict(frame, bgr=True), ViT-B-32 FP32, batch 1, ONNX Runtime CPU")
         for col in ("path", "frame", "total ms", "host ms", "graph ms"):
             table.add_column(col)
         for path, frame, total, host, graph in rows:

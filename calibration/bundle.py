@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,17 +93,23 @@ def dataset_summary(data: CalibrationSet) -> dict:
 
 def _check_request(req: CalibrateRequest) -> None:
     if req.graph not in GRAPH_CHOICES:
-        raise RadaError(f"unknown graph {req.graph!r}", f"use --graph {' or '.join(GRAPH_CHOICES)}")
+        raise RadaError(f"unknown graph {req.graph!r}", f"use {' or '.join(f'graph={g!r}' for g in GRAPH_CHOICES)}",
+                        field="graph")
     if req.method not in METHODS:
-        raise RadaError(f"unknown calibration method {req.method!r}", f"use --method {' or '.join(METHODS)}")
+        raise RadaError(f"unknown calibration method {req.method!r}", f"use {' or '.join(f'method={m!r}' for m in METHODS)}",
+                        field="method")
     if req.samples < 1:
-        raise RadaError(f"--calib-samples must be at least 1, got {req.samples}", "pass --calib-samples 512 (the default)")
+        raise RadaError(f"samples must be at least 1, got {req.samples}", f"pass samples={DEFAULT_SAMPLES} (the default)",
+                        field="samples")
     if req.holdout < 1:
-        raise RadaError(f"--holdout must be at least 1, got {req.holdout}", "pass --holdout 100 (the default)")
+        raise RadaError(f"holdout must be at least 1, got {req.holdout}", f"pass holdout={DEFAULT_HOLDOUT} (the default)",
+                        field="holdout")
     if req.batch_size < 1:
-        raise RadaError(f"the calibration batch size must be at least 1, got {req.batch_size}", "use the default of 8")
+        raise RadaError(f"the calibration batch size must be at least 1, got {req.batch_size}", "use the default of 8",
+                        field="batch_size")
     if not 0 < req.percentile <= 100:
-        raise RadaError(f"the percentile must lie in (0, 100], got {req.percentile}", "use the default of 99.999")
+        raise RadaError(f"the percentile must lie in (0, 100], got {req.percentile}", "use the default of 99.999",
+                        field="percentile")
 
 
 def source_entries(bundle: Path, manifest: mf.Manifest, graph: str) -> dict[str, mf.GraphEntry]:
@@ -114,7 +119,8 @@ def source_entries(bundle: Path, manifest: mf.Manifest, graph: str) -> dict[str,
         if name not in manifest.graphs:
             have = ", ".join(sorted(manifest.graphs)) or "none"
             raise RadaError(f"bundle {bundle} has no FP32 {name} graph to calibrate (it has: {have})",
-                            "re-export the bundle with `rada-export onnx`, or pick another --graph")
+                            f"re-export the bundle with `rada-export onnx`, or pick another graph ({', '.join(GRAPH_CHOICES)})",
+                            field="graph")
         entries[name] = manifest.graphs[name]
     needed = [p for e in entries.values() for p in (e.file, e.external_data) if p]
     unlisted = [p for p in needed if p not in manifest.files]

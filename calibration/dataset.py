@@ -79,9 +79,11 @@ def candidate_files(images_dir: str | os.PathLike) -> list[Path]:
 def plan_selection(files: list[Path], samples: int, holdout: int, seed: int) -> SelectionPlan:
     """A seeded order of ``files``; the held-out split shrinks to a fifth of small folders."""
     if samples < 1:
-        raise RadaError(f"--calib-samples must be at least 1, got {samples}", "pass --calib-samples 512 (the default)")
+        raise RadaError(f"samples must be at least 1, got {samples}", f"pass samples={DEFAULT_SAMPLES} (the default)",
+                        field="samples")
     if holdout < 1:
-        raise RadaError(f"the held-out split must hold at least 1 image, got {holdout}", "use the default of 100")
+        raise RadaError(f"the held-out split must hold at least 1 image, got {holdout}", f"use the default of {DEFAULT_HOLDOUT}",
+                        field="holdout")
     order = [files[i] for i in np.random.default_rng(seed).permutation(len(files))]
     if len(files) < samples + holdout:
         holdout = min(holdout, max(1, len(files) // 5))

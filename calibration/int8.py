@@ -102,7 +102,7 @@ def graph_input(model: onnx.ModelProto) -> tuple[str, bool]:
     if len(inputs) != 1:
         names = ", ".join(v.name for v in inputs)
         raise RadaError(f"the graph takes {len(inputs)} inputs ({names}); INT8 calibration needs one image input",
-                        "calibrate the fused graph (--graph model) or the image encoder (--graph image_encoder)")
+                        "calibrate the fused graph (graph='model') or the image encoder (graph='image_encoder')", field="graph")
     value = inputs[0]
     return value.name, value.type.tensor_type.elem_type == onnx.TensorProto.UINT8
 

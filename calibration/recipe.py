@@ -49,7 +49,8 @@ def node_scope(node: onnx.NodeProto) -> str:
     return " ".join(parts)
 
 
-def _constants(model: onnx.ModelProto) -> set[str]:
+def constant_names(model: onnx.ModelProto) -> set[str]:
+    """Names of the graph's constant tensors: initializers and Constant node outputs (weights are among them)."""
     names = {init.name for init in model.graph.initializer}
     names |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
     return names
@@ -66,7 +67,7 @@ def is_weight_bearing_linear(node: onnx.NodeProto, constants: set[str]) -> bool:
 
 def select_linear_nodes(model: onnx.ModelProto, scope: str = TRANSFORMER_SCOPE) -> list[str]:
     """Names of the weight-bearing MatMul/Gemm nodes inside ``scope``, in graph order."""
-    constants = _constants(model)
+    constants = constant_names(model)
     return [
         node.name for node in model.graph.node
         if is_weight_bearing_linear(node, constants) and scope in node_scope(node)
@@ -105,7 +106,7 @@ def audit_qdq(model: onnx.ModelProto, allowed: set[str]) -> QdqAudit:
     """
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
-    constants = _constants(model)
+    constants = constant_names(model)
     producer = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:

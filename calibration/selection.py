@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .recipe import _constants, is_weight_bearing_linear, node_scope
+from .recipe import constant_names, is_weight_bearing_linear, node_scope
 
 VISUAL_SCOPE = "/visual/"
 # A repeated block: an indexed module in the path ("resblocks.3/", "stages.0/", or dynamo's "/3/").
@@ -75,7 +75,7 @@ def _conv_channels(model: onnx.ModelProto, node: onnx.NodeProto) -> int:
 
 def select_nodes(model: onnx.ModelProto) -> Selection:
     """The image tower's weight-bearing layers to quantize, by structure (see the module doc)."""
-    constants = _constants(model)
+    constants = constant_names(model)
     chosen: list[str] = []
     kept = {"stem/patch embedding": 0, "final projection/pooling head": 0, "depthwise conv": 0,
             "attention score/value products": 0}

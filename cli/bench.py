@@ -11,7 +11,7 @@ import typer
 from .common import console, handle_errors, make_table, print_json, reporter
 
 
-@handle_errors
+@handle_errors(fields={"backends": "--backend", "batches": "--batch"})
 def bench(
     bundle: Path = typer.Option(..., "--bundle", help="Bundle folder."),
     backend: Optional[List[str]] = typer.Option(None, "--backend", help="onnxruntime-cpu, onnxruntime-cuda, tensorrt, pytorch-eager (repeat; default: all present)."),
@@ -26,8 +26,8 @@ def bench(
 
     Example: rada-export bench --bundle bundle/ --batch 1,8,32 --plot latency.png
     """
-    from rada_export.bench import bench_isolated, plan_bench
     from rada_export.bench import plot as plot_results
+    from rada_export.bench import run_bench
     from rada_export.errors import RadaError
 
     if frames:
@@ -40,15 +40,9 @@ def bench(
     if plot is not None:  # checked before the (minutes-long) runs, not after them
         from rada_export import validate
 
-        validate.output_file(plot, "--plot", validate.PLOT_SUFFIXES)
-    targets, batches = plan_bench(bundle, backend or None, batches, repeats)
-    results = []
-    with reporter(quiet or json_out).task("benchmarking backends", len(targets)) as advance:
-        for target in targets:
-            results += bench_isolated(bundle, target, batches, repeats)
-            advance(1)
+        validate.output_file(plot, "plot", validate.PLOT_SUFFIXES)
+    results = run_bench(bundle, backend or None, batches, repeats, reporter(quiet or json_out))
     if plot is not None:
-        plot.parent.mkdir(parents=True, exist_ok=True)  # checked writable above; made only now that there is a plot
         plot_results(results, plot, f"{bundle.name}: fused graph latency")
     if json_out:
         print_json({"bundle": str(bundle), "results": [asdict(r) for r in results], "plot": str(plot) if plot else None})
@@ -62,11 +56,9 @@ def bench(
 
 
 def _bench_frames(bundle: Path, backends, repeats: int, json_out: bool, quiet: bool) -> None:
-    from rada_export.bench import plan_bench, run_bench_frames
+    from rada_export.bench import run_bench_frames
 
-    targets, _ = plan_bench(bundle, backends, [1], repeats)
-    with reporter(quiet or json_out).task("benchmarking frames", len(targets)) as advance:
-        results = run_bench_frames(bundle, backends, repeats=repeats, progress=advance)
+    results = run_bench_frames(bundle, backends, repeats=repeats, reporter=reporter(quiet or json_out))
     if json_out:
         print_json({"bundle": str(bundle), "frames": [asdict(r) for r in results]})
         return

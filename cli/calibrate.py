@@ -35,7 +35,7 @@ def print_report(report) -> None:
     console.print(f"  thresholds: {report.thresholds}")
 
 
-@handle_errors
+@handle_errors(fields={"samples": "--calib-samples"})
 def calibrate(
     bundle: Path = typer.Option(..., "--bundle", help="Bundle folder (from `rada-export onnx`)."),
     images: Path = typer.Option(..., "--images", help="Folder of calibration images (searched recursively: jpg, png, webp, bmp)."),
@@ -52,7 +52,7 @@ def calibrate(
 ):
     """Calibrate INT8 (explicit Q/DQ) graphs on real images and write them into the bundle.
 
-    Only the image encoder's weight-bearing Linear layers go to INT8. The report compares INT8 with FP32 on held-out images and refuses to write (exit 1) below mean cosine 0.98 or top-1 agreement 95 %, unless --accept-degraded.
+    INT8 goes to the weight-bearing layers inside the image tower's repeated blocks: Linear (MatMul/Gemm) layers, and Conv layers in convolutional towers; stems, patch embeddings, projection heads, depthwise convolutions and attention products stay in float. The report compares INT8 with FP32 on held-out images and refuses to write (exit 1) below mean cosine 0.98 or top-1 agreement 95 %, unless --accept-degraded.
 
     Example: rada-export calibrate --bundle bundle/ --images val_images/ --calib-samples 512 --method entropy
     """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import typer
 from rich.console import Console
@@ -15,30 +15,42 @@ from rich.table import Table
 from rada_export.errors import RadaError, VerificationError
 from rada_export.progress import Reporter
 
+from .flags import CommandFlags
+
 # Tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, soft_wrap=True)  # error text greps as one line
 
 
-def handle_errors(fn: Callable) -> Callable:
-    """Turns library errors into the CLI's contract: a message and exit 2 (bad input) or 1 (failed check)."""
+def handle_errors(fn: Callable | None = None, *, fields: Mapping[str, str] | None = None) -> Callable:
+    """Turns library errors into the CLI's contract: a message and exit 2 (bad input) or 1 (failed check).
+
+    The message names this command's flags where the library names request fields (cli/flags.py);
+    ``fields`` maps the fields whose flag is not ``--`` + the field's name with dashes
+    (``@handle_errors(fields={"samples": "--calib-samples"})``).
+    """
+    if fn is None:
+        return functools.partial(handle_errors, fields=fields)
+    flags = CommandFlags(fn, fields)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except RadaError as err:
+            problem, fix = flags.message(err)
             if kwargs.get("json_out"):  # a --json caller parses stdout: it gets the error as JSON too
-                print_json({"error": err.problem, "fix": err.fix, "exit_code": err.exit_code})
+                print_json({"error": problem, "fix": fix, "exit_code": err.exit_code})
             # Messages hold literal brackets ("rada-export[trt]"): escape them from rich's markup.
-            err_console.print(f"[bold red]error:[/bold red] {escape(err.problem)}")
-            if err.fix:
-                err_console.print(f"[bold]fix:[/bold] {escape(err.fix)}")
+            err_console.print(f"[bold red]error:[/bold red] {escape(problem)}")
+            if fix:
+                err_console.print(f"[bold]fix:[/bold] {escape(fix)}")
             raise typer.Exit(code=err.exit_code) from None
         except VerificationError as err:
             err_console.print(f"[bold red]verification failed:[/bold red] {err}")
             raise typer.Exit(code=err.exit_code) from None
 
+    wrapper.field_flags = dict(fields or {})
     return wrapper
 
 

@@ -15,7 +15,7 @@ def demo(
     out: Path = typer.Option(Path("rada-demo"), "--out", help="Folder for everything the demo makes (a folder it made is replaced on re-runs; any other non-empty folder is refused)."),
     model: Optional[str] = typer.Option(None, "--model", help="open_clip model (default ViT-B-32; --quick uses a tiny one)."),
     pretrained: str = typer.Option("none", "--pretrained", help="'none' (offline, random weights), an open_clip tag, or a weights file."),
-    quick: bool = typer.Option(False, "--quick", help="A tiny model and fewer images: a smoke run in about a minute."),
+    quick: bool = typer.Option(False, "--quick", help="A tiny model and fewer images: a smoke run in under a minute."),
     images_per_class: int = typer.Option(16, "--images-per-class", min=4),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -33,7 +33,7 @@ def demo(
     if quick and model is not None:
         raise RadaError(f"--quick runs a tiny built-in model, so --model {model} would be ignored",
                         "drop --quick to run --model, or drop --model for the quick smoke run")
-    validate.output_folder(out, "--out")
+    validate.output_folder(out, "out")
     summary = run_demo(DemoConfig(out=out, model=model or "ViT-B-32", pretrained=pretrained, quick=quick,
                                   images_per_class=images_per_class), reporter(quiet or json_out))
     if json_out:

@@ -25,7 +25,7 @@ def print_report(report, title: str = "parity: ONNX Runtime (CPU) against PyTorc
         console.print(f"[yellow]note:[/yellow] {note}")
 
 
-@handle_errors
+@handle_errors(fields={"templates": "--template", "verify_images": "--verify-image", "verify=False": "--no-verify"})
 def onnx(
     out: Path = typer.Option(Path("bundle"), "--out", help="Bundle folder to write."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Head checkpoint (rada-export train, or the paper's torch checkpoint). Omit for a fresh, zero-shot head."),
@@ -86,13 +86,13 @@ def check_export_options(out: Path, classes, templates, opset: int, exporter: st
     from rada_export.prompts import parse_class_names, validate_templates
 
     validate.opset(opset, exporter)
-    validate.integer("--max-batch", max_batch, 1)
-    validate.output_folder(out, "--out")
+    validate.integer("max_batch", max_batch, 1)
+    validate.output_folder(out, "out")
     if templates:
         validate_templates(templates)
     if classes:
         parse_class_names(classes)
-    validate.readable_images(images or (), "--verify-image")
+    validate.readable_images(images or (), "verify_images")
 
 
 @handle_errors

@@ -33,7 +33,7 @@ def predict(
 
     from rada_export import validate
 
-    validate.choice("--tta", tta, ("off", "episodic", "continual"))
+    validate.choice("tta", tta, ("off", "episodic", "continual"))
     if views is not None and tta != "episodic":
         raise RadaError(f"--views {views} applies only to --tta episodic (this run has --tta {tta})",
                         "add --tta episodic, or drop --views")

@@ -10,7 +10,7 @@ import typer
 from .common import console, handle_errors, make_table, pct, reporter
 
 
-@handle_errors
+@handle_errors(fields={"templates": "--template"})
 def train(
     data: Path = typer.Option(..., "--data", help="ImageFolder: one sub-folder of images per class."),
     out: Path = typer.Option(Path("head.safetensors"), "--out", help="Checkpoint to write."),

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import RadaError
+from .progress import SILENT, Reporter
 from .timing import time_calls
 
 PYTORCH = "pytorch-eager"
@@ -71,11 +72,13 @@ def available_targets(bundle: Path, backends: Sequence[str] | None = None) -> li
     if backends:
         unknown = set(backends) - {"onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", PYTORCH}
         if unknown:
-            raise RadaError(f"unknown backend(s) {sorted(unknown)}", "use onnxruntime-cpu, onnxruntime-cuda, tensorrt or pytorch-eager")
+            raise RadaError(f"unknown backend(s) {sorted(unknown)}", "use onnxruntime-cpu, onnxruntime-cuda, tensorrt or pytorch-eager",
+                            field="backends")
         missing = set(backends) - {t.backend for t in targets}
         if missing:
             raise RadaError(f"backend(s) {sorted(missing)} not available for this bundle here",
-                            "install the runtime (onnxruntime-gpu, tensorrt), build engines with `rada-export trt`, or drop --backend")
+                            "install the runtime (onnxruntime-gpu, tensorrt), build engines with `rada-export trt`, "
+                            "or ask for other backends", field="backends")
         targets = [t for t in targets if t.backend in backends]
     return targets
 
@@ -165,7 +168,7 @@ def bench_isolated(bundle: Path, target: BenchTarget, batches: Sequence[int], re
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if result.returncode != 0:
         raise RadaError(f"benchmarking {target.backend} {target.precision} failed: {result.stderr.strip().splitlines()[-1:]}",
-                        "run `rada-export verify --bundle ...` to check the bundle, or drop that --backend")
+                        "run `rada-export verify --bundle ...` to check the bundle, or leave that backend out")
     return [BenchResult(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
 
 
@@ -178,44 +181,46 @@ def plan_bench(bundle: str | os.PathLike, backends: Sequence[str] | None = None,
     bundle = Path(bundle)
     from .runtimes.manifest import read_manifest, verify_checksums
 
-    manifest = read_manifest(bundle)
-    if batches is None:
-        batches = [b for b in DEFAULT_BATCHES if b <= manifest.max_batch] or [manifest.max_batch]
-    batches = list(batches)
-    if not batches or any(b < 1 for b in batches):
-        raise RadaError(f"batch sizes must be positive integers, got {list(batches)}", "pass e.g. --batch 1,8,32")
+    # The options first: they cost nothing to check, the bundle's checksums do.
     if repeats < 1:
-        raise RadaError(f"--repeats must be positive, got {repeats}", "pass e.g. --repeats 20")
+        raise RadaError(f"repeats must be positive, got {repeats}", "pass e.g. repeats=20", field="repeats")
+    if batches is not None and (not list(batches) or any(b < 1 for b in batches)):
+        raise RadaError(f"batch sizes must be positive integers, got {list(batches)}", "pass e.g. batches=[1, 8, 32]",
+                        field="batches")
+    manifest = read_manifest(bundle)
+    batches = list(batches) if batches is not None else [b for b in DEFAULT_BATCHES if b <= manifest.max_batch] or [manifest.max_batch]
     verify_checksums(bundle, manifest)
     too_big = [b for b in batches if b > manifest.max_batch]
     if too_big:
         raise RadaError(f"batch size(s) {too_big} exceed the bundle's max batch {manifest.max_batch}",
-                        f"use batches up to {manifest.max_batch}, or re-export with a larger --max-batch")
+                        f"use batches up to {manifest.max_batch}, or re-export the bundle with a larger max batch "
+                        "(`rada-export onnx --max-batch`)", field="batches")
     return available_targets(bundle, backends), batches
 
 
 def run_bench(bundle: str | os.PathLike, backends: Sequence[str] | None = None, batches: Sequence[int] | None = None,
-              repeats: int = 20, progress=None) -> list[BenchResult]:
+              repeats: int = 20, reporter: Reporter = SILENT) -> list[BenchResult]:
     """Every available (or requested) backend and precision at every batch size, each in its own process."""
     targets, batches = plan_bench(bundle, backends, batches, repeats)
     results = []
-    for target in targets:
-        results += bench_isolated(Path(bundle), target, batches, repeats)
-        if progress is not None:
-            progress(1)
+    with reporter.task("benchmarking backends", len(targets)) as advance:
+        for target in targets:
+            results += bench_isolated(Path(bundle), target, batches, repeats)
+            advance(1)
     return results
 
 
 def plot(results: Sequence[BenchResult], path: str | os.PathLike, title: str) -> Path:
-    """Latency (p50) against batch size, one line per backend and precision."""
+    """Latency (p50) against batch size, one line per backend and precision; makes the file's folder."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as err:
-        raise RadaError("--plot needs matplotlib", "pip install 'rada-export[plot]'") from err
+        raise RadaError("a latency plot needs matplotlib", "pip install 'rada-export[plot]'", field="plot") from err
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for key in sorted({(r.backend, r.precision) for r in results}):
         rows = sorted((r for r in results if (r.backend, r.precision) == key), key=lambda r: r.batch)
@@ -253,7 +258,7 @@ class FrameBenchResult:
     p50_ms: float  # one predict(frame, bgr=True), median
     host_ms: float  # of which outside the graph (validation, the copy, preprocessing on the host, softmax)
     graph_ms: float  # of which inside the graph runner (the engine, or ONNX Runtime)
-    in_graph_resize: bool  # the bundle's graph takes raw frames (--embed-preprocess)
+    in_graph_resize: bool  # the bundle's graph takes raw frames (exported with embed_preprocess)
     repeats: int
 
 
@@ -273,7 +278,7 @@ def bench_frames_in_process(bundle: Path, target: BenchTarget, frames: Sequence[
 
     backend, device = _LOADS[target.backend]
     rt = load_bundle(bundle, backend=backend, device=device, precision=target.precision)
-    runner = rt._fused_runner()
+    runner = rt.fused_runner()
     real_run = runner.run
     graph_seconds: list[float] = []
 
@@ -298,7 +303,7 @@ def bench_frames_in_process(bundle: Path, target: BenchTarget, frames: Sequence[
 
 
 def run_bench_frames(bundle: str | os.PathLike, backends: Sequence[str] | None = None, frames: Sequence[str] | None = None,
-                     repeats: int = 20, progress=None) -> list[FrameBenchResult]:
+                     repeats: int = 20, reporter: Reporter = SILENT) -> list[FrameBenchResult]:
     """Frames mode of `bench`: every backend present (engines, ONNX Runtime), each in its own process."""
     bundle = Path(bundle)
     frames = list(frames or FRAME_SIZES)
@@ -306,19 +311,20 @@ def run_bench_frames(bundle: str | os.PathLike, backends: Sequence[str] | None =
     if unknown:
         raise RadaError(f"unknown frame size(s) {unknown}", f"use {', '.join(FRAME_SIZES)}")
     targets, _ = plan_bench(bundle, backends, [1], repeats)
+    # Frames mode times the device runtime; PyTorch has no runtime path.
+    targets = [t for t in targets if t.backend != PYTORCH]
     results = []
-    for target in targets:
-        if target.backend == PYTORCH:
-            continue  # frames mode times the device runtime; PyTorch has no runtime path
-        cmd = [sys.executable, "-m", "rada_export.bench", "--frames", str(bundle), target.backend, target.precision,
-               ",".join(frames), str(repeats)]
-        result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        if result.returncode != 0:
-            raise RadaError(f"benchmarking frames on {target.backend} {target.precision} failed: {result.stderr.strip().splitlines()[-1:]}",
-                            "run `rada-export verify --bundle ...` to check the bundle, or drop that --backend")
-        results += [FrameBenchResult(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
-        if progress is not None:
-            progress(1)
+    with reporter.task("benchmarking frames", len(targets)) as advance:
+        for target in targets:
+            cmd = [sys.executable, "-m", "rada_export.bench", "--frames", str(bundle), target.backend, target.precision,
+                   ",".join(frames), str(repeats)]
+            result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            if result.returncode != 0:
+                raise RadaError(f"benchmarking frames on {target.backend} {target.precision} failed: "
+                                f"{result.stderr.strip().splitlines()[-1:]}",
+                                "run `rada-export verify --bundle ...` to check the bundle, or leave that backend out")
+            results += [FrameBenchResult(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
+            advance(1)
     return results
 
 

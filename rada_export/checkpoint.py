@@ -221,7 +221,8 @@ def load_head(path: str | os.PathLike) -> HeadCheckpoint:
     """Loads our safetensors checkpoints or the paper's torch checkpoints (``weights_only=True``)."""
     path = Path(path)
     if not path.exists():
-        raise RadaError(f"checkpoint {path} does not exist", "check the path, or omit --ckpt for a fresh (zero-shot) head")
+        raise RadaError(f"checkpoint {path} does not exist", "check the path; without a checkpoint, export starts from a fresh "
+                        "(zero-shot) head")
     if path.is_dir():
         raise RadaError(f"checkpoint {path} is a folder", "pass the head.safetensors file itself")
     with open(path, "rb") as fh:

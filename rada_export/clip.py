@@ -254,7 +254,7 @@ def check_rebuild(clip: LoadedClip, recorded: dict[str, Any], origin: str) -> No
     if diff:
         raise RadaError(
             f"{origin} was made with a different {clip.model_name} than this rebuild gives ({'; '.join(diff)[:400]})",
-            f"pass --pretrained-cfg {recorded.get('pretrained_cfg')} (the recorded settings), or use the open_clip version "
+            f"pass pretrained_cfg={recorded.get('pretrained_cfg')!r} (the recorded settings), or use the open_clip version "
             "the record names" if recorded.get("pretrained_cfg") else "use the open_clip version the record names",
         )
 

@@ -96,7 +96,8 @@ def _check_schema_source(model: str) -> None:
         if not (folder / "open_clip_config.json").is_file():
             raise RadaError(
                 f"{model}: {folder} has no open_clip_config.json",
-                "save the model with open_clip's push_to_hf_hub/save helpers, or pass the weights file with --pretrained-cfg TAG",
+                "save the model with open_clip's push_to_hf_hub/save helpers, or pass the weights file as pretrained "
+                "with pretrained_cfg=TAG", field="model",
             )
     elif not model.removeprefix("hf-hub:").strip("/"):
         raise RadaError(f"{model!r} names no repository", "write hf-hub:org/repo")
@@ -135,11 +136,12 @@ def resolve_source(model: str, pretrained: str | os.PathLike | None = None, pret
     if model.startswith(SCHEMAS):
         _check_schema_source(model)
         if pretrained_cfg:
-            raise RadaError(f"--pretrained-cfg {pretrained_cfg} does not apply to {model}",
-                            "drop --pretrained-cfg: the open_clip_config.json of hf-hub:/local-dir: sources carries the settings")
+            raise RadaError(f"pretrained_cfg={pretrained_cfg!r} does not apply to {model}",
+                            "leave it out: the open_clip_config.json of hf-hub:/local-dir: sources carries the settings",
+                            field="pretrained_cfg")
         if text is not None and not _is_random(text) and text != "default":
-            raise RadaError(f"--pretrained {text} does not apply to {model}: it carries its own weights",
-                            "drop --pretrained (or pass `none` for random weights with that config)")
+            raise RadaError(f"pretrained={text!r} does not apply to {model}: it carries its own weights",
+                            "leave it out (or pass pretrained='none' for random weights with that config)", field="pretrained")
         random = text is not None and _is_random(text)
         return ClipSource(model, "none" if random else "", None, "open_clip_config.json of " + model,
                           quick_gelu=False)
@@ -160,8 +162,8 @@ def resolve_source(model: str, pretrained: str | os.PathLike | None = None, pret
         return ClipSource(model, str(path), tag, origin, quick and not _model_quick_gelu(model), force, warnings)
     cfg = _tag_cfg(model, text)
     if pretrained_cfg and pretrained_cfg != text:
-        raise RadaError(f"--pretrained-cfg {pretrained_cfg} contradicts the tag {text}",
-                        "drop --pretrained-cfg: a tag carries its own settings")
+        raise RadaError(f"pretrained_cfg={pretrained_cfg!r} contradicts the tag {text}",
+                        "leave it out: a tag carries its own settings", field="pretrained_cfg")
     # open_clip merges the tag's preprocessing itself; the activation it only warns about.
     return ClipSource(model, text, text, f"pretrained tag {text!r}",
                       bool(cfg.get("quick_gelu")) and not _model_quick_gelu(model))

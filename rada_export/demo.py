@@ -83,15 +83,15 @@ def _ours(name: str) -> bool:
 
 def _prepare_out(out: Path, config: "DemoConfig") -> None:
     if out.exists() and not out.is_dir():
-        raise RadaError(f"--out {out} is a file", "give a folder for the demo's output")
+        raise RadaError(f"output folder {out} is a file", "give a folder for the demo's output", field="out")
     if out.is_dir() and any(out.iterdir()):
         if not _is_demo_folder(out):
-            raise RadaError(f"--out {out} exists, is not empty and was not made by `rada-export demo`",
-                            "choose another --out (the demo replaces only folders it made itself)")
+            raise RadaError(f"output folder {out} exists, is not empty and was not made by the demo",
+                            "choose another output folder (the demo replaces only folders it made itself)", field="out")
         foreign = sorted(p.name for p in out.iterdir() if not _ours(p.name))
         if foreign:
-            raise RadaError(f"--out {out} was made by the demo but now also holds {', '.join(foreign[:5])}",
-                            "move those files out of the folder, or choose another --out")
+            raise RadaError(f"output folder {out} was made by the demo but now also holds {', '.join(foreign[:5])}",
+                            "move those files out of the folder, or choose another output folder", field="out")
         for entry in sorted(out.iterdir(), key=lambda p: p.name == MARKER):  # the marker goes last
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)

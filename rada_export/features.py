@@ -76,7 +76,7 @@ def encode_images(
     ``progress`` is called with the number of images just encoded (by this rank).
     """
     if aug_copies < 1:
-        raise RadaError(f"--aug-copies must be at least 1, got {aug_copies}", "use 1 for no augmentation")
+        raise RadaError(f"aug_copies must be at least 1, got {aug_copies}", "use 1 for no augmentation", field="aug_copies")
     shard = shard or Shard()
     decoded = [(i, open_image(Path(paths[i]))) for i in shard.indices(len(paths))]
     readable = [(i, img) for i, img in decoded if img is not None]

@@ -79,16 +79,16 @@ def scan_image_folder(root: str | Path) -> LabelledImages:
 def sample_shots(data: LabelledImages, shots: int, seed: int = 0) -> LabelledImages:
     """A seeded few-shot subset: `shots` images of every class."""
     if shots <= 0:
-        raise RadaError(f"--shots must be positive, got {shots}", "pass --shots 16, or omit it to use every image")
+        raise RadaError(f"shots must be positive, got {shots}", "pass e.g. shots=16, or leave shots out to use every image",
+                        field="shots")
     rng = random.Random(seed)
     paths, labels = [], []
     for k, name in enumerate(data.class_names):
         members = [p for p, y in zip(data.paths, data.labels) if y == k]
         if len(members) < shots:
-            raise RadaError(
-                f"--shots {shots} but class {name!r} has only {len(members)} images",
-                f"lower --shots to at most {min(data.labels.count(j) for j in range(len(data.class_names)))}",
-            )
+            fewest = min(data.labels.count(j) for j in range(len(data.class_names)))
+            raise RadaError(f"shots={shots} but class {name!r} has only {len(members)} images",
+                            f"pass shots={fewest} or fewer", field="shots")
         chosen = sorted(rng.sample(members, shots))
         paths += chosen
         labels += [k] * shots

@@ -19,7 +19,8 @@ def parse_class_names(spec: Sequence[str] | str | Path | None) -> list[str]:
     other string is a comma-separated list (use a file for names that hold commas).
     """
     if spec is None:
-        raise RadaError("no class names given", "pass --classes FILE (one name a line) or --classes 'cat,dog'")
+        raise RadaError("no class names given", "pass classes='classes.txt' (one name a line) or classes='cat,dog'",
+                        field="classes")
     items = [spec] if isinstance(spec, (str, Path)) else list(spec)
     names = [n for item in items for n in _expand(item)]
     names = [n.strip() for n in names if n.strip()]
@@ -32,10 +33,11 @@ def _expand(item: str | Path) -> list[str]:
             return Path(item).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as err:
             raise RadaError(f"class file {str(item)!r} is not readable UTF-8 text ({err})",
-                            "pass a UTF-8 text file, one class name a line") from None
+                            "pass a UTF-8 text file, one class name a line", field="classes") from None
     if isinstance(item, Path) or validate.looks_like_path(str(item)):
         raise RadaError(f"class file {str(item)!r} does not exist",
-                        "pass an existing file (one class name a line), or the names themselves: --classes 'cat,dog'")
+                        "pass an existing file (one class name a line), or the names themselves: classes='cat,dog'",
+                        field="classes")
     return str(item).split(",")
 
 
@@ -47,7 +49,7 @@ def validate_class_names(names: Sequence[str]) -> list[str]:
         raise RadaError("the class list holds an empty name", "remove blank entries from the class list")
     if len(names) < 2:
         raise RadaError(f"only one class name given ({names[0][:60]!r}): a classifier needs at least two classes",
-                        "give at least two class names: --classes 'cat,dog', or a file with one name a line")
+                        "give at least two class names: classes='cat,dog', or a file with one name a line")
     dupes = validate.duplicates(names)
     if dupes:
         raise RadaError(f"duplicate class names: {', '.join(dupes)}", "each class must appear once in the class list")

@@ -33,14 +33,14 @@ class TrainConfig:
         # otherwise train for minutes and save a NaN head).
         from . import validate
 
-        validate.integer("--epochs", self.epochs, 1)
-        validate.number("--lr", self.lr, positive=True)
-        validate.integer("--batch-size", self.batch_size, 1)
-        validate.number("--alpha", self.alpha, minimum=0.0)
+        validate.integer("epochs", self.epochs, 1)
+        validate.number("lr", self.lr, positive=True)
+        validate.integer("batch_size", self.batch_size, 1)
+        validate.number("alpha", self.alpha, minimum=0.0)
         validate.number("weight_decay", self.weight_decay, minimum=0.0)
         validate.integer("num_heads", self.num_heads, 1)
-        validate.number("--temperature", self.temperature, positive=True)
-        validate.integer("--seed", self.seed, 0, 2**32 - 1)
+        validate.number("temperature", self.temperature, positive=True)
+        validate.integer("seed", self.seed, 0, 2**32 - 1)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -52,16 +52,18 @@ class TrainResult:
 def _check_output(job: TrainJob) -> None:
     """The options and the output, checked before any image is encoded: a bad value or an output
     folder that cannot be written must fail now, not after training."""
-    validate.output_file(job.out, "--out")
+    validate.output_file(job.out, "out")
     if job.out.exists() and not job.force:
-        raise RadaError(f"{job.out} already exists", "pass --force to overwrite it, or choose another --out")
+        raise RadaError(f"checkpoint {job.out} already exists", "pass force=True to overwrite it, or choose another output file",
+                        field="out")
     if job.val is None:
-        validate.number("--val-fraction", job.val_fraction, 0.0, 1.0)
+        validate.number("val_fraction", job.val_fraction, 0.0, 1.0)
         if not 0.0 < job.val_fraction < 1.0:
-            raise RadaError(f"--val-fraction must lie strictly between 0 and 1, got {job.val_fraction}", "use e.g. 0.2")
+            raise RadaError(f"val_fraction must lie strictly between 0 and 1, got {job.val_fraction}", "use e.g. 0.2",
+                            field="val_fraction")
     if job.shots is not None:
-        validate.integer("--shots", job.shots, 1)
-    validate.integer("--aug-copies", job.aug_copies, 1)
+        validate.integer("shots", job.shots, 1)
+    validate.integer("aug_copies", job.aug_copies, 1)
     validate.integer("encode_batch_size", job.encode_batch_size, 1)
 
 
@@ -71,13 +73,13 @@ def _datasets(job: TrainJob) -> tuple[LabelledImages, LabelledImages]:
         val = scan_image_folder(job.val)
         if val.class_names != data.class_names:
             raise RadaError(
-                f"--val classes {val.class_names} differ from --data classes {data.class_names}",
-                "give --val the same class sub-folders as --data",
+                f"the validation folder's classes {val.class_names} differ from the training folder's {data.class_names}",
+                "give the validation folder the same class sub-folders as the training folder", field="val",
             )
         train = data
     else:
         if not 0.0 < job.val_fraction < 1.0:
-            raise RadaError(f"--val-fraction must lie in (0, 1), got {job.val_fraction}", "use e.g. 0.2")
+            raise RadaError(f"val_fraction must lie in (0, 1), got {job.val_fraction}", "use e.g. 0.2", field="val_fraction")
         train, val = split_holdout(data, job.val_fraction, job.config.seed)
     if job.shots is not None:
         train = sample_shots(train, job.shots, job.config.seed)

@@ -2,8 +2,9 @@
 
 Each check raises a :class:`RadaError` naming the problem and the fix (the CLI turns it into one
 line and exit code 2). They run before any work starts: nothing is written, trained or exported
-when an option is bad. This module imports only the standard library, so the torch-free runtime
-shares it.
+when an option is bad. ``field`` is the name of the request or config field being checked, as a
+Python caller writes it (``max_batch``); the error carries it, so that the CLI can name its flag
+instead. This module imports only the standard library, so the torch-free runtime shares it.
 """
 
 from __future__ import annotations
@@ -34,49 +35,50 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 # -- numbers ---------------------------------------------------------------------------------------
 
 
-def integer(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+def integer(field: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
     """An int (not a bool, not 2.5) within [minimum, maximum]."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise RadaError(f"{name} must be a whole number, got {value!r}", f"pass an integer for {name}")
+        raise RadaError(f"{field} must be a whole number, got {value!r}", "pass a whole number", field=field)
     value = int(value)
-    _in_range(name, value, minimum, maximum)
+    _in_range(field, value, minimum, maximum)
     return value
 
 
-def number(name: str, value: Any, minimum: float | None = None, maximum: float | None = None,
+def number(field: str, value: Any, minimum: float | None = None, maximum: float | None = None,
            positive: bool = False) -> float:
     """A finite real within [minimum, maximum] (above 0 when ``positive``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise RadaError(f"{name} must be a finite number, got {value!r}", f"pass a number for {name}")
+        raise RadaError(f"{field} must be a finite number, got {value!r}", "pass a finite number", field=field)
     value = float(value)
     if positive and value <= 0:
-        raise RadaError(f"{name} must be positive, got {value:g}", f"pass a number above 0 for {name}")
-    _in_range(name, value, minimum, maximum)
+        raise RadaError(f"{field} must be positive, got {value:g}", "pass a number above 0", field=field)
+    _in_range(field, value, minimum, maximum)
     return value
 
 
-def _in_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:
+def _in_range(field: str, value: float, minimum: float | None, maximum: float | None) -> None:
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         lo = "" if minimum is None else f"at least {_fmt(minimum)}"
         hi = "" if maximum is None else f"at most {_fmt(maximum)}"
         bounds = " and ".join(b for b in (lo, hi) if b)
-        raise RadaError(f"{name} must be {bounds}, got {_fmt(value)}", f"pass {name} {bounds}")
+        raise RadaError(f"{field} must be {bounds}, got {_fmt(value)}", f"use a value {bounds}", field=field)
 
 
 def _fmt(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+def choice(field: str, value: Any, allowed: Sequence[str]) -> str:
     if value not in allowed:
-        raise RadaError(f"unknown {name} {value!r}", f"use one of: {', '.join(allowed)}")
+        raise RadaError(f"{field} {value!r} is not one of {', '.join(allowed)}", f"use one of: {', '.join(allowed)}",
+                        field=field)
     return value
 
 
 def opset(value: Any, exporter: str = "torchscript") -> int:
     """An opset the chosen exporter writes (the exporter itself is checked first)."""
-    choice("--exporter", exporter, tuple(MAX_OPSET))
-    return integer("--opset", value, MIN_OPSET, MAX_OPSET[exporter])
+    choice("exporter", exporter, tuple(MAX_OPSET))
+    return integer("opset", value, MIN_OPSET, MAX_OPSET[exporter])
 
 
 # -- prompts and classes ---------------------------------------------------------------------------
@@ -85,15 +87,18 @@ def opset(value: Any, exporter: str = "torchscript") -> int:
 def template(text: Any) -> str:
     """A prompt template with exactly one ``{}`` and no other format field ('{0}', '{name}', a lone '{')."""
     if not isinstance(text, str):
-        raise RadaError(f"prompt template {text!r} is not a string", "write templates like 'a photo of a {}.'")
+        raise RadaError(f"prompt template {text!r} is not a string", "write templates like 'a photo of a {}.'",
+                        field="templates")
     try:
         fields = [f for _, f, spec, conv in string.Formatter().parse(text) if f is not None or spec or conv]
     except ValueError as err:  # a lone '{' or '}'
         raise RadaError(f"prompt template {text!r} is malformed ({err})",
-                        "write exactly one '{}' for the class name; double other braces as '{{' and '}}'") from None
+                        "write exactly one '{}' for the class name; double other braces as '{{' and '}}'",
+                        field="templates") from None
     if fields != [""]:
         raise RadaError(f"prompt template {text!r} has {len(fields)} placeholder(s); it needs exactly one '{{}}'",
-                        "write templates like 'a photo of a {}.' (double literal braces as '{{' and '}}')")
+                        "write templates like 'a photo of a {}.' (double literal braces as '{{' and '}}')",
+                        field="templates")
     return text
 
 
@@ -170,36 +175,36 @@ def is_existing_file(value: str | os.PathLike) -> bool:
 
 
 def looks_like_path(value: str) -> bool:
-    """A --classes value meant as a file: it ends in .txt/.csv/.lst or holds a path separator and no comma."""
+    """A class list string meant as a file: it ends in .txt/.csv/.lst or holds a path separator and no comma."""
     text = str(value).strip()
     return text.lower().endswith((".txt", ".csv", ".lst", ".names")) or (
         "," not in text and (os.sep in text or (os.altsep or os.sep) in text))
 
 
-def existing_files(paths: Sequence[str | os.PathLike], option: str) -> None:
+def existing_files(paths: Sequence[str | os.PathLike], field: str) -> None:
     for path in paths:
         if not is_existing_file(path):
-            raise RadaError(f"{option} {path} is not an existing file", f"check the path given to {option}")
+            raise RadaError(f"{field} {path} is not an existing file", "check the path", field=field)
 
 
-def readable_images(paths: Sequence[str | os.PathLike], option: str) -> None:
+def readable_images(paths: Sequence[str | os.PathLike], field: str) -> None:
     """Existing files that Pillow can identify (a cheap header check, before minutes of export)."""
     from PIL import Image
 
-    existing_files(paths, option)
+    existing_files(paths, field)
     for path in paths:
         try:
             with Image.open(path) as image:
                 image.verify()
         except Exception as err:  # Pillow raises many types for corrupt files
-            raise RadaError(f"{option} {path} is not a readable image ({type(err).__name__})",
-                            "pass JPEG, PNG, WebP or BMP files") from None
+            raise RadaError(f"{field} {path} is not a readable image ({type(err).__name__})",
+                            "pass JPEG, PNG, WebP or BMP files", field=field) from None
 
 
 # -- output paths ----------------------------------------------------------------------------------
 
 
-def output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
+def output_folder(path: str | os.PathLike, field: str = "out") -> Path:
     """Refuses an output folder that is the current folder, one of its parents, the home folder or
     the root: a bundle folder is replaced as a whole, so it must be a folder of its own."""
     path = Path(path)
@@ -207,24 +212,24 @@ def output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     cwd = Path.cwd().resolve()
     home = Path.home().resolve()
     if resolved == cwd or cwd.is_relative_to(resolved) or resolved in (home, Path(resolved.anchor)):
-        raise RadaError(f"{option} {path} is {_what(resolved, cwd, home)}, which cannot be an output folder",
-                        f"name a folder of its own, e.g. {option} bundle")
+        raise RadaError(f"output folder {path} is {_what(resolved, cwd, home)}, which cannot be an output folder",
+                        f"name a folder of its own, e.g. {field}='bundle'", field=field)
     if resolved.exists() and not resolved.is_dir():
-        raise RadaError(f"{option} {path} is a file", f"give {option} a folder path")
-    writable(resolved, option)
+        raise RadaError(f"output folder {path} is a file", "give a folder path", field=field)
+    writable(resolved, field)
     return path
 
 
-def output_file(path: str | os.PathLike, option: str, suffixes: Sequence[str] = ()) -> Path:
+def output_file(path: str | os.PathLike, field: str, suffixes: Sequence[str] = ()) -> Path:
     """A file the tool will write: not a folder, the expected suffix, in a folder it can write to."""
     path = Path(path)
     if path.is_dir() or str(path).endswith((os.sep, "/")):
-        raise RadaError(f"{option} {path} is a folder", f"give {option} a file name" +
-                        (f" such as {path / ('out' + suffixes[0])}" if suffixes else ""))
+        raise RadaError(f"output file {path} is a folder", "give a file name" +
+                        (f" such as {path / ('out' + suffixes[0])}" if suffixes else ""), field=field)
     if suffixes and path.suffix.lower() not in suffixes:
-        raise RadaError(f"{option} {path} has suffix {path.suffix or '(none)'!r}",
-                        f"end {option} in one of {', '.join(suffixes)}")
-    writable(path.expanduser().resolve().parent, option)
+        raise RadaError(f"output file {path} has suffix {path.suffix or '(none)'!r}",
+                        f"end the file name in one of {', '.join(suffixes)}", field=field)
+    writable(path.expanduser().resolve().parent, field)
     return path
 
 
@@ -238,7 +243,7 @@ def _what(resolved: Path, cwd: Path, home: Path) -> str:
     return "a parent of the current folder"
 
 
-def writable(folder: Path, option: str) -> None:
+def writable(folder: Path, field: str) -> None:
     """Checks that the nearest existing folder on the way to ``folder`` takes a new file, by making one
     (permission bits do not tell: root ignores them, a read-only mount ignores them too)."""
     probe = folder
@@ -247,11 +252,11 @@ def writable(folder: Path, option: str) -> None:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise RadaError(f"{option}: {probe} is a file, so {folder} cannot be made", f"give {option} a path under a folder")
+        raise RadaError(f"{probe} is a file, so {folder} cannot be made", "give a path under a folder", field=field)
     try:
         fd, name = tempfile.mkstemp(dir=probe, prefix=".rada-export-write-check-")
     except OSError as err:
-        raise RadaError(f"{option}: cannot write in {probe} ({err.strerror or err})",
-                        f"make {probe} writable, or choose another {option}") from None
+        raise RadaError(f"cannot write in {probe} ({err.strerror or err})",
+                        f"make {probe} writable, or choose another path", field=field) from None
     os.close(fd)
     os.unlink(name)

@@ -34,10 +34,11 @@ def resolve_providers(device: str = "cpu") -> list[str]:
         if device == "cuda":
             raise RadaError(
                 "ONNX Runtime has no CUDA execution provider here",
-                "pip install 'rada-export[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU, or use --device cpu",
+                "pip install 'rada-export[gpu]' (onnxruntime-gpu) on a machine with an NVIDIA GPU, or use device='cpu'",
+                field="device",
             )
         return ["CPUExecutionProvider"]
-    raise RadaError(f"unknown device {device!r}", "use 'cpu', 'cuda' or 'auto'")
+    raise RadaError(f"unknown device {device!r}", "use 'cpu', 'cuda' or 'auto'", field="device")
 
 
 def create_session(path: str | os.PathLike, device: str = "cpu", precision: str = "fp32", threads: int | None = None):

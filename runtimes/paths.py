@@ -81,7 +81,7 @@ def check_links(root: str | os.PathLike, where: str | None = None) -> None:
 # (onnx/onnx.proto; tests/test_trust.py checks them against the onnx package), so the check parses a
 # graph without the onnx package and skips everything else (weights included) as unknown fields.
 
-_SUBSET = {
+ONNX_SUBSET = {
     "Entry": [("key", 1, "string", False), ("value", 2, "string", False)],
     # raw_data is declared (as bytes) only because upb skips a known bytes field faster than an unknown one.
     "Tensor": [("external_data", 13, "Entry", True), ("data_location", 14, "int32", False), ("name", 8, "string", False),
@@ -105,7 +105,7 @@ def _model_class():
         proto = descriptor_pb2.FileDescriptorProto(name="rada_onnx_subset.proto", package="rada_onnx_subset", syntax="proto2")
         types = descriptor_pb2.FieldDescriptorProto
         scalar = {"string": types.TYPE_STRING, "int32": types.TYPE_INT32, "bytes": types.TYPE_BYTES}
-        for message, fields in _SUBSET.items():
+        for message, fields in ONNX_SUBSET.items():
             msg = proto.message_type.add(name=message)
             for name, number, kind, repeated in fields:
                 field = msg.field.add(name=name, number=number, label=3 if repeated else 1)

@@ -196,7 +196,8 @@ def to_pil(item: ImageLike, bgr: bool = False) -> Image.Image:
 
 # Pillow's reducing_gap for the fast host path: an integer box reduction (Image.reduce) first, then
 # the antialiased filter for the last factor of at least 2. Pillow's docs: the larger the gap, the
-# closer to fair resampling; measured against open_clip's exact resize in README ("Camera frames").
+# closer to fair resampling; measured against open_clip's exact resize in benchmarks/RESULTS.md
+# ("Camera frames").
 FAST_REDUCING_GAP = 2.0
 
 
@@ -221,11 +222,6 @@ def keep_ratio_size(height: int, width: int, target_h: int, target_w: int, longe
     ratio_w = width / target_w
     ratio = max(ratio_h, ratio_w) if longest else min(ratio_h, ratio_w)
     return round(height / ratio), round(width / ratio)
-
-
-# The export's frame-graph builder imported these under their former names.
-_shortest_side_size = shortest_side_size
-_keep_ratio_size = keep_ratio_size
 
 
 def _pad(img: Image.Image, left: int, top: int, right: int, bottom: int, fill: int) -> Image.Image:
@@ -405,7 +401,7 @@ def preprocess(images: Any, cfg: Any, bgr: bool = False, fast: bool = False) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# Frames for a graph that preprocesses itself (exported with --embed-preprocess)
+# Frames for a graph that preprocesses itself (exported with embed_preprocess)
 
 
 def graph_frames(images: Any, frames_cfg: Any, bgr: bool = False) -> np.ndarray:
@@ -439,11 +435,12 @@ def graph_frames(images: Any, frames_cfg: Any, bgr: bool = False) -> np.ndarray:
     lo_w, _, hi_w = frames_cfg.width
     if not (lo_h <= height <= hi_h and lo_w <= width <= hi_w):
         if lo_h == hi_h and lo_w == hi_w:
-            problem = f"the bundle takes {lo_w}x{lo_h} frames (fixed at export with --frame-size), got {width}x{height}"
-            fix = f"resize the camera to {lo_w}x{lo_h}, or re-export with --frame-size {width}x{height} (or without it)"
+            problem = f"the bundle takes {lo_w}x{lo_h} frames (a frame size fixed at export), got {width}x{height}"
+            fix = (f"resize the camera to {lo_w}x{lo_h}, or re-export the bundle with a frame size of {width}x{height} "
+                   "(or with none, for frames of any size)")
         else:
             problem = f"frame {width}x{height} is outside the bundle's range {lo_w}x{lo_h} to {hi_w}x{hi_h}"
-            fix = f"pass frames of at most {hi_w}x{hi_h}, or re-export with --frame-size {width}x{height}"
+            fix = f"pass frames of at most {hi_w}x{hi_h}, or re-export the bundle with a frame size of {width}x{height}"
         raise RadaError(problem, fix)
     if channels >= 3 and bool(bgr) != (frames_cfg.channel_order == "bgr"):
         # The graph's order is fixed at export: reorder here (one copy, alpha dropped with it).

@@ -169,7 +169,7 @@ class Runtime:
     def _predict_frames(self, images: np.ndarray, bgr: bool, batch_size: int, classes: list[str]) -> Prediction:
         """The frame goes to the graph as it is (see preprocess.graph_frames): O(1) Python work per call."""
         frames = pp.graph_frames(images, self.manifest.frames, bgr)
-        runner = self._fused_runner()
+        runner = self.fused_runner()
         name = runner.input_names[0]
         outs = [runner.run({name: frames[i : i + batch_size]}) for i in range(0, len(frames), batch_size)]
         if len(outs) == 1:
@@ -181,7 +181,9 @@ class Runtime:
         return (not snapshot.adapted and list(snapshot.class_names) == list(self.manifest.class_names)
                 and self.manifest.graph_key(FUSED, self._variant(FUSED)) in self.manifest.graphs)
 
-    def _fused_runner(self) -> GraphRunner:
+    def fused_runner(self) -> GraphRunner:
+        """The fused graph's runner (made on first use), which ``predict`` calls for the bundle's own
+        classes; timing its ``run`` apart from ``predict`` splits graph time from host work."""
         if self._fused is None:
             with self._make_lock:
                 if self._fused is None:
@@ -195,7 +197,7 @@ class Runtime:
     def _predict_chunk(self, items, bgr: bool, fused: bool, snapshot: HeadSnapshot) -> tuple[np.ndarray, np.ndarray]:
         preprocessed = isinstance(items, np.ndarray)
         if fused and not (preprocessed and self.manifest.embed_preprocess):
-            runner = self._fused_runner()
+            runner = self.fused_runner()
             if self.manifest.embed_preprocess:
                 feed = pp.frames_uint8(items, self.manifest.preprocess, bgr, fast=True)  # RGB at the model's size
                 if self.manifest.frames is not None and self.manifest.frames.channel_order == "bgr":

@@ -1,14 +1,15 @@
-"""Issue 9, bad input: each case exits 2 with one line naming the problem and the fix, no traceback,
+"""Bad input: each case exits 2 with one line naming the problem and the fix, no traceback,
 and writes nothing (the work folder holds exactly the same files afterwards)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,7 @@ def test_templates_need_exactly_one_placeholder(work, template):
 
 @pytest.mark.parametrize("opset", ["99", "16", "21"])
 def test_opset_outside_what_the_exporter_writes(work, opset):
-    refused(["onnx", *TINY, "--classes", "cat,dog", "--opset", opset, "--out", str(work / "b")], work, f"--opset")
+    refused(["onnx", *TINY, "--classes", "cat,dog", "--opset", opset, "--out", str(work / "b")], work, "--opset")
 
 
 def test_unreadable_verify_images_are_refused_before_the_export(work):
@@ -333,3 +334,140 @@ def test_read_only_plot_folder_is_refused_before_the_runs(readonly, bundle):
     assert result.returncode == 2, result.stderr
     assert "cannot write in" in result.stderr and "Traceback" not in result.stderr
     assert list((readonly / "locked").iterdir()) == []
+
+
+# -- library errors name fields, the CLI names flags ------------------------------------------------
+
+
+REPO = Path(__file__).resolve().parents[1]
+LIBRARY = ("rada_export", "calibration", "runtimes")
+FLAG_SCAN_PENDING = ("rada_export/tensorrt/", "runtimes/tensorrt_engine.py", "runtimes/backends.py",
+                     "runtimes/cuda_memory.py", "runtimes/engine_layout.py", "runtimes/engine_selection.py",
+                     "runtimes/trt_environment.py", "runtimes/trt_logging.py", "runtimes/batch_chunks.py",
+                     "runtimes/parity_report.py")
+# A `rada-export ...` command in backticks tells a Python caller which command to run: its flags belong to it.
+COMMAND = re.compile(r"`rada-export [^`]*`")
+FLAG = re.compile(r"--[a-z]")
+
+
+def _texts(node: ast.AST):
+    """The string literals under ``node``; an f-string as one text with {} for its fields."""
+    if isinstance(node, ast.JoinedStr):
+        yield "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+        for value in node.values:
+            if isinstance(value, ast.FormattedValue):
+                yield from _texts(value.value)
+    elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        yield node.value
+    else:
+        for child in ast.iter_child_nodes(node):
+            yield from _texts(child)
+
+
+def flag_naming_sites(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of RadaError messages and validate.* field names in ``path`` that name a CLI flag.
+
+    A message handed over in a variable (``problem = ...; raise RadaError(problem, fix)``) is read
+    from that variable's assignments in the same file.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    assigned: dict[str, list[ast.AST]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    assigned.setdefault(target.id, []).append(node.value)
+    sites = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if name == "RadaError":
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                for value in assigned.get(arg.id, []) if isinstance(arg, ast.Name) else [arg]:
+                    sites += [(node.lineno, text) for text in _texts(value) if FLAG.search(COMMAND.sub("", text))]
+        elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "validate":
+            sites += [(node.lineno, arg.value) for arg in node.args[:1]
+                      if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and FLAG.search(arg.value)]
+    return sites
+
+
+def test_library_errors_name_no_cli_flags():
+    """A Python caller of export_bundle() has no --out: library messages name fields, the CLI adds flags."""
+    found = []
+    for package in LIBRARY:
+        for path in sorted((REPO / package).rglob("*.py")):
+            rel = path.relative_to(REPO).as_posix()
+            if not rel.startswith(FLAG_SCAN_PENDING):
+                found += [f"{rel}:{line}: {text}" for line, text in flag_naming_sites(path)]
+    assert not found, "\n".join(found)
+
+
+def test_the_flag_scan_finds_flags_in_messages(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text('problem = f"--out {out} is a file"\n'
+                      'raise RadaError(problem, "pass e.g. `rada-export onnx --out x`")\n'
+                      'validate.integer("--max-batch", 0, 1)\n'
+                      'raise RadaError(f"repeats must be positive, got {n}", "pass --repeats 20", field="repeats")\n')
+    assert flag_naming_sites(source) == [(2, "--out {} is a file"), (3, "--max-batch"), (4, "pass --repeats 20")]
+
+
+def test_a_library_error_carries_its_field_and_names_no_flag(tmp_path):
+    from rada_export.export.bundle import ExportRequest, export_bundle
+    from rada_export.train import TrainConfig
+
+    target = tmp_path / "a-file"
+    target.write_text("mine")
+    with pytest.raises(RadaError) as info:
+        export_bundle(ExportRequest(out=target, model="rada-tiny-ViT", pretrained="none", classes=["a", "b"]))
+    assert info.value.field == "out" and str(target) in info.value.problem
+    assert not FLAG.search(str(info.value)), str(info.value)
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "notes.txt").write_text("mine")
+    with pytest.raises(RadaError) as info:
+        export_bundle(ExportRequest(out=tmp_path / "bundle", model="rada-tiny-ViT", pretrained="none", classes=["a", "b"]))
+    assert info.value.field == "out" and "force=True" in info.value.fix and not FLAG.search(str(info.value))
+    with pytest.raises(RadaError) as info:
+        TrainConfig(lr=-1.0)
+    assert info.value.field == "lr" and info.value.problem == "lr must be positive, got -1"
+    assert target.read_text() == "mine" and (tmp_path / "bundle" / "notes.txt").read_text() == "mine"
+
+
+def test_the_cli_names_the_flag_of_the_field(work):
+    text = refused(["onnx", *TINY, "--classes", "a,b", "--out", str(work / "img.png")], work, "--out", "is a file")
+    assert f"--out: output folder {work / 'img.png'} is a file" in text
+    (work / "b").mkdir()
+    (work / "b" / "notes.txt").write_text("mine")
+    text = refused(["onnx", *TINY, "--classes", "a,b", "--out", str(work / "b")], work, "pass --force to replace it")
+    assert "force=True" not in text
+
+
+def test_every_field_override_names_a_real_option():
+    """A command's field -> flag overrides must name options it has, as click itself builds them."""
+    from typer.main import get_command
+
+    from rada_export.cli.flags import check_overrides, declared_options
+
+    group = get_command(app)
+    for info in app.registered_commands:
+        name = info.name or info.callback.__name__
+        command = group.commands[name]
+        real = {opt for p in command.params for opt in (*p.opts, *p.secondary_opts) if opt.startswith("--")}
+        assert set(declared_options(info.callback)) == real, name
+        assert check_overrides(info.callback, getattr(info.callback, "field_flags", {})) == [], name
+
+
+def test_keywords_become_flags_only_where_the_command_has_them():
+    from rada_export.cli.flags import CommandFlags
+    from rada_export.cli.onnx import onnx
+
+    flags = CommandFlags(onnx, {"verify=False": "--no-verify", "templates": "--template"})
+    err = RadaError("max_batch must be at least 1, got 0", "pass e.g. max_batch=8, force=True, classes='cat,dog', "
+                    "classes='my classes.txt', verify=False, fp16=False, seed=3 or templates=['a {}']", field="max_batch")
+    problem, fix = flags.message(err)
+    assert problem == "--max-batch must be at least 1, got 0"
+    assert fix == ("pass e.g. --max-batch 8, --force, --classes cat,dog, --classes 'my classes.txt', --no-verify, "
+                   "fp16=False, seed=3 or --template 'a {}'")
+    assert flags.message(RadaError("output folder x is a file", field="out")) == ("--out: output folder x is a file", None)
+    assert flags.message(RadaError("no such thing", "pass widget=3", field="widget")) == ("no such thing", "pass widget=3")

@@ -1,4 +1,4 @@
-"""How a CLIP model is resolved from its name, weights and pretrained settings (issue 10).
+"""How a CLIP model is resolved from its name, weights and pretrained settings.
 
 The tiny configuration stands in for the architecture; the `hf-hub:` cache and the `local-dir:`
 folder are laid out as huggingface_hub and open_clip write them, and open_clip reads them for real.
@@ -94,7 +94,7 @@ def test_pretrained_cfg_must_be_a_known_tag(tiny_weights):
 
 
 def test_export_records_and_rebuilds_a_local_dir_model(tiny_weights, tmp_path):
-    """hf-hub:/local-dir: names pass through export and verify (defect 7) with their preprocessing."""
+    """hf-hub:/local-dir: names pass through export and verify with their preprocessing."""
     from rada_export.export.bundle import ExportRequest, export_bundle
 
     _, root = tiny_weights

@@ -291,8 +291,9 @@ def test_bad_input_output_is_a_file_and_max_batch_zero(tmp_path):
 def test_existing_bundle_needs_force(tmp_path, tiny_clip):
     out = tmp_path / "b"
     export_bundle(ExportRequest(out=out, model="rada-tiny-ViT", pretrained="none", classes=["a", "b"], verify=False), clip=tiny_clip)
-    with pytest.raises(RadaError, match="--force"):
+    with pytest.raises(RadaError, match="force=True") as err:
         export_bundle(ExportRequest(out=out, model="rada-tiny-ViT", pretrained="none", classes=["c", "d"]), clip=tiny_clip)
+    assert err.value.field == "out"
     assert read_manifest(out).class_names == ["a", "b"]
     export_bundle(ExportRequest(out=out, model="rada-tiny-ViT", pretrained="none", classes=["c", "d"], force=True, verify=False), clip=tiny_clip)
     assert read_manifest(out).class_names == ["c", "d"]

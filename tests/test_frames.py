@@ -1,4 +1,4 @@
-"""Camera frames at engine speed (issue 11) and Cast-first uint8 frames (issue 12, defect 1).
+"""Camera frames at engine speed, and Cast-first uint8 frames.
 
 The frames graph (rada_export/export/frames.py) must equal its numpy and PyTorch references on
 every resize mode, frame size and channel layout; stay close to open_clip's Pillow pipeline on
@@ -166,7 +166,7 @@ def test_closeness_to_open_clip_on_1080p_frames(graphs):
     cos_fast = float((feats[0] * feats[2]).sum(-1).min())
     print(f"frames graph: max pixel diff {pix_graph:.4f}, min cosine {cos_graph:.6f}; "
           f"fast host path: max pixel diff {pix_fast:.4f}, min cosine {cos_fast:.6f}")
-    # measured (README, "Camera frames"): graph 0.069 / 0.999984, fast host path 0.075 / 0.999972
+    # measured (benchmarks/RESULTS.md, "Camera frames"): graph 0.069 / 0.999984, fast host path 0.075 / 0.999972
     assert pix_graph <= 0.1 and pix_fast <= 0.1
     assert cos_graph >= 0.9995 and cos_fast >= 0.9995
 
@@ -220,7 +220,7 @@ def _uint8_tensors(model: onnx.ModelProto) -> set[str]:
 
 
 def test_every_graph_keeps_uint8_to_the_frames_input(frames_bundle):
-    """Issue 12, defect 1: TensorRT takes uint8 only as a network input that feeds a Cast."""
+    """TensorRT takes uint8 only as a network input that feeds a Cast."""
     from rada_export.tensorrt.ops import check_ops
 
     manifest = read_manifest(frames_bundle)
@@ -242,7 +242,7 @@ def test_every_graph_keeps_uint8_to_the_frames_input(frames_bundle):
 
 
 def test_the_uint8_check_fails_on_the_old_permute_first_graph(frames_bundle):
-    """The check above would have caught defect 1: a Transpose on the uint8 frames before the Cast."""
+    """The check above would have caught the old graph: a Transpose on the uint8 frames before the Cast."""
     model = onnx.load(str(frames_bundle / "model.onnx"))
     cast = next(n for n in model.graph.node if "frames" in n.input)
     cast.input[0] = "frames_nchw"
@@ -288,7 +288,7 @@ def test_runtime_hands_the_frame_as_it_is(frames_bundle, monkeypatch):
     rt = load_bundle(frames_bundle, backend="onnxruntime", device="cpu")
     bgr = np.ascontiguousarray(textured(1080, 1920, 9)[..., ::-1])
     fed = []
-    runner = rt._fused_runner()
+    runner = rt.fused_runner()
     real_run = runner.run
     monkeypatch.setattr(runner, "run", lambda feeds: fed.append(feeds["frames"]) or real_run(feeds))
     pred = rt.predict(bgr, bgr=True)
@@ -338,8 +338,9 @@ def test_export_options_are_checked(tmp_path):
     assert parse_frame_size("1920x1080") == (1080, 1920)
     with pytest.raises(RadaError, match="WIDTHxHEIGHT"):
         parse_frame_size("1920-1080")
-    with pytest.raises(RadaError, match="--embed-preprocess"):
+    with pytest.raises(RadaError, match="embed_preprocess=True") as err:
         export_bundle(ExportRequest(out=tmp_path / "a", model="rada-tiny-ViT", pretrained="none", classes=["a"], frame_size=(1080, 1920)))
+    assert err.value.field == "frame_size"
     with pytest.raises(RadaError, match="channel order"):
         export_bundle(ExportRequest(out=tmp_path / "b", model="rada-tiny-ViT", pretrained="none", classes=["a"],
                                     embed_preprocess=True, channel_order="bgra"))
@@ -350,7 +351,7 @@ def test_cli_frame_options(tmp_path):
                              "--classes", "a,b", "--out", str(tmp_path / "x"), "--frame-size", "1920by1080", "--embed-preprocess"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
-    assert "WIDTHxHEIGHT" in result.stderr + result.stdout and "Traceback" not in result.stderr
+    assert "--frame-size '1920by1080' is not WIDTHxHEIGHT" in result.stderr and "Traceback" not in result.stderr
     assert not Path(tmp_path / "x").exists()
 
 

@@ -1,35 +1,68 @@
-"""The device runtime's modules: small, without import cycles, each using only public names of the others."""
+"""The code's layout, in all four packages (rada_export, cli, calibration, runtimes): small modules,
+without import cycles, each using only public names of the others."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-RUNTIMES = Path(__file__).resolve().parents[1] / "runtimes"
-MODULES = {path.stem: path for path in sorted(RUNTIMES.glob("*.py"))}
+REPO = Path(__file__).resolve().parents[1]
+# Each package by its installed name; cli/, calibration/ and runtimes/ install under rada_export.
+PACKAGES = {"rada_export": REPO / "rada_export", "rada_export.cli": REPO / "cli",
+            "rada_export.calibration": REPO / "calibration", "rada_export.runtimes": REPO / "runtimes"}
 
 
-def _runtime_imports(tree: ast.Module) -> list[tuple[str, list[str]]]:
-    """(module of this package, names taken from it) for each import of a sibling module."""
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every Python file of the four packages (a package is its __init__)."""
+    out = {}
+    for package, folder in PACKAGES.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = path.relative_to(folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join((package, *parts))] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _package_of(module: str) -> str:
+    """The package a module's relative imports start from: itself for a package, else its parent."""
+    return module if MODULES[module].name == "__init__.py" else module.rpartition(".")[0]
+
+
+def _runtime_imports(tree: ast.Module, module: str) -> list[tuple[str, list[str]]]:
+    """(module of these packages, names taken from it) for each import in ``module`` of one of ours."""
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            if node.level == 0 and not module.startswith("rada_export.runtimes"):
+            if node.level:
+                base = _package_of(module).split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target not in MODULES:
                 continue
-            if node.level > 1:
-                continue
-            rest = module.removeprefix("rada_export.runtimes").lstrip(".") if node.level == 0 else module
-            names = [a.name for a in node.names]
-            if rest:
-                out.append((rest.split(".")[0], names))
-            else:  # from . import x: the names are modules
-                out.extend((name, []) for name in names if name in MODULES)
-        elif isinstance(node, ast.Import):
             for alias in node.names:
-                if alias.name.startswith("rada_export.runtimes."):
-                    out.append((alias.name.split(".")[2], []))
+                sub = f"{target}.{alias.name}"
+                out.append((sub, []) if sub in MODULES else (target, [alias.name]))
+        elif isinstance(node, ast.Import):
+            out += [(alias.name, []) for alias in node.names if alias.name in MODULES]
     return out
+
+
+def _private_uses(tree: ast.Module, module: str) -> list[str]:
+    """Private names of other modules that ``module`` imports or reads (``x._name`` on anything but self/cls)."""
+    found = []
+    for target, names in _runtime_imports(tree, module):
+        found += [f"{module} imports {target}.{n}" for n in names if n.startswith("_") and not n.startswith("__")]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"{module}:{node.lineno} reads {ast.unparse(node)}")
+    return found
 
 
 def test_code_files_stay_under_600_lines():
@@ -40,19 +73,13 @@ def test_code_files_stay_under_600_lines():
 def test_no_module_uses_a_private_name_of_another():
     found = []
     for name, path in MODULES.items():
-        tree = ast.parse(path.read_text())
-        for module, names in _runtime_imports(tree):
-            found += [f"{name} imports {module}.{n}" for n in names if n.startswith("_")]
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
-                if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
-                    found.append(f"{name}:{node.lineno} reads {ast.unparse(node)}")
+        found += _private_uses(ast.parse(path.read_text()), name)
     assert not found, found
 
 
 def test_no_import_cycles():
     graph = {
-        name: {module for module, _ in _runtime_imports(ast.parse(path.read_text())) if module in MODULES} - {name}
+        name: {module for module, _ in _runtime_imports(ast.parse(path.read_text()), name)} - {name}
         for name, path in MODULES.items()
     }
 
@@ -67,3 +94,18 @@ def test_no_import_cycles():
 
     cycles = sorted(name for name in graph if name in reach(name))
     assert not cycles, f"modules on an import cycle: {cycles}"
+
+
+def test_the_layout_checks_see_every_package_and_resolve_relative_imports():
+    """A package the checks missed, or an import they misread, would pass them unseen."""
+    assert {"rada_export.validate", "rada_export.export.bundle", "rada_export.cli.common",
+            "rada_export.calibration.selection", "rada_export.runtimes.runtime"} <= set(MODULES)
+    code = "from ..errors import RadaError\nfrom . import reparam\nfrom rada_export.runtimes import manifest as mf\n"
+    assert _runtime_imports(ast.parse(code), "rada_export.export.bundle") == [
+        ("rada_export.errors", ["RadaError"]), ("rada_export.export.reparam", []), ("rada_export.runtimes.manifest", [])]
+    code = "from .recipe import _constants\nfrom .. import validate\n"
+    assert _runtime_imports(ast.parse(code), "rada_export.calibration.selection") == [
+        ("rada_export.calibration.recipe", ["_constants"]), ("rada_export.validate", [])]
+    assert _private_uses(ast.parse(code + "x = rt._fused_runner()\n"), "rada_export.calibration.selection") == [
+        "rada_export.calibration.selection imports rada_export.calibration.recipe._constants",
+        "rada_export.calibration.selection:3 reads rt._fused_runner"]

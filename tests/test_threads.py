@@ -1,4 +1,4 @@
-"""Issue 9: one Runtime shared by 8 threads gives finite results, each image its own, as a serial run would.
+"""One Runtime shared by 8 threads gives finite results, each image its own, as a serial run would.
 
 - episodic: every image's result equals the serial run's exactly (episodes are isolated, and an
   image's views depend only on the seed and its pixels);
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from rada_export.runtimes import TTAConfig, load_bundle
+from rada_export.runtimes.preprocess import preprocess
 
 THREADS = 8
 CLASSES = ["red circle", "green square", "blue triangle", "yellow star", "purple ring", "orange cross"]
@@ -102,7 +103,7 @@ def test_continual_updates_apply_in_some_serial_order(bundle, images):
 
     # Replay: at each step exactly the call whose logits match the current weights went next.
     replay = load_bundle(bundle, backend="onnxruntime", device="cpu", tta=_continual_config())
-    features = {i: replay._features_of([images[i]], False) for i in range(len(images))}
+    features = {i: replay.encode(preprocess([images[i]], replay.manifest.preprocess, fast=True)) for i in range(len(images))}
     remaining, order = set(range(len(images))), []
     while remaining:
         matches = [i for i in sorted(remaining) if np.array_equal(replay.head.logits(features[i]), recorded[i])]

@@ -19,7 +19,7 @@ runner = CliRunner()
 
 def test_fit_head_defaults_beat_zero_shot_on_real_dtd_features(dtd):
     zero_shot = accuracy(RAdaHead(512), dtd["val_x"], dtd["val_y"], dtd["protos"])
-    assert abs(zero_shot - 0.707) < 0.005  # the README's prototype baseline: the data is what we think
+    assert abs(zero_shot - 0.707) < 0.005  # docs/workflow.md's prototype baseline: the data is what we think
     head = fit_head(dtd["train_x"], dtd["train_y"], dtd["protos"], seed=0)
     trained = accuracy(head, dtd["val_x"], dtd["val_y"], dtd["protos"])
     assert trained >= 0.74, f"val top-1 {trained:.4f} < 0.74 (zero-shot {zero_shot:.4f})"

@@ -1,4 +1,4 @@
-"""Trust boundaries (issue 9): a bundle is untrusted input, and a user's files are sacred.
+"""Trust boundaries: a bundle is untrusted input, and a user's files are sacred.
 
 Every test tampers with a real bundle (or a real user folder), runs the real commands, and checks
 the exit code, the message, and that nothing outside the bundle (or of the user's) changed.
@@ -6,7 +6,6 @@ the exit code, the message, and that nothing outside the bundle (or of the user'
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -228,12 +227,12 @@ def test_onnx_subset_field_numbers_match_onnx():
     """The field numbers paths.py parses graphs with are onnx.proto's."""
     import onnx
 
-    from rada_export.runtimes.paths import _SUBSET
+    from rada_export.runtimes.paths import ONNX_SUBSET
 
     real = {"Entry": onnx.StringStringEntryProto, "Tensor": onnx.TensorProto, "Sparse": onnx.SparseTensorProto,
             "Attribute": onnx.AttributeProto, "Node": onnx.NodeProto, "Graph": onnx.GraphProto,
             "Function": onnx.FunctionProto, "Model": onnx.ModelProto}
-    for message, fields in _SUBSET.items():
+    for message, fields in ONNX_SUBSET.items():
         by_name = real[message].DESCRIPTOR.fields_by_name
         for name, number, _, repeated in fields:
             assert by_name[name].number == number, (message, name)
@@ -362,7 +361,7 @@ def test_demo_replaces_only_its_own_folder(tmp_path):
     (out / "demo.json").write_text('{"model": "ViT-B-32"}')  # looks like the old marker: not ours any more
     before = snapshot(out)
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)])
-    assert_refused(result, "was not made by `rada-export demo`")
+    assert_refused(result, "--out: output folder", "was not made by the demo")
     assert snapshot(out) == before
 
     ours = tmp_path / "ours"

@@ -18,7 +18,7 @@ import torch
 from ..checkpoint import HeadCheckpoint, HeadMetadata, load_head, save_head, tool_versions
 from ..clip import LoadedClip, check_rebuild, load_clip
 from ..errors import RadaError, VerificationError
-from ..head import RAdaHead, attention_bytes_per_image
+from ..head import RAdaHead
 from ..progress import SILENT, Reporter
 from ..prompts import parse_class_names, text_features, validate_templates
 from ..runtimes import manifest as mf
@@ -27,7 +27,7 @@ from . import fp16 as fp16_mod
 from .frames import CHANNEL_ORDERS, FramesConfig, prepend_frames
 from . import reparam
 from .modules import FusedModel, HeadGraph, ImageEncoder, TextEncoder
-from .onnx_io import DEFAULT_OPSET, MIN_OPSET, TWO_GB, GraphSpec, export_module, graph_io, load_graph, save_graph, check_graph
+from .onnx_io import DEFAULT_OPSET, TWO_GB, GraphSpec, export_module, graph_io, load_graph, save_graph, check_graph
 from .verify import VerificationReport, verify_bundle
 
 ENGINES_DIR = "engines"  # TensorRT engines built into a bundle (rada-export trt)
@@ -67,25 +67,29 @@ class ExportResult:
 def _check_request(req: ExportRequest) -> None:
     from .. import validate
 
-    validate.integer("--max-batch", req.max_batch, 1)
+    validate.integer("max_batch", req.max_batch, 1)
     validate.opset(req.opset, req.exporter)
     if req.exporter not in ("torchscript", "dynamo"):
-        raise RadaError(f"unknown exporter {req.exporter!r}", "use --exporter torchscript or --exporter dynamo")
+        raise RadaError(f"exporter {req.exporter!r} is unknown", "use exporter='torchscript' or exporter='dynamo'",
+                        field="exporter")
     _check_frames(req)
     out = Path(req.out)
     if out.exists() and not out.is_dir():
-        raise RadaError(f"--out {out} is a file", "give a folder path for the bundle")
+        raise RadaError(f"output folder {out} is a file", "give a folder path for the bundle", field="out")
     if out.is_dir() and any(out.iterdir()):
         if not req.force:
-            raise RadaError(f"bundle folder {out} already exists and is not empty", "pass --force to replace it, or choose another --out")
+            raise RadaError(f"bundle folder {out} already exists and is not empty",
+                            "pass force=True to replace it, or choose another output folder", field="out")
         check_replaceable(out)
 
 
 def check_replaceable(out: Path) -> None:
-    """``--force`` replaces a bundle and nothing else: a folder with our manifest that holds only
+    """``force`` replaces a bundle and nothing else: a folder with our manifest that holds only
     the files that manifest lists (plus engines/). Anything else in it is the user's."""
-    not_ours = RadaError(f"--out {out} is not a rada-export bundle (no {mf.MANIFEST_NAME} of ours), so --force will not replace it",
-                         "choose another --out; --force only replaces a folder written by `rada-export onnx`")
+    not_ours = RadaError(f"output folder {out} is not a rada-export bundle (no {mf.MANIFEST_NAME} of ours), "
+                         "so force=True will not replace it",
+                         "choose another output folder; force=True only replaces a bundle folder that an export wrote",
+                         field="out")
     try:
         manifest = json.loads((out / mf.MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -102,27 +106,31 @@ def check_replaceable(out: Path) -> None:
     foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise RadaError(f"--out {out} holds files that are not part of its bundle ({shown}), so --force will not replace it",
-                        "move those files out of the folder, or choose another --out")
+        raise RadaError(f"output folder {out} holds files that are not part of its bundle ({shown}), so force=True will "
+                        "not replace it", "move those files out of the folder, or choose another output folder", field="out")
 
 
 def _check_frames(req: ExportRequest) -> None:
     if req.channel_order not in CHANNEL_ORDERS:
-        raise RadaError(f"unknown channel order {req.channel_order!r}", "pass --channel-order rgb (PIL, most decoders) or bgr (OpenCV)")
+        raise RadaError(f"unknown channel order {req.channel_order!r}",
+                        "use channel_order='rgb' (PIL, most decoders) or channel_order='bgr' (OpenCV)", field="channel_order")
     if not req.embed_preprocess and (req.frame_size is not None or req.channel_order != "rgb"):
-        raise RadaError("--frame-size and --channel-order describe the frames of an --embed-preprocess graph",
-                        "add --embed-preprocess, or drop them")
+        raise RadaError("a frame size and a channel order describe the camera frames that a graph exported with "
+                        "embed_preprocess=True takes", "pass embed_preprocess=True, or leave frame size and channel order out",
+                        field="frame_size" if req.frame_size is not None else "channel_order")
     if req.frame_size is not None:
         height, width = req.frame_size
         if not all(isinstance(v, int) and 1 <= v <= MAX_FRAME_SIDE for v in (height, width)):
-            raise RadaError(f"frame size {width}x{height} is out of range", f"pass --frame-size WxH with sides 1-{MAX_FRAME_SIDE}, e.g. 1920x1080")
+            raise RadaError(f"frame size {width}x{height} (width x height) is out of range",
+                            f"give sides from 1 to {MAX_FRAME_SIDE}, e.g. 1920x1080", field="frame_size")
 
 
 def parse_frame_size(text: str) -> tuple[int, int]:
     """'1920x1080' (width x height, as cameras name them) -> (height, width)."""
     parts = text.lower().replace(" ", "").split("x")
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise RadaError(f"--frame-size {text!r} is not WIDTHxHEIGHT", "pass e.g. --frame-size 1920x1080")
+        raise RadaError(f"frame_size {text!r} is not WIDTHxHEIGHT", "write it as width x height, e.g. 1920x1080",
+                        field="frame_size")
     return int(parts[1]), int(parts[0])
 
 
@@ -133,12 +141,12 @@ def _resolve_head(req: ExportRequest) -> tuple[HeadCheckpoint | None, str, str |
     if model is None:
         raise RadaError(
             "no model name: the checkpoint does not record one",
-            "pass --model (the open_clip architecture the head was trained on, e.g. ViT-B-16)",
+            "pass model='ViT-B-16' or whichever open_clip architecture the head was trained on", field="model",
         )
     if meta and meta.model and req.model and req.model != meta.model:
         raise RadaError(
-            f"the checkpoint was trained on {meta.model}, but --model says {req.model}",
-            f"drop --model, or pass --model {meta.model}",
+            f"the checkpoint was trained on {meta.model}, but model={req.model!r}",
+            f"leave model out, or pass model={meta.model!r}", field="model",
         )
     if req.pretrained is not None:
         return ckpt, model, req.pretrained, req.pretrained_cfg
@@ -152,8 +160,8 @@ def _class_names(req: ExportRequest, ckpt: HeadCheckpoint | None) -> list[str]:
         return parse_class_names(req.classes)
     if ckpt and ckpt.metadata.class_names:
         return list(ckpt.metadata.class_names)
-    raise RadaError("no class names: the checkpoint has none and --classes was not given",
-                    "pass --classes classes.txt (one name a line) or --classes 'cat,dog'")
+    raise RadaError("no class names: the checkpoint has none and no classes were given",
+                    "pass classes='classes.txt' (one name a line) or classes='cat,dog'", field="classes")
 
 
 def check_class_count(num_classes: int, num_heads: int) -> str | None:
@@ -254,7 +262,7 @@ def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedC
     if ckpt is not None and ckpt.head.embed_dim != clip.embed_dim:
         raise RadaError(
             f"the checkpoint's head has embedding size {ckpt.head.embed_dim}, {model_name} has {clip.embed_dim}",
-            "pass the --model the head was trained on",
+            "pass the model the head was trained on", field="model",
         )
     warnings = list(clip.source.warnings) if clip.source else []
     if clip.random_weights:

@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..runtimes.preprocess import _keep_ratio_size, _shortest_side_size
+from ..runtimes.preprocess import keep_ratio_size, shortest_side_size
 
 SCOPE = "/preprocess/"  # FP16 conversion and INT8 calibration keep this scope in float32
 REDUCING_GAP = 2  # Pillow's reducing_gap: the filter step always downscales by at least this much
@@ -80,12 +80,12 @@ def geometry(height: int, width: int, cfg) -> Geometry:
     if mode == "squash":
         return Geometry((out_h, out_w), (0, 0), bicubic)
     if mode == "longest":
-        nh, nw = _keep_ratio_size(height, width, out_h, out_w, longest=True)
+        nh, nw = keep_ratio_size(height, width, out_h, out_w, longest=True)
         return Geometry((nh, nw), (-(max(out_h - nh, 0) // 2), -(max(out_w - nw, 0) // 2)), bicubic)
     if out_h == out_w:
-        nh, nw = _shortest_side_size(height, width, out_h)
+        nh, nw = shortest_side_size(height, width, out_h)
     else:
-        nh, nw = _keep_ratio_size(height, width, out_h, out_w, longest=False)
+        nh, nw = keep_ratio_size(height, width, out_h, out_w, longest=False)
         bicubic = True
     top = int(round((nh - out_h) / 2.0)) if nh >= out_h else -((out_h - nh) // 2)
     left = int(round((nw - out_w) / 2.0)) if nw >= out_w else -((out_w - nw) // 2)
