@@ -6,8 +6,8 @@ At a real size (D = 512, random weights; no bundle needed), prints median millis
 - the same calls from 1 and from 8 threads sharing one head, as throughput (calls/s) and the ratio
   8 threads / 1 thread, measured in the same run.
 
-The single-thread figures are those to compare across commits (issue 9: sharing must not slow
-one thread down): run it before and after a change, on the same machine.
+The single-thread figures are those to compare across commits (sharing must not slow one thread
+down): run it before and after a change, on the same machine.
 
     python benchmarks/bench_threads.py [--classes 10 100] [--repeats 30] [--threads 8]
 """

@@ -9,9 +9,13 @@ import typer
 from rich.markup import escape
 
 from .common import console, err_console, handle_errors, make_table, print_json, reporter
+from .flags import CommandFlags
+
+# BuildRequest fields (and calibration's, for --calib-images) whose option is spelled otherwise.
+FIELDS = {"workspace_gb": "--workspace", "verify=False": "--no-verify", "images": "--calib-images"}
 
 
-@handle_errors
+@handle_errors(fields=FIELDS)
 def trt(
     bundle: Path = typer.Option(..., "--bundle", help="Bundle folder (rada-export onnx --out)."),
     precision: str = typer.Option("fp16", "--precision", help="fp16 (the bundle's FP16 graph), int8 (its Q/DQ graph) or fp32."),
@@ -53,7 +57,7 @@ def trt(
         raise RadaError("--trt-version only applies with --check (a build uses the installed TensorRT)",
                         "add --check, or drop --trt-version")
     from rada_export.errors import VerificationError
-    from rada_export.runtimes.parity_report import ParityReport
+    from rada_export.runtimes.parity import ParityReport
     from rada_export.tensorrt.build import BuildRequest, build_engine
 
     from .onnx import print_report
@@ -77,8 +81,10 @@ def trt(
         err_console.print(f"[bold red]verification failed:[/bold red] {escape(str(err))}")
         raise typer.Exit(1) from None
 
+    flags = CommandFlags(trt, FIELDS)  # the notes name request fields, as errors do: shown as this command's flags
+    warnings = [flags.text(w) for w in result.warnings]
     if json_out:
-        print_json(result.to_dict())
+        print_json({**result.to_dict(), "warnings": warnings})
         return
     if result.report is not None:
         print_report(result.report, title)
@@ -95,11 +101,11 @@ def trt(
     ]
     verification = meta.get("verification") or {}
     rows.append(["parity", str(verification.get("status", "parity not checked"))
-                 + (f" ({verification['reason']})" if verification.get("reason") else "")])
+                 + (f" ({flags.text(str(verification['reason']))})" if verification.get("reason") else "")])
     if meta.get("dla_core") is not None:
         rows.append(["DLA", f"core {meta['dla_core']}" + (", GPU fallback" if meta["build_flags"]["gpu_fallback"] else "")])
     console.print(make_table(f"TensorRT engine: {meta['graph']}", ["", ""], [[k, escape(v)] for k, v in rows]))
-    for warning in result.warnings:
+    for warning in warnings:
         err_console.print(f"[yellow]note:[/yellow] {escape(warning)}")
 
 

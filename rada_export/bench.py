@@ -62,7 +62,7 @@ def available_targets(bundle: Path, backends: Sequence[str] | None = None) -> li
     if "CUDAExecutionProvider" in providers:
         targets += [BenchTarget("onnxruntime-cuda", p) for p in precisions]
     try:
-        from .runtimes.tensorrt_engine import find_engine
+        from .runtimes.engine_selection import find_engine
 
         targets += [BenchTarget("tensorrt", p) for p in ("fp32", "fp16", "int8") if find_engine(bundle, FUSED, p)]
     except (ImportError, RadaError):

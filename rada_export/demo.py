@@ -174,20 +174,20 @@ def _calibrate(bundle: Path, images: Path, samples: int, seed: int, reporter: Re
 
 
 def _tensorrt(bundle: Path, reporter: Reporter, notes: list[str]) -> str:
-    from .runtimes.tensorrt_engine import diagnose_environment
+    from .runtimes.trt_environment import diagnose_environment
 
     missing, _ = diagnose_environment()
     if missing:
         what = ", ".join(m.component for m in missing)
         notes.append(f"TensorRT engines not built: missing {what} (run `rada-export trt --bundle ...` on the target GPU or Jetson)")
         return f"skipped: missing {what}"
-    from .tensorrt.build import build_engine
+    from .tensorrt.build import BuildRequest, build_engine
 
     built = []
     # The fused graph in both precisions (what predict uses), and the FP16 encoder for adaptation.
     for graph, precision in (("model", "fp16"), ("image_encoder", "fp16"), ("model", "int8")):
         try:
-            result = build_engine(bundle, graph, precision, reporter=reporter)
+            result = build_engine(BuildRequest(bundle, graph, precision), reporter=reporter)
             built.append(f"{graph} {precision} ({result.build_seconds:.0f} s)")
         except RadaError as err:
             notes.append(f"TensorRT {graph} {precision} engine not built: {err.problem}")

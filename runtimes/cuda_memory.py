@@ -142,7 +142,7 @@ class CudaRuntime:
         if int(err) != CUDA_SUCCESS:
             raise CudaError(
                 f"CUDA call {function} failed: {self.error_text(err)}",
-                "if this is out of memory, lower --max-batch or close other GPU programs; otherwise: " + GPU_FIX,
+                "if this is out of memory, run smaller batches or close other GPU programs; otherwise: " + GPU_FIX,
             )
 
     # -- versions and devices

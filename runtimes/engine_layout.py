@@ -106,7 +106,7 @@ def check_engine_compat(meta: Mapping[str, Any], current: EngineEnvironment, eng
         raise RadaError(
             f"{name} was built with {built}, but this device has {here} (different {', '.join(differs)}); "
             "TensorRT engines only run where they were built",
-            f"rebuild it on this device: rada-export trt --bundle <bundle> --graph {graph} --precision {precision}",
+            f"rebuild it on this device: `rada-export trt --bundle <bundle> --graph {graph} --precision {precision}`",
         )
 
 
@@ -122,8 +122,8 @@ def check_engine_matches_bundle(meta: Mapping[str, Any], manifest: Any) -> None:
     if expected != built_from:
         raise RadaError(
             f"the engine was built from another version of {onnx_file} (sha256 {built_from[:12]}..., the bundle has {expected[:12]}...)",
-            "rebuild the engine from this bundle: rada-export trt --bundle <bundle> "
-            f"--graph {meta.get('graph', 'model')} --precision {meta.get('precision', 'fp16')}",
+            "rebuild the engine from this bundle: `rada-export trt --bundle <bundle> "
+            f"--graph {meta.get('graph', 'model')} --precision {meta.get('precision', 'fp16')}`",
         )
 
 

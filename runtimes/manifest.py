@@ -66,7 +66,7 @@ class Preprocess:
 
 @dataclass
 class Frames:
-    """The uint8 frames input of a fused graph exported with --embed-preprocess (issue 11).
+    """The uint8 frames input of a fused graph that embeds the preprocessing (exported with ``embed_preprocess``).
 
     Ranges are (min, opt, max), for TensorRT's optimisation profile and for the runtime's checks;
     ``ranges()`` keys them by the graph's symbolic dimension names.

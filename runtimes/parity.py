@@ -1,8 +1,14 @@
-"""Parity metrics between a reference and a candidate output (numpy only), and their thresholds."""
+"""Parity between a reference and a candidate output (numpy only): metrics, thresholds, the report.
+
+One report type for both checks: a bundle's ONNX graphs against PyTorch (``rada-export onnx`` /
+``verify``) and a TensorRT engine against ONNX Runtime FP32 (``rada-export trt``). numpy only, so
+the TensorRT check needs no PyTorch on a Jetson.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +30,7 @@ class Thresholds:
         return ", ".join(parts)
 
 
-# Against the PyTorch FP32 reference (issue thresholds; INT8 is checked by calibration's report).
+# Against the PyTorch FP32 reference (INT8 is checked by calibration's report).
 THRESHOLDS = {
     "fp32": Thresholds(min_cosine=0.99999, top1_agreement=1.0),
     "fp16": Thresholds(mean_cosine=0.999, min_cosine=0.99, top1_agreement=0.99),
@@ -49,6 +55,22 @@ class ParityResult:
         d = asdict(self)
         d["thresholds"] = self.thresholds.describe()
         return d
+
+
+@dataclass
+class ParityReport:
+    """Every output of every graph checked against its reference, with the verdict."""
+
+    results: list[ParityResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the reader should know about the figures
+
+    @property
+    def passed(self) -> bool:
+        """Every output within its thresholds; a report that compared nothing has not passed."""
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "results": [r.to_dict() for r in self.results], "notes": self.notes}
 
 
 def row_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:

@@ -33,13 +33,10 @@ from rada_export.errors import RadaError
 from . import cuda_memory as cm
 from .batch_chunks import plan_chunks, take_rows
 from .engine_layout import check_engine_compat, check_engine_matches_bundle, read_engine_meta, validate_meta
-from .engine_selection import find_engine
-from .trt_environment import TensorRTEnvironment, diagnose_environment, require_environment
+from .trt_environment import TensorRTEnvironment, require_environment
 from .trt_logging import bullet_list, make_logger
 
-# find_engine and diagnose_environment stay importable from this module: rada_export.bench and
-# rada_export.demo import them by this path.
-__all__ = ["TensorRTEngine", "numpy_dtype", "find_engine", "diagnose_environment"]
+__all__ = ["TensorRTEngine", "numpy_dtype"]
 
 
 def _dims(shape) -> tuple[int, ...]:
@@ -125,7 +122,9 @@ class TensorRTEngine:
         self._context = self._engine.create_execution_context()
         if self._context is None:
             raise RadaError(f"TensorRT could not create an execution context for {self.path} (out of GPU memory?)"
-                            + bullet_list(self._logger.errors()), "close other GPU programs, or rebuild with a smaller --max-batch")
+                            + bullet_list(self._logger.errors()),
+                            "close other GPU programs, or rebuild the engine with a smaller max batch "
+                            "(`rada-export trt --max-batch N`)")
         self._stream = cm.Stream(cudart)
         self._lock = threading.Lock()
         self._closed = False
@@ -174,8 +173,10 @@ class TensorRTEngine:
                 raise RadaError(f"input {name!r} must have size {fixed} on axis {axis} ({wanted}), got shape {shape}",
                                 f"pass an array of shape ({wanted})")
             if not low <= got <= high:
-                hint = (f"split it into chunks of at most {high}, or rebuild the engine with a larger range "
-                        "(rada-export trt --max-batch / --max-classes / --max-texts)") if got > high else f"pass at least {low}"
+                hint = f"pass at least {low}" if got < low else (
+                    f"split it into chunks of at most {high}, or rebuild the engine with a larger range "
+                    "(`rada-export trt --max-batch N`; for class and prompt counts `rada-export trt --max-classes N` "
+                    "or `rada-export trt --max-texts N`)")
                 raise RadaError(f"input {name!r}: size {got} on axis {axis} is outside the engine's range [{low}, {high}]", hint)
 
     def _batch_inputs(self) -> list[str]:

@@ -59,7 +59,8 @@ def test_engine_from_another_tensorrt_or_gpu_is_refused():
     with pytest.raises(RadaError) as err:
         layout.check_engine_compat(_meta(tensorrt_version="10.7.0"), here, "model.fp16.engine")
     text = str(err.value)
-    assert "10.7.0" in text and "10.3.0" in text and "TensorRT version" in text and "rebuild" in text
+    assert "10.7.0" in text and "10.3.0" in text and "TensorRT version" in text
+    assert err.value.fix == "rebuild it on this device: `rada-export trt --bundle <bundle> --graph model --precision fp16`"
     with pytest.raises(RadaError) as err:
         layout.check_engine_compat(_meta(gpu_name="NVIDIA GeForce RTX 3090", compute_capability="8.6"), here)
     text = str(err.value)

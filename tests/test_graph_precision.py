@@ -1,5 +1,5 @@
 """Graph precision: every graph of a bundle in a bare ONNX Runtime session, the FP16 graph's
-attention and large-graph paths, and the INT8 graph built over FP16 (issue 12, defects 7-10)."""
+attention and large-graph paths, and the INT8 graph built over FP16."""
 
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ def test_explicit_tensorrt_backend_without_engine_is_a_clear_error(bundle):
     (np.zeros((0, 3, 64, 64), np.float32), "at least one"),
     ([], "empty"),
     (np.zeros((4, 4, 3), np.float64), "uint8"),
-    (np.zeros((4, 4, 2), np.uint8), "3"),  # 4 channels are accepted: alpha dropped (issue 11)
+    (np.zeros((4, 4, 2), np.uint8), "3"),  # 4 channels are accepted: alpha dropped
     ("/no/such/image.png", "image.png"),
 ])
 def test_bad_input_is_a_clear_error_and_the_runtime_stays_usable(bundle, bad, expected, image_files):

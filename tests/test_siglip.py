@@ -1,4 +1,4 @@
-"""SigLIP through the chain (issue 10, defect 5): its requirements, logit_bias, sigmoid probabilities,
+"""SigLIP through the chain: its requirements, logit_bias, sigmoid probabilities,
 and its Hugging Face tokenizer on the torch-free runtime.
 
 The tiny SigLIP configuration (rada-tiny-SigLIP) has SigLIP's text tower settings and tokenizer name;

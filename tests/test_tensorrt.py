@@ -189,24 +189,52 @@ def _run(args, monkeypatch):
     return result.exit_code, result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--min-batch", "4", "--opt-batch", "2"], "1 <= min <= opt <= max"),
-    (["--opt-batch", "16", "--max-batch", "8"], "min 1, opt 16, max 8"),
-    (["--min-batch", "0"], "at least 1"),
-    (["--precision", "fp8"], "unknown precision"),
-    (["--graph", "vision"], "unknown graph"),
-    (["--graph", "head", "--precision", "fp16"], "FP16 variants are made for"),
-    (["--precision", "int8"], "rada-export calibrate"),
-    (["--gpu-fallback"], "--gpu-fallback only applies with --dla-core"),
-    (["--workspace", "0"], "--workspace must be a positive"),
-    (["--precision", "int8", "--calib-images", "/no/such/dir"], "is not a folder"),
-    (["--precision", "fp16", "--calib-images", "."], "only applies to --precision int8"),
+@pytest.mark.parametrize("args, messages", [
+    (["--min-batch", "4", "--opt-batch", "2"], ["1 <= min <= opt <= max", "fix: pass e.g. --min-batch 1, --opt-batch 8, --max-batch 32"]),
+    (["--opt-batch", "16", "--max-batch", "8"], ["min 1, opt 16, max 8"]),
+    (["--min-batch", "0"], ["error: --min-batch must be at least 1, got 0", "fix: pass --min-batch 1"]),
+    (["--max-classes", "0"], ["error: --max-classes must be at least 1, got 0", "fix: pass e.g. --max-classes 256"]),
+    (["--precision", "fp8"], ["error: --precision 'fp8' is unknown", "use --precision fp16, --precision int8 or --precision fp32"]),
+    (["--graph", "vision"], ["error: --graph 'vision' is unknown", "--graph image_encoder, --graph text_encoder or --graph head"]),
+    (["--graph", "head", "--precision", "fp16"],
+     ["error: --precision: the bundle has no FP16 head graph", "FP16 variants are made for",
+      "fix: build head with --precision fp32 (it is small), or build --graph model or --graph image_encoder"]),
+    (["--precision", "int8"], ["rada-export calibrate", "or pass --calib-images DIR, a folder of images, to calibrate on the way"]),
+    (["--gpu-fallback"], ["error: --gpu-fallback only applies to a DLA build (--dla-core N)", "fix: pass --dla-core 0 to build"]),
+    (["--workspace", "0"], ["error: --workspace must be a positive number of GB, got 0.0", "fix: pass e.g. --workspace 2"]),
+    (["--precision", "int8", "--calib-images", "/no/such/dir"], ["error: --calib-images /no/such/dir is not a folder"]),
+    (["--precision", "fp16", "--calib-images", "."],
+     ["error: --calib-images only applies to --precision int8, got --precision fp16", "fix: pass --precision int8 to calibrate"]),
+    (["--timing-cache", "/no/such/dir/trt.cache"], ["error: --timing-cache /no/such/dir/trt.cache is in a folder that does not exist"]),
 ])
-def test_bad_input_exits_2_before_tensorrt(bundle, monkeypatch, args, message):
+def test_bad_input_exits_2_before_tensorrt(bundle, monkeypatch, args, messages):
     code, out = _run(["--bundle", bundle, *args], monkeypatch)
+    flat = " ".join(out.split())
     assert code == 2, out
-    assert message in " ".join(out.split()), out
+    for message in messages:
+        assert message in flat, out
     assert "tensorrt` is not installed" not in out
+    fields = ("min_batch", "opt_batch", "max_batch", "max_classes", "workspace_gb", "calib_images", "timing_cache", "dla_core",
+              "gpu_fallback", "precision=", "graph=")
+    assert not [f for f in fields if f in flat], out  # the CLI shows its flags, not the request's fields
+
+
+@pytest.mark.parametrize("request_fields, field, problem, fix", [
+    ({"min_batch": 0}, "min_batch", "min_batch must be at least 1, got 0", "pass min_batch=1"),
+    ({"workspace_gb": -1}, "workspace_gb", "workspace_gb must be a positive number of GB, got -1", "pass e.g. workspace_gb=2, or leave it to TensorRT"),
+    ({"graph": "vision"}, "graph", "graph 'vision' is unknown", "use graph='model', graph='image_encoder', graph='text_encoder' or graph='head'"),
+    ({"gpu_fallback": True}, "gpu_fallback", "gpu_fallback=True only applies to a DLA build (dla_core=N)", None),
+    ({"dla_core": -1}, "dla_core", "dla_core must be 0 or more, got -1", "pass dla_core=0 (or 1 on AGX Orin)"),
+    ({"min_batch": 2.5}, "min_batch", "min_batch must be a whole number, got 2.5", "pass e.g. min_batch=8"),
+])
+def test_plan_errors_name_request_fields_not_flags(bundle, request_fields, field, problem, fix):
+    from rada_export.tensorrt.plan import BuildRequest, plan_build
+
+    with pytest.raises(RadaError) as err:
+        plan_build(BuildRequest(bundle, **request_fields), jetson=lambda: True)
+    assert err.value.field == field and err.value.problem == problem
+    assert fix is None or err.value.fix == fix
+    assert "--" not in str(err.value), str(err.value)
 
 
 def test_dla_needs_a_jetson_and_fp16_or_int8(bundle, monkeypatch):
@@ -214,14 +242,26 @@ def test_dla_needs_a_jetson_and_fp16_or_int8(bundle, monkeypatch):
 
     monkeypatch.setattr(planning, "is_jetson", lambda: False)
     code, out = _run(["--bundle", bundle, "--dla-core", "0"], monkeypatch)
-    assert code == 2 and "needs a Jetson" in out
+    assert code == 2 and "error: --dla-core 0 needs a Jetson" in out, out
     monkeypatch.setattr(planning, "is_jetson", lambda: True)
     code, out = _run(["--bundle", bundle, "--dla-core", "0", "--precision", "fp32"], monkeypatch)
-    assert code == 2 and "FP16 and INT8 only" in out
+    assert code == 2 and "FP16 and INT8 only" in out and "fix: pass --precision fp16 or --precision int8 for a DLA build" in out, out
     code, out = _run(["--bundle", bundle, "--dla-core", "0", "--min-batch", "1", "--max-batch", "8"], monkeypatch)
-    assert code == 2 and "fixed batch" in out
+    assert code == 2 and "fixed batch" in out and "--min-batch 8, --opt-batch 8, --max-batch 8" in " ".join(out.split()), out
     plan = planning.plan_build(planning.BuildRequest(bundle, dla_core=0, gpu_fallback=True))
     assert set(plan.ranges.values()) == {(1, 1, 1), (3, 3, 3)}
+
+
+def test_build_notes_name_fields_and_the_cli_shows_its_flags(bundle):
+    from rada_export.cli.flags import CommandFlags
+    from rada_export.cli.trt import FIELDS, trt
+    from rada_export.tensorrt.plan import BuildRequest, plan_build
+
+    plan = plan_build(BuildRequest(bundle, dla_core=0, gpu_fallback=True), jetson=lambda: True)
+    assert plan.notes == ["DLA: fixed batch 1 (pass min_batch=N, opt_batch=N and max_batch=N to change it)"]
+    flags = CommandFlags(trt, FIELDS)
+    assert flags.text(plan.notes[0]) == "DLA: fixed batch 1 (pass --min-batch N, --opt-batch N and --max-batch N to change it)"
+    assert flags.text("parity not checked (verify=False)") == "parity not checked (--no-verify)"
 
 
 def test_missing_bundle_corrupt_onnx_and_unwritable_engines_exit_2(bundle, tmp_path, monkeypatch):

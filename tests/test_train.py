@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from _hfcache import use_cache
 from rada_export.checkpoint import load_head
 from rada_export.cli.app import app
 from rada_export.head import RAdaHead
@@ -151,8 +152,9 @@ def test_bad_input_unknown_model_and_tag(image_folder, tmp_path):
 
 
 def test_weights_not_reachable_offline_names_the_offline_options(image_folder, tmp_path, monkeypatch):
-    # HF_HUB_OFFLINE is how a user tells huggingface_hub there is no network; it fails at once.
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # HF_HUB_OFFLINE is how a user tells huggingface_hub there is no network; it fails at once. huggingface_hub
+    # reads it when imported, so the test sets its constant too, with an empty cache: nothing found, no network tried.
+    use_cache(monkeypatch, tmp_path / "hub")
     result = runner.invoke(app, ["train", "--data", str(image_folder), "--model", "ViT-B-32", "--pretrained", "openai",
                                  "--out", str(tmp_path / "o.safetensors")])
     assert result.exit_code == 2

@@ -318,6 +318,8 @@ def test_rule_qdq_form():
 
 def test_rule_opset_and_operator():
     assert "opset" in _rules(_model([helper.make_node("Relu", ["x"], ["y"])], opset=21))
+    [finding] = [f for f in lint_model(_model([helper.make_node("Relu", ["x"], ["y"])], opset=21), "g", TARGET) if f.rule == "opset"]
+    assert finding.fix == "re-export at opset 18 (`rada-export onnx --opset 18`)"
     assert "operator" in _rules(_model([helper.make_node("Unique", ["x"], ["y"])]))
 
 

@@ -23,12 +23,13 @@ from ..progress import SILENT, Reporter
 from ..prompts import parse_class_names, text_features, validate_templates
 from ..runtimes import manifest as mf
 from ..runtimes import replace
+from ..runtimes.parity import ParityReport
 from . import fp16 as fp16_mod
 from .frames import CHANNEL_ORDERS, FramesConfig, prepend_frames
 from . import reparam
 from .modules import FusedModel, HeadGraph, ImageEncoder, TextEncoder
 from .onnx_io import DEFAULT_OPSET, TWO_GB, GraphSpec, export_module, graph_io, load_graph, save_graph, check_graph
-from .verify import VerificationReport, verify_bundle
+from .verify import verify_bundle
 
 ENGINES_DIR = "engines"  # TensorRT engines built into a bundle (rada-export trt)
 MAX_FRAME_SIDE = mf.MAX_FRAME_SIDE
@@ -60,7 +61,7 @@ class ExportRequest:
 class ExportResult:
     bundle: Path
     manifest: mf.Manifest
-    report: VerificationReport | None
+    report: ParityReport | None
     warnings: list[str] = field(default_factory=list)
 
 

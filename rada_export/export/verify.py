@@ -20,15 +20,10 @@ from ..head import RAdaHead
 from ..progress import SILENT, Reporter
 from ..runtimes.manifest import FUSED, HEAD, IMAGE_ENCODER, TEXT_ENCODER, Manifest, read_manifest, verify_checksums
 from ..runtimes.ort_session import create_session
-from ..runtimes.parity import compare
-from ..runtimes.parity_report import ParityReport
+from ..runtimes.parity import ParityReport, compare
 from .modules import FusedModel, HeadGraph, ImageEncoder, TextEncoder
 
 EXTRA_TEXTS = ("a photo of a dog.", "an origami crane, folded from paper!", "número 42 — café", "")
-
-
-# The name export.bundle imports; the same type as the TensorRT engine's parity report.
-VerificationReport = ParityReport
 
 
 @dataclass

@@ -6,7 +6,7 @@ built. Loading and running engines on the device is :mod:`rada_export.runtimes.t
 
 from __future__ import annotations
 
-from rada_export.runtimes.parity_report import ParityReport
+from rada_export.runtimes.parity import ParityReport
 
 from .build import EngineResult, build_engine
 from .lint import Finding, LintReport, lint_bundle, lint_model

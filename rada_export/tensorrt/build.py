@@ -29,7 +29,7 @@ from rada_export.progress import SILENT, Reporter
 from rada_export.runtimes import cuda_memory as cm
 from rada_export.runtimes.engine_layout import ENGINES_DIR, META_FORMAT, engine_file_name, meta_path
 from rada_export.runtimes.manifest import FUSED
-from rada_export.runtimes.parity_report import ParityReport
+from rada_export.runtimes.parity import ParityReport
 from rada_export.runtimes.tensorrt_engine import TensorRTEngine
 from rada_export.runtimes.trt_environment import TensorRTEnvironment
 
@@ -56,18 +56,9 @@ class EngineResult:
                 "description": self.meta, "verification": self.report.to_dict() if self.report else None}
 
 
-def build_engine(
-    request: BuildRequest | str | os.PathLike,
-    graph: str | None = None,
-    precision: str | None = None,
-    *,
-    reporter: Reporter = SILENT,
-    environment: TensorRTEnvironment | None = None,
-) -> EngineResult:
-    """Builds ``bundle/engines/<gpu>-sm<cc>-trt<version>/<graph>.<precision>.engine`` and its JSON.
-
-    ``request`` is a :class:`BuildRequest`; a bundle folder with ``graph`` and ``precision`` builds
-    with every other option at its default.
+def build_engine(request: BuildRequest, *, reporter: Reporter = SILENT,
+                 environment: TensorRTEnvironment | None = None) -> EngineResult:
+    """Builds ``bundle/engines/<gpu>-sm<cc>-trt<version>/<graph>.<precision>.engine`` and its JSON, as ``request`` asks.
 
     Order: the request, the ONNX file's checksum and the lint of the graph (no TensorRT needed);
     then every prerequisite at once (TensorRT, CUDA runtime, driver, GPU, onnxruntime for parity,
@@ -80,16 +71,15 @@ def build_engine(
     parity fails, the JSON says so (the runtime then does not pick the engine) and
     VerificationError is raised. ``tf32`` defaults to off for FP32 engines, on otherwise.
     """
-    req = _as_request(request, graph, precision)
-    plan = plan_build(req)
+    plan = plan_build(request)
     warnings = list(plan.notes)
     if not plan.needs_calibration:
         verify_sources(plan)
         check_graph_ops(plan, None, warnings)
-    env = check_prerequisites(plan, req.verify, environment)
+    env = check_prerequisites(plan, request.verify, environment)
     if plan.needs_calibration:
         run_calibration(plan.bundle, plan.calib_images, plan.graph, reporter)
-        plan = plan_build(replace(req, calib_images=None))
+        plan = plan_build(replace(request, calib_images=None))
         verify_sources(plan)
     check_graph_ops(plan, env.tensorrt_version, [])
     dla = dla_build_mode(env.tensorrt_version, plan.precision) if plan.dla_core is not None else None
@@ -110,31 +100,22 @@ def build_engine(
     size, sha256 = _write_engine(final, built.data)
     built.data = built.timing_cache = None  # an engine can take gigabytes: free it before parity loads it again
     meta = engine_description(plan, env, built, final.name, size, sha256)
-    meta["verification"] = {"passed": None, "status": "parity not checked",
-                            "reason": "--no-verify" if not req.verify else "the parity check did not finish"}
+    reason = "the parity check did not finish" if request.verify else "skipped: verify=False"
+    meta["verification"] = {"passed": None, "status": "parity not checked", "reason": reason}
     _write_atomic(meta_file, _json_bytes(meta))  # the engine is usable from here on
 
     report = None
-    if req.verify:
+    if request.verify:
         reporter.log("checking parity against ONNX Runtime FP32 ...")
-        report = _check_parity(plan, env, final, meta, req.seed, warnings)
+        report = _check_parity(plan, env, final, meta, request.seed, warnings)
         _write_atomic(meta_file, _json_bytes(meta))
         if report is not None and not report.passed:
             raise VerificationError(report, f"the TensorRT {plan.precision} {plan.graph} engine is below the parity thresholds; "
                                             f"it is kept at {final} for inspection, and the runtime will not use it")
     else:
-        warnings.append("parity not checked (--no-verify)")
+        warnings.append("parity not checked (verify=False)")
     return EngineResult(engine_path=final, meta_path=meta_file, meta=meta, report=report, build_seconds=built.seconds,
                         timing_cache=plan.timing_cache, warnings=warnings)
-
-
-def _as_request(request: BuildRequest | str | os.PathLike, graph: str | None, precision: str | None) -> BuildRequest:
-    if isinstance(request, BuildRequest):
-        if graph is not None or precision is not None:
-            raise TypeError("build_engine: set graph and precision in the BuildRequest")
-        return request
-    return BuildRequest(bundle=Path(request), graph=graph if graph is not None else FUSED,
-                        precision=precision if precision is not None else "fp16")
 
 
 def engine_description(plan: BuildPlan, env: TensorRTEnvironment, built: SerializedEngine, engine_file: str, size: int,

@@ -448,7 +448,7 @@ def lint_model(
         rule = "opset" if problem.startswith("opset") or "opset" in problem.split(":")[0] else "parser-restriction"
         node = problem.split(":")[0] if ":" in problem else "graph"
         findings.append(Finding(graph_name, node, rule, problem,
-                                "re-export with --opset 18" if rule == "opset" else "re-export the bundle with this rada-export"))
+                                "re-export at opset 18 (`rada-export onnx --opset 18`)" if rule == "opset" else "re-export the bundle with this rada-export"))
     types = _types(model)
     findings += _type_rules(model, graph_name, types)
     findings += _qdq_rules(model, graph_name, types, base)

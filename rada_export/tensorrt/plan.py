@@ -61,7 +61,7 @@ class BuildPlan:
     manifest: Manifest
     graph: str
     precision: str
-    entry: GraphEntry | None  # None: an INT8 graph still to be calibrated (--calib-images)
+    entry: GraphEntry | None  # None: an INT8 graph still to be calibrated (calib_images)
     ranges: dict[str, tuple[int, int, int]]  # symbolic dim -> (min, opt, max)
     workspace_bytes: int | None = None
     timing_cache: Path | None = None
@@ -107,16 +107,22 @@ class BuildPlan:
         return tuple(shapes[0]), tuple(shapes[1]), tuple(shapes[2])
 
 
-def _whole_number(value: Any, option: str) -> int:
-    """``value`` as an int (8, 8.0, "8"), or a RadaError naming ``option``."""
+def _whole_number(value: Any, name: str) -> int:
+    """``value`` as an int (8, 8.0, "8"), or a RadaError about the request field ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
         try:
             if float(value) != int(value):
                 raise ValueError
             value = int(value)
         except (TypeError, ValueError):
-            raise RadaError(f"{option} must be a whole number, got {value!r}", f"pass {option} 8, for example") from None
+            raise RadaError(f"{name} must be a whole number, got {value!r}", f"pass e.g. {name}=8", field=name) from None
     return int(value)
+
+
+def _one_of(name: str, values: tuple[str, ...]) -> str:
+    """``name='a', name='b' or name='c'``: each choice as a keyword, which the CLI shows as its flag."""
+    choices = [f"{name}={value!r}" for value in values]
+    return ", ".join(choices[:-1]) + f" or {choices[-1]}"
 
 
 def _missing_variant(manifest: Manifest, graph: str, precision: str, bundle: Path, calib_images: Path | None) -> RadaError | None:
@@ -129,16 +135,18 @@ def _missing_variant(manifest: Manifest, graph: str, precision: str, bundle: Pat
         return RadaError(
             f"the bundle has no {precision.upper()} {graph} graph: {precision.upper()} variants are made for "
             f"{' and '.join(VARIANT_GRAPHS)} only (it has: {have})",
-            f"build {graph} with --precision fp32 (it is small), or build --graph model / image_encoder",
+            f"build {graph} with precision='fp32' (it is small), or build {_one_of('graph', VARIANT_GRAPHS)}",
+            field="precision",
         )
     if precision == "fp16":
         return RadaError(f"the bundle has no FP16 {graph} graph (it has: {have})",
-                         "re-export with `rada-export onnx --fp16` (the FP16 graph carries its FP32 casts)")
+                         "re-export with `rada-export onnx --fp16` (the FP16 graph carries its FP32 casts)", field="precision")
     if calib_images is None:
         return RadaError(
             f"the bundle has no INT8 (Q/DQ) {graph} graph (it has: {have})",
-            f"calibrate first: rada-export calibrate --bundle {bundle} --images DIR, "
-            "or pass --calib-images DIR to this command to calibrate on the way",
+            f"calibrate first (`rada-export calibrate --bundle {bundle} --images DIR`), "
+            "or pass calib_images='DIR', a folder of images, to calibrate on the way",
+            field="precision",
         )
     return None
 
@@ -151,27 +159,29 @@ def plan_build(request: BuildRequest, *, jetson: Callable[[], bool] | None = Non
     req = request
     graph, precision = req.graph, req.precision
     if graph not in GRAPH_NAMES:
-        raise RadaError(f"unknown graph {graph!r}", f"use --graph {' | '.join(GRAPH_NAMES)}")
+        raise RadaError(f"graph {graph!r} is unknown", f"use {_one_of('graph', GRAPH_NAMES)}", field="graph")
     if precision not in PRECISIONS:
-        raise RadaError(f"unknown precision {precision!r}", f"use --precision {' | '.join(PRECISIONS)}")
+        raise RadaError(f"precision {precision!r} is unknown", f"use {_one_of('precision', PRECISIONS)}", field="precision")
     bundle = Path(req.bundle)
     if not bundle.exists():
-        raise RadaError(f"bundle {bundle} does not exist", "pass the folder written by `rada-export onnx --out`")
+        raise RadaError(f"bundle {bundle} does not exist", "pass the folder written by `rada-export onnx --out`", field="bundle")
     manifest = read_manifest(bundle)
     notes: list[str] = []
 
     calib = Path(req.calib_images) if req.calib_images is not None else None
     if calib is not None:
         if precision != "int8":
-            raise RadaError("--calib-images only applies to --precision int8", "drop --calib-images, or pass --precision int8")
+            raise RadaError(f"calib_images only applies to precision='int8', got precision={precision!r}",
+                            "pass precision='int8' to calibrate, or build without calibration images", field="calib_images")
         if not calib.is_dir():
-            raise RadaError(f"--calib-images {calib} is not a folder", "pass a folder of calibration images (jpg/png/webp/bmp)")
+            raise RadaError(f"calib_images {calib} is not a folder", "pass a folder of calibration images (jpg/png/webp/bmp)",
+                            field="calib_images")
     problem = _missing_variant(manifest, graph, precision, bundle, calib)
     if problem is not None:
         raise problem
     entry = manifest.graphs.get(manifest.engine_graph_key(graph, precision))
     if entry is not None and calib is not None:
-        notes.append(f"the bundle already has an INT8 {graph} graph: --calib-images was not used "
+        notes.append(f"the bundle already has an INT8 {graph} graph: the calibration images were not used "
                      "(run `rada-export calibrate` to make a new one)")
     if entry is not None and not (bundle / entry.file).is_file():
         raise RadaError(f"the bundle's {entry.file} is missing", "copy the bundle again in full, or re-export it")
@@ -183,15 +193,18 @@ def plan_build(request: BuildRequest, *, jetson: Callable[[], bool] | None = Non
         ranges.update(manifest.frames.ranges())
 
     if req.workspace_gb is not None and not float(req.workspace_gb) > 0:
-        raise RadaError(f"--workspace must be a positive number of GB, got {req.workspace_gb}", "pass e.g. --workspace 2, or leave it out")
+        raise RadaError(f"workspace_gb must be a positive number of GB, got {req.workspace_gb}",
+                        "pass e.g. workspace_gb=2, or leave it to TensorRT", field="workspace_gb")
     workspace = int(float(req.workspace_gb) * 2**30) if req.workspace_gb is not None else None
 
     cache = Path(req.timing_cache) if req.timing_cache is not None else None
     if cache is not None:
         if cache.exists() and not cache.is_file():
-            raise RadaError(f"--timing-cache {cache} is not a file", "pass a file path (it is created on the first build)")
+            raise RadaError(f"timing_cache {cache} is not a file", "pass a file path (it is created on the first build)",
+                            field="timing_cache")
         if not cache.parent.is_dir():
-            raise RadaError(f"the folder of --timing-cache {cache} does not exist", "create it, or pass another path")
+            raise RadaError(f"timing_cache {cache} is in a folder that does not exist", "create the folder, or pass another path",
+                            field="timing_cache")
 
     dla_core = _check_dla(req, ranges["batch"], jetson or is_jetson)
     if dla_core is not None:
@@ -206,25 +219,25 @@ def plan_build(request: BuildRequest, *, jetson: Callable[[], bool] | None = Non
 
 
 def _batch_range(req: BuildRequest, manifest: Manifest, frames_graph: bool, notes: list[str]) -> tuple[int, int, int]:
-    min_b = _whole_number(req.min_batch if req.min_batch is not None else 1, "--min-batch")
-    max_b = _whole_number(req.max_batch, "--max-batch") if req.max_batch is not None else None
-    opt_b = _whole_number(req.opt_batch, "--opt-batch") if req.opt_batch is not None else None
+    min_b = _whole_number(req.min_batch if req.min_batch is not None else 1, "min_batch")
+    max_b = _whole_number(req.max_batch, "max_batch") if req.max_batch is not None else None
+    opt_b = _whole_number(req.opt_batch, "opt_batch") if req.opt_batch is not None else None
     if req.dla_core is not None and opt_b is None and max_b is None:
         opt_b = max_b = min_b  # DLA runs fixed shapes: one batch size unless told otherwise
-        notes.append(f"DLA: fixed batch {min_b} (pass --min-batch/--opt-batch/--max-batch N to change it)")
+        notes.append(f"DLA: fixed batch {min_b} (pass min_batch=N, opt_batch=N and max_batch=N to change it)")
     if max_b is None:
         max_b = max(int(manifest.max_batch), min_b)
         if frames_graph:
             # The profile's max shape sizes the engine's activations: 32 float 4K frames are gigabytes.
             max_b = max(min(max_b, MAX_FRAMES_BATCH), min_b)
-            notes.append(f"frames graph: max batch {max_b} by default (pass --max-batch N to change it)")
+            notes.append(f"frames graph: max batch {max_b} by default (pass max_batch=N to change it)")
     if opt_b is None:
         opt_b = max(min_b, min(max_b, DEFAULT_OPT_BATCH))
     if min_b < 1:
-        raise RadaError(f"--min-batch must be at least 1, got {min_b}", "pass --min-batch 1")
+        raise RadaError(f"min_batch must be at least 1, got {min_b}", "pass min_batch=1", field="min_batch")
     if not min_b <= opt_b <= max_b:
         raise RadaError(f"batch sizes must satisfy 1 <= min <= opt <= max, got min {min_b}, opt {opt_b}, max {max_b}",
-                        "pass e.g. --min-batch 1 --opt-batch 8 --max-batch 32")
+                        "pass e.g. min_batch=1, opt_batch=8, max_batch=32")
     return min_b, opt_b, max_b
 
 
@@ -232,33 +245,36 @@ def _text_ranges(req: BuildRequest, manifest: Manifest) -> dict[str, tuple[int, 
     """Profile ranges of the class count (head) and the prompt count (text encoder)."""
     num_classes = max(1, len(manifest.class_names))
     num_texts = num_classes * max(1, len(manifest.templates))
-    max_k = _whole_number(req.max_classes, "--max-classes") if req.max_classes is not None else max(num_classes, DEFAULT_MAX_CLASSES)
-    max_t = _whole_number(req.max_texts, "--max-texts") if req.max_texts is not None else max(num_texts, DEFAULT_MAX_TEXTS)
-    if max_k < 1 or max_t < 1:
-        raise RadaError("--max-classes and --max-texts must be at least 1", "pass e.g. --max-classes 256")
+    max_k = _whole_number(req.max_classes, "max_classes") if req.max_classes is not None else max(num_classes, DEFAULT_MAX_CLASSES)
+    max_t = _whole_number(req.max_texts, "max_texts") if req.max_texts is not None else max(num_texts, DEFAULT_MAX_TEXTS)
+    for name, value in (("max_classes", max_k), ("max_texts", max_t)):
+        if value < 1:
+            raise RadaError(f"{name} must be at least 1, got {value}", f"pass e.g. {name}=256", field=name)
     return {"num_classes": (1, min(num_classes, max_k), max_k), "num_texts": (1, min(num_texts, max_t), max_t)}
 
 
 def _check_dla(req: BuildRequest, batch: tuple[int, int, int], jetson: Callable[[], bool]) -> int | None:
     """The DLA core to build for (None: the GPU), after the checks that need no TensorRT."""
     if req.gpu_fallback and req.dla_core is None:
-        raise RadaError("--gpu-fallback only applies with --dla-core N", "add --dla-core 0, or drop --gpu-fallback")
+        raise RadaError("gpu_fallback=True only applies to a DLA build (dla_core=N)",
+                        "pass dla_core=0 to build for the DLA, or build for the GPU without GPU fallback", field="gpu_fallback")
     if req.dla_core is None:
         return None
-    dla_core = _whole_number(req.dla_core, "--dla-core")
+    dla_core = _whole_number(req.dla_core, "dla_core")
     if dla_core < 0:
-        raise RadaError(f"--dla-core must be 0 or more, got {dla_core}", "pass --dla-core 0 (or 1 on AGX Orin)")
+        raise RadaError(f"dla_core must be 0 or more, got {dla_core}", "pass dla_core=0 (or 1 on AGX Orin)", field="dla_core")
     if req.precision == "fp32":
-        raise RadaError("DLA runs FP16 and INT8 only", "pass --precision fp16 (or int8) with --dla-core")
+        raise RadaError("DLA runs FP16 and INT8 only", "pass precision='fp16' or precision='int8' for a DLA build", field="precision")
     if not jetson():
         raise RadaError(
-            "--dla-core needs a Jetson with DLA cores (AGX Orin and Orin NX have them; Orin Nano and desktop GPUs do not)",
-            "drop --dla-core to build for the GPU",
+            f"dla_core={dla_core} needs a Jetson with DLA cores "
+            "(AGX Orin and Orin NX have them; Orin Nano and desktop GPUs do not)",
+            "build for the GPU instead (no DLA core)", field="dla_core",
         )
     min_b, opt_b, max_b = batch
     if len({min_b, opt_b, max_b}) > 1:
         raise RadaError(f"DLA needs a fixed batch, got min {min_b}, opt {opt_b}, max {max_b}",
-                        "pass the same value to --min-batch, --opt-batch and --max-batch")
+                        f"pass one batch size for all three: min_batch={opt_b}, opt_batch={opt_b}, max_batch={opt_b}")
     return dla_core
 
 

@@ -62,8 +62,8 @@ def check_prerequisites(
     """Everything the build needs, checked before it starts; one RadaError naming all that is missing.
 
     TensorRT (10+), the CUDA runtime, a driver new enough for TensorRT's CUDA, a GPU, onnx (the
-    static check), onnxruntime (the parity check, unless --no-verify), the calibration code (INT8
-    without a Q/DQ graph yet), and DLA support in this TensorRT release (--dla-core).
+    static check), onnxruntime (the parity check, unless ``verify`` is False), the calibration code
+    (INT8 without a Q/DQ graph yet), and DLA support in this TensorRT release (a ``dla_core`` build).
     """
     missing: list[Missing] = []
     env = environment
@@ -76,7 +76,7 @@ def check_prerequisites(
         problem = import_problem("onnxruntime")
         if problem:
             missing.append(Missing("onnxruntime", f"the parity check needs ONNX Runtime ({problem})",
-                                   "pip install onnxruntime (on a Jetson: NVIDIA's onnxruntime-gpu wheel for JetPack), or pass --no-verify"))
+                                   "pip install onnxruntime (on a Jetson: NVIDIA's onnxruntime-gpu wheel for JetPack), or pass verify=False"))
     if plan.needs_calibration:
         for module in ("rada_export.calibration.bundle", "onnxruntime.quantization"):
             problem = import_problem(module)
@@ -87,7 +87,7 @@ def check_prerequisites(
     if plan.dla_core is not None and env is not None:
         mode = dla_build_mode(env.tensorrt_version, plan.precision)
         if not mode.supported:
-            missing.append(Missing("DLA", mode.reason, "drop --dla-core to build for the GPU, or use JetPack 6.1/6.2 (TensorRT 10.3)"))
+            missing.append(Missing("DLA", mode.reason, "build for the GPU instead (no DLA core), or use JetPack 6.1/6.2 (TensorRT 10.3)"))
     if missing:
         raise environment_error(missing)
     return env

@@ -142,7 +142,8 @@ def serialize_engine(env: TensorRTEnvironment, plan: BuildPlan, reporter: Report
     if serialized is None:
         raise RadaError(
             f"TensorRT could not build the {plan.precision} {plan.graph} engine" + bullet_list(logger.errors(), limit=12),
-            "a smaller --max-batch or a larger --workspace often helps; for DLA add --gpu-fallback",
+            "a smaller max batch (max_batch=N) or a larger workspace (workspace_gb=N) often helps; "
+            "for DLA, pass gpu_fallback=True",
         )
     timing_cache = config.get_timing_cache().serialize() if plan.timing_cache is not None else None
     for message in logger.warnings()[-5:]:
@@ -193,18 +194,19 @@ def _target_dla(trt, builder, network, config, plan: BuildPlan, mode: DlaMode | 
     """Sends the build to the plan's DLA core; returns the layers left to the GPU, counted per layer type."""
     dla_device = getattr(getattr(trt, "DeviceType", None), "DLA", None)
     if dla_device is None:
-        raise RadaError(f"TensorRT {trt.__version__} has no DLA support here", "drop --dla-core to build for the GPU")
+        raise RadaError(f"TensorRT {trt.__version__} has no DLA support here", "build for the GPU instead (no DLA core)",
+                        field="dla_core")
     cores = int(getattr(builder, "num_DLA_cores", 0) or 0)
     if plan.dla_core >= cores:
-        raise RadaError(f"--dla-core {plan.dla_core}: this device has {cores} DLA core(s)",
-                        "drop --dla-core (Orin Nano has none), or pass a lower core number")
+        raise RadaError(f"dla_core={plan.dla_core} is not on this device: it has {cores} DLA core(s)",
+                        "pass a lower core number, or build for the GPU (Orin Nano has no DLA)", field="dla_core")
     config.default_device_type = dla_device
     config.DLA_core = plan.dla_core
     for name in (mode.precision_flags if mode is not None else ()):
         config.set_flag(getattr(trt.BuilderFlag, name))
     if plan.gpu_fallback:
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-    # Which layers the DLA cannot take (they run on the GPU with --gpu-fallback, else the build fails).
+    # Which layers the DLA cannot take (they run on the GPU with gpu_fallback, else the build fails).
     on_gpu: dict[str, int] = {}
     can_run = getattr(config, "can_run_on_DLA", None)
     if can_run is not None:
@@ -216,5 +218,6 @@ def _target_dla(trt, builder, network, config, plan: BuildPlan, mode: DlaMode | 
     if on_gpu and not plan.gpu_fallback:
         counts = ", ".join(f"{kind} x{n}" for kind, n in sorted(on_gpu.items()))
         raise RadaError(f"{sum(on_gpu.values())} layers of the {plan.graph} graph cannot run on the DLA ({counts})",
-                        "add --gpu-fallback to run them on the GPU (a ViT's attention and LayerNorm always need it)")
+                        "pass gpu_fallback=True to run them on the GPU (a ViT's attention and LayerNorm always need it)",
+                        field="gpu_fallback")
     return on_gpu

@@ -1,7 +1,7 @@
 """Parity of a TensorRT engine against ONNX Runtime FP32 (CPU), on seeded inputs. No torch.
 
 The same metrics, report and table as ``rada-export verify`` (:mod:`rada_export.runtimes.parity`,
-:class:`~rada_export.runtimes.parity_report.ParityReport`), with the reference being the bundle's
+:class:`~rada_export.runtimes.parity.ParityReport`), with the reference being the bundle's
 FP32 ONNX graph run by ONNX Runtime on the CPU, so it runs on a Jetson without PyTorch.
 """
 
@@ -15,8 +15,7 @@ import numpy as np
 
 from rada_export.errors import RadaError
 from rada_export.runtimes.manifest import FUSED, HEAD, IMAGE_ENCODER, TEXT_ENCODER, Manifest
-from rada_export.runtimes.parity import THRESHOLDS, Thresholds, compare
-from rada_export.runtimes.parity_report import ParityReport
+from rada_export.runtimes.parity import THRESHOLDS, ParityReport, Thresholds, compare
 
 EXTRA_TEXTS = ("a photo of a dog.", "an origami crane, folded from paper!", "número 42 — café")
 DEFAULT_SAMPLES = 8

@@ -1,6 +1,6 @@
 """Probe every command with bad option values: each must exit 2 with one clear error line, never a traceback.
 
-Not a test (pytest does not collect it): a tool to look for the class of fault that issue 9 found.
+Not a test (pytest does not collect it): a tool to look for that class of fault (a traceback or an unclear error).
 Run: python tests/probes/probe_cli.py [--bundle BUNDLE] [--only SUBSTRING]
 It builds a tiny bundle (rada-tiny-ViT, random weights) unless --bundle is given, and prints one
 line per probe: OK (exit 2, no traceback) or the fault found.
