@@ -36,6 +36,36 @@ def tiny_clip():
 
 
 @pytest.fixture(scope="session")
+def shared_tiny_bundle(tmp_path_factory, tiny_clip):
+    """Tiny bundles exported once per session and shared between test modules:
+    ``shared_tiny_bundle(classes=[...], fp16=True, ...)`` is the folder of the rada-tiny-ViT bundle
+    (random weights) exported with those ExportRequest settings. Read it, never write it: tests that
+    change a bundle copy it first, and the session fails at its end if a shared bundle changed."""
+    from rada_export.export.bundle import ExportRequest, export_bundle
+
+    made: dict[tuple, tuple[Path, dict[str, bytes]]] = {}
+
+    def get(**settings) -> Path:
+        key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in settings.items()))
+        if key not in made:
+            out = tmp_path_factory.mktemp("shared-bundle") / "bundle"
+            export_bundle(ExportRequest(out=out, model=TINY, pretrained="none", **settings), clip=tiny_clip)
+            made[key] = (out, _digest(out))
+        return made[key][0]
+
+    yield get
+    changed = [str(out) for out, digest in made.values() if _digest(out) != digest]
+    assert not changed, f"tests wrote into the shared bundles {changed}: copy a bundle before changing it"
+
+
+def _digest(folder: Path) -> dict[str, bytes]:
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).digest() if p.is_file() else b""
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="session")
 def dtd():
     """Real CLIP ViT-B/16 features of DTD: train/val arrays and prototype text features."""
     if not (SHARED_DATA / "train.npz").is_file():

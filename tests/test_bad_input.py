@@ -53,13 +53,8 @@ def refused(args: list[str], work: Path, *needles: str, cwd: Path | None = None)
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory, tiny_clip) -> Path:
-    from rada_export.export.bundle import ExportRequest, export_bundle
-
-    out = tmp_path_factory.mktemp("bad-input") / "bundle"
-    export_bundle(ExportRequest(out=out, model="rada-tiny-ViT", pretrained="none", classes=["cat", "dog", "bird"], verify=False),
-                  clip=tiny_clip)
-    return out
+def bundle(shared_tiny_bundle) -> Path:
+    return shared_tiny_bundle(classes=["cat", "dog", "bird"], verify=False)
 
 
 @pytest.fixture

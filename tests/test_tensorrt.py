@@ -50,8 +50,8 @@ def _export(out: Path, model: str = "rada-tiny-ViT"):
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
-    return _export(tmp_path_factory.mktemp("trt") / "tiny")
+def tiny_bundle(shared_tiny_bundle) -> Path:
+    return shared_tiny_bundle(classes=CLASSES, fp16=True)
 
 
 @pytest.fixture

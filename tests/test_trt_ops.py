@@ -34,10 +34,8 @@ def _export(out: Path, model: str):
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ops") / "tiny"
-    _export(out, "rada-tiny-ViT")
-    return out
+def tiny_bundle(shared_tiny_bundle) -> Path:
+    return shared_tiny_bundle(classes=CLASSES, fp16=True)
 
 
 def _assert_all_supported(bundle: Path) -> list[str]:
@@ -180,12 +178,8 @@ def test_lint_passes_every_graph_of_a_tiny_bundle_fp32_fp16_and_int8(tiny_bundle
 
 
 @pytest.fixture(scope="module")
-def frames_bundle(tmp_path_factory) -> Path:
-    from rada_export.export.bundle import ExportRequest, export_bundle
-
-    out = tmp_path_factory.mktemp("frames") / "tiny"
-    export_bundle(ExportRequest(out=out, model="rada-tiny-ViT", pretrained="none", classes=CLASSES, fp16=True, embed_preprocess=True))
-    return out
+def frames_bundle(shared_tiny_bundle) -> Path:
+    return shared_tiny_bundle(classes=CLASSES, fp16=True, embed_preprocess=True)
 
 
 def test_frames_bundle_has_uint8_only_at_the_input_which_feeds_only_cast(frames_bundle, tmp_path):

@@ -48,13 +48,8 @@ def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory, tiny_clip) -> Path:
-    from rada_export.export.bundle import ExportRequest, export_bundle
-
-    out = tmp_path_factory.mktemp("trust") / "bundle"
-    export_bundle(ExportRequest(out=out, model=TINY, pretrained="none", classes=["cat", "dog", "bird"], verify=False),
-                  clip=tiny_clip)
-    return out
+def pristine(shared_tiny_bundle) -> Path:
+    return shared_tiny_bundle(classes=["cat", "dog", "bird"], verify=False)
 
 
 @pytest.fixture(scope="module")
