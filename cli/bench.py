@@ -20,9 +20,14 @@ def bench(
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of latency against batch size per backend."),
     frames: bool = typer.Option(False, "--frames", help="Frames mode: predict() latency on 720p, 1080p and 4K BGR camera frames at batch 1, split into host work and graph time."),
+    source: Optional[str] = typer.Option(None, "--source", help="Stream mode: decode, inference and end-to-end FPS on this video file, with decoding in a thread of its own (as predict --source does) and without."),
+    max_frames: int = typer.Option(200, "--max-frames", help="--source: frames per pass (the first ones of the video)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Latency p50/p90/p99, throughput and peak memory of the fused graph per backend, side by side.
+
+    With --source VIDEO: decode, inference and end-to-end FPS on a video, with decoding overlapped in a
+    thread of its own (as predict --source does) and without.
 
     Example: rada-export bench --bundle bundle/ --batch 1,8,32 --plot latency.png
     """
@@ -30,6 +35,12 @@ def bench(
     from rada_export.bench import run_bench
     from rada_export.errors import RadaError
 
+    if source is not None:
+        if frames or batch is not None or plot is not None:
+            raise RadaError("--source benchmarks a video stream, which takes no --frames, --batch or --plot",
+                            "run the stream benchmark and the others separately")
+        _bench_stream(bundle, source, backend or None, max_frames, json_out, quiet)
+        return
     if frames:
         _bench_frames(bundle, backend or None, repeats, json_out, quiet)
         return
@@ -66,3 +77,23 @@ def _bench_frames(bundle: Path, backends, repeats: int, json_out: bool, quiet: b
              "graph" if r.in_graph_resize else "host"] for r in results]
     console.print(make_table(f"{bundle}: predict(frame, bgr=True), batch 1",
                              ["backend", "precision", "frame", "p50 ms", "host ms", "graph ms", "resize on"], rows))
+
+
+def _bench_stream(bundle: Path, source: str, backends, max_frames: int, json_out: bool, quiet: bool) -> None:
+    from rada_export.bench_stream import run_stream_bench
+    from rada_export.errors import RadaError
+
+    if backends and len(backends) > 1:
+        raise RadaError("--source benchmarks one backend", "pass at most one --backend with --source")
+    r = run_stream_bench(bundle, source, backends[0] if backends else None, max_frames=max_frames,
+                         reporter=reporter(quiet or json_out))
+    if json_out:
+        print_json({"bundle": str(bundle), "stream": asdict(r)})
+        return
+    rows = [["decode only (OpenCV)", f"{r.decode_fps:.1f}"], ["inference only (predict)", f"{r.inference_fps:.1f}"],
+            ["decode then predict (one thread)", f"{r.serial_fps:.1f}"],
+            ["overlapped (Runtime.stream)", f"{r.overlapped_fps:.1f}"]]
+    console.print(make_table(f"{r.source}: {r.width}x{r.height}, {r.frames} frames, best of {r.passes} passes",
+                             ["loop", "frames/s"], rows))
+    console.print(f"overlapped / serial: {r.gain:.2f}x (decoding is {100 * r.decode_share:.0f} % of the serial loop's work) "
+                  f"on {r.backend}", soft_wrap=True)

@@ -13,6 +13,8 @@ _LAZY = {
     "Prediction": ("rada_export.runtimes.runtime", "Prediction"),
     "Head": ("rada_export.runtimes.head", "Head"),
     "TTAConfig": ("rada_export.runtimes.tta", "TTAConfig"),
+    "FrameStream": ("rada_export.runtimes.stream", "FrameStream"),
+    "StreamFrame": ("rada_export.runtimes.stream", "StreamFrame"),
 }
 
 __all__ = list(_LAZY)

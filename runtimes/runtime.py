@@ -26,6 +26,7 @@ from .backends import BackendChoice, GraphRunner, choose_backend, make_runner
 from .head import Head
 from .head_snapshot import HeadSnapshot
 from .manifest import FUSED, IMAGE_ENCODER, TEXT_ENCODER, Manifest, read_manifest, verify_checksums
+from .stream import FrameStream, StreamOptions
 from .tta import TTAConfig
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -147,6 +148,23 @@ class Runtime:
         logits = np.concatenate([c[0] for c in chunks])
         features = np.concatenate([c[1] for c in chunks])
         return self._prediction(logits, features, list(snapshot.class_names))
+
+    def stream(self, source: Any, *, stride: int = 1, max_frames: int | None = None, adapt: bool = False,
+               timeout_s: float = 10.0, live: bool | None = None, queue_size: int | None = None) -> FrameStream:
+        """Predicts the frames of a video file, camera, stream URL or GStreamer pipeline as they come.
+
+        ``source``: a path, a camera index (``0`` or ``"0"``), a URL (``rtsp://...``), a pipeline ending
+        in ``appsink`` (text holding ``!``), or an object with ``read() -> (ok, frame)`` like
+        ``cv2.VideoCapture``. Returns an iterator of ``StreamFrame`` (``index``, ``timestamp_ms``,
+        ``prediction``, ``dropped``, ``image``), decoded in a thread that overlaps inference (see
+        runtimes/stream.py): files lose no frame; live sources keep the newest and count the dropped
+        ones (``live`` overrides which is which, ``queue_size`` the frames decoded ahead).
+        ``stride``: every n-th frame; ``max_frames``: stop after that many predictions; ``adapt``: as in
+        ``predict``, frame after frame; ``timeout_s``: the longest wait for a frame before a RadaError.
+        Needs OpenCV (the ``video`` extra).
+        """
+        options = StreamOptions(stride=stride, max_frames=max_frames, timeout_s=timeout_s, queue_size=queue_size)
+        return FrameStream(self, source, options, adapt=adapt, live=live)
 
     def _as_items(self, images: Any) -> list[Any] | np.ndarray:
         if isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):

@@ -59,7 +59,7 @@ def test_camera_loop_on_a_video_file(bundle, video, capsys):
     assert summary.frames == 24
     assert set(summary.labels) <= {c[0] for c in CLASSES}
     assert "24 frames" in capsys.readouterr().out
-    every_other = camera.run(str(bundle), str(video), tta="off", max_frames=5, every=2)
+    every_other = camera.run(str(bundle), str(video), tta="off", max_frames=5, stride=2)
     assert every_other.frames == 5
 
 
@@ -97,7 +97,7 @@ def test_camera_loop_feeds_raw_frames_to_a_frames_bundle(frames_bundle, bundle, 
 
 def test_camera_loop_refuses_a_missing_source(bundle, tmp_path):
     camera = load_example("camera_loop")
-    with pytest.raises(SystemExit, match="cannot open"):
+    with pytest.raises(SystemExit, match="missing.avi does not exist"):
         camera.run(str(bundle), str(tmp_path / "missing.avi"))
 
 
