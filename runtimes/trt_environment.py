@@ -20,8 +20,9 @@ from .engine_layout import EngineEnvironment
 MIN_TENSORRT_MAJOR = 10
 
 TENSORRT_FIX = (
-    "x86-64 / ARM SBSA: pip install 'rada-export[trt-cu12]' (TensorRT 10.x-11.x for CUDA 12, drivers >= 525) or "
-    "'rada-export[trt-cu13]' (CUDA 13, drivers >= 580); "
+    "x86-64 / ARM SBSA: pip install 'rada-export[trt-cu12]' (TensorRT 10.x for CUDA 12, drivers >= 525) or "
+    "'rada-export[trt-cu13]' (TensorRT 10.x for CUDA 13, drivers >= 580); TensorRT 11.x, not yet checked by "
+    "rada-export: 'rada-export[trt11-cu12]' or 'rada-export[trt11-cu13]'; "
     "Jetson: use JetPack's own TensorRT (JetPack 6.1/6.2 ship TensorRT 10.3): sudo apt install python3-libnvinfer "
     "(the pip wheels do not target Jetson)"
 )
@@ -125,19 +126,35 @@ def diagnose_environment(
     CUDA major TensorRT was built for (``tensorrt-cu12`` / ``-cu13`` wheels), and a GPU.
     """
     missing: list[Missing] = []
-    trt = cudart = None
+    trt = None
     try:
         trt = import_tensorrt(import_module)
     except RadaError as err:
         missing.append(Missing("TensorRT", err.problem, err.fix or TENSORRT_FIX))
     major = tensorrt_cuda_major() if cuda_major == "detect" else cuda_major
+    found, cudart = diagnose_cuda(major, f"TensorRT {getattr(trt, '__version__', '')}".strip(), device, load_cudart)
+    missing.extend(found)
+    if missing:
+        return missing, None
+    return [], TensorRTEnvironment(trt=trt, cudart=cudart, device=cm.device_info(cudart, device))
+
+
+def diagnose_cuda(
+    major: int | None, what: str = "TensorRT", device: int = 0, load_cudart: Callable[..., Any] | None = None,
+) -> tuple[list[Missing], Any]:
+    """What TensorRT needs from CUDA and is missing here (runtime library, driver, GPU), and the runtime when it loads.
+
+    ctypes only: nothing here imports TensorRT, so `rada-export trt --dry-run` can ask it on a host.
+    """
+    missing: list[Missing] = []
+    cudart = None
     try:
         cudart = (load_cudart or cm.cudart)(prefer_major=major)
     except RadaError as err:
         missing.append(Missing("CUDA runtime", err.problem, err.fix or cm.CUDART_FIX))
     if cudart is not None:
         driver = cudart.driver_version()
-        problem = cm.diagnose_driver(driver, major, f"TensorRT {getattr(trt, '__version__', '')}".strip())
+        problem = cm.diagnose_driver(driver, major, what)
         if problem is None:
             problem = cm.diagnose_driver(driver, cudart.major, f"the CUDA runtime {cudart.path}")
         if problem is not None:
@@ -148,9 +165,7 @@ def diagnose_environment(
                 missing.append(Missing("NVIDIA GPU", reason or "no CUDA device", cm.GPU_FIX))
             elif device >= count:
                 missing.append(Missing("NVIDIA GPU", f"device {device} requested, {count} present", "use a device index below the count"))
-    if missing:
-        return missing, None
-    return [], TensorRTEnvironment(trt=trt, cudart=cudart, device=cm.device_info(cudart, device))
+    return missing, cudart
 
 
 def environment_error(missing: list[Missing]) -> RadaError:

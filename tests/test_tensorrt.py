@@ -515,9 +515,11 @@ def test_trt_extras_match_their_cuda_major_and_every_advised_extra_exists():
     extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for major, runtime in ((12, "nvidia-cuda-runtime-cu12"), (13, "nvidia-cuda-runtime")):
         deps = " ".join(extras[f"trt-cu{major}"])
-        assert f"tensorrt-cu{major}>=" in deps and ",<12" in deps  # TensorRT 10.x and 11.x, never 12
+        assert f"tensorrt-cu{major}>=10." in deps and ",<11" in deps  # the 10.x line the lint's tables cover
         assert re.search(rf"{runtime}>={major}\.0,<{major + 1}\b", deps), deps  # libcudart of the same major
         assert "cuda-python" not in deps and "onnx>=" in deps
+        opt_in = " ".join(extras[f"trt11-cu{major}"])  # TensorRT 11.x only when asked for
+        assert f"tensorrt-cu{major}>=11.0,<12" in opt_in and re.search(rf"{runtime}>={major}\.0,<{major + 1}\b", opt_in)
     assert extras["trt"] == ["rada-export[trt-cu12]"]
     advice = " ".join([trtenv.TENSORRT_FIX, cm.CUDART_FIX, cm.driver_fix(12040), cm.driver_fix(13000), cm.driver_fix(11000)])
     assert set(re.findall(r"rada-export\[([\w-]+)\]", advice)) <= set(extras)

@@ -435,3 +435,29 @@ def test_int8_engines_build_from_the_qdq_graph_over_fp16(frames_bundle, tmp_path
     model = onnx.load(str(plan.onnx_path), load_external_data=False)
     types = {i.type.tensor_type.elem_type for n in model.graph.node if n.op_type == "MatMul" for i in model.graph.value_info if i.name in n.output}
     assert TensorProto.FLOAT16 in types
+
+
+@pytest.mark.parametrize("op, inputs", [("MatMul", 2), ("Gemm", 2), ("Softmax", 1), ("Clip", 1)])
+def test_rule_float_only_operators_refuse_integer_inputs(op, inputs):
+    # docs/operators.md (10.x table) lists floating-point types only for these operators.
+    names = ["a", "b"][:inputs]
+    for elem, bad in ((TensorProto.FLOAT, False), (TensorProto.FLOAT16, False), (TensorProto.INT64, True), (TensorProto.INT32, True)):
+        graph_inputs = [helper.make_tensor_value_info(n, elem, [2, 2]) for n in names]
+        model = _model([helper.make_node(op, names, ["y"])], inputs=graph_inputs,
+                       outputs=[helper.make_tensor_value_info("y", elem, None)])
+        findings = [f for f in lint_model(model, "g", TARGET) if f.rule == "operator-dtype"]
+        assert bool(findings) == bad, (op, elem, [f.line() for f in findings])
+        if bad:
+            assert op in findings[0].problem and "floating-point types only" in findings[0].problem
+
+
+def test_quantize_without_a_zero_point_is_accepted():
+    # onnx-tensorrt 10.1 reads the zero point only when present and quantizes to INT8 without one.
+    scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
+    zp = onnx.numpy_helper.from_array(np.array(0, np.int8), "zp")
+    good = _model([helper.make_node("QuantizeLinear", ["x", "s"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s"], ["y"])],
+                  initializers=[scale])
+    assert check_ops(good).ok and lint_model(good, "g", TARGET) == []
+    bad = _model([helper.make_node("QuantizeLinear", ["x", "s", "zp3"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"])],
+                 initializers=[scale, zp, onnx.numpy_helper.from_array(np.array(3, np.int8), "zp3")])
+    assert "parser-restriction" in _rules(bad)  # a zero point, when present, must still be 0

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from rada_export import __version__
 from rada_export.errors import RadaError, VerificationError
 from rada_export.progress import SILENT, Reporter
 from rada_export.runtimes import cuda_memory as cm
@@ -57,7 +56,7 @@ class EngineResult:
 
 
 def build_engine(request: BuildRequest, *, reporter: Reporter = SILENT,
-                 environment: TensorRTEnvironment | None = None) -> EngineResult:
+                 environment: TensorRTEnvironment | None = None, plan: BuildPlan | None = None) -> EngineResult:
     """Builds ``bundle/engines/<gpu>-sm<cc>-trt<version>/<graph>.<precision>.engine`` and its JSON, as ``request`` asks.
 
     Order: the request, the ONNX file's checksum and the lint of the graph (no TensorRT needed);
@@ -70,8 +69,11 @@ def build_engine(request: BuildRequest, *, reporter: Reporter = SILENT,
     runs. When parity cannot run, the JSON says "parity not checked" and a warning says why; when
     parity fails, the JSON says so (the runtime then does not pick the engine) and
     VerificationError is raised. ``tf32`` defaults to off for FP32 engines, on otherwise.
+
+    ``plan``: the :func:`plan_build` of this request, when the caller has made it (``rada-export trt``
+    makes it once: what ``--dry-run`` prints is what is built).
     """
-    plan = plan_build(request)
+    plan = plan if plan is not None else plan_build(request)
     warnings = list(plan.notes)
     if not plan.needs_calibration:
         verify_sources(plan)
@@ -122,33 +124,16 @@ def engine_description(plan: BuildPlan, env: TensorRTEnvironment, built: Seriali
                        sha256: str) -> dict[str, Any]:
     """The JSON beside an engine: what it was built from, for which TensorRT and GPU, and how."""
     engine_env = env.engine_environment
-    return {
-        "format": META_FORMAT,
-        "graph": plan.graph,
-        "precision": plan.precision,
-        "engine_file": engine_file,
-        "engine_size": size,
-        "engine_sha256": sha256,
-        "onnx_file": plan.entry.file,
-        "onnx_sha256": plan.manifest.files[plan.entry.file],
-        "external_data": plan.entry.external_data,
-        "tensorrt_version": engine_env.tensorrt_version,
-        "gpu_name": engine_env.gpu_name,
-        "compute_capability": engine_env.compute_capability,
-        "cuda_runtime": cm.runtime_version(env.cudart),
-        "dla_core": plan.dla_core,
-        "profiles": [built.profiles],
-        # inputs whose first axis holds independent rows: the runtime splits larger batches on them
-        "batch_inputs": [n for n, dims in plan.entry.inputs.items() if dims and dims[0] in ("batch", "num_texts")],
-        "build_flags": built.build_flags,
-        "build_seconds": round(built.seconds, 3),
+    meta = plan.planned_meta()
+    meta.update({
+        "engine_file": engine_file, "engine_size": size, "engine_sha256": sha256,
+        "onnx_file": plan.entry.file, "onnx_sha256": plan.manifest.files[plan.entry.file],
+        "tensorrt_version": engine_env.tensorrt_version, "gpu_name": engine_env.gpu_name,
+        "compute_capability": engine_env.compute_capability, "cuda_runtime": cm.runtime_version(env.cudart),
+        "profiles": [built.profiles], "build_flags": built.build_flags, "build_seconds": round(built.seconds, 3),
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "bundle_model": plan.manifest.model,
-        "bundle_pretrained": plan.manifest.pretrained,
-        "num_classes": len(plan.manifest.class_names),
-        "opset": plan.manifest.opset,
-        "rada_export_version": __version__,
-    }
+    })
+    return meta
 
 
 def _check_parity(plan: BuildPlan, env: TensorRTEnvironment, final: Path, meta: dict[str, Any], seed: int,
@@ -167,9 +152,8 @@ def _check_parity(plan: BuildPlan, env: TensorRTEnvironment, final: Path, meta: 
         warnings.append(f"parity not checked ({reason}); the engine is kept at {final}: "
                         f"check it with `rada-export trt --bundle {plan.bundle} --graph {plan.graph} --precision {plan.precision}` again")
         return None
-    used = report.results[0].thresholds if report.results else thresholds_for(plan.precision, plan.tf32)
     meta["verification"] = {"passed": report.passed, "status": "passed" if report.passed else "failed",
-                            "thresholds": used.describe(), "reference": "ONNX Runtime FP32 (CPU)", "notes": report.notes}
+                            "thresholds": thresholds_for(plan.precision, plan.tf32).describe(), "reference": "ONNX Runtime FP32 (CPU)", "notes": report.notes}
     return report
 
 

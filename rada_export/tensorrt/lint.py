@@ -66,6 +66,7 @@ RULES = {
     "protobuf-2gb": PROTOBUF,
     "external-data": PROTOBUF,
     "attribute": IMPORTER,  # and OPS_MD's Restrictions column
+    "operator-dtype": OPS_MD,  # FLOAT_ONLY_OPS below
 }
 
 # OPS_MD "Supported Types" lists BOOL for these operators only (BOOL inputs elsewhere are rejected).
@@ -77,6 +78,14 @@ BOOL_OPS = frozenset({
 # OPS_MD: Cast / CastLike types (INT8 is a quantized type only; DOUBLE is cast down with a warning).
 CAST_TYPES = frozenset({"FLOAT", "FLOAT16", "BFLOAT16", "INT32", "INT64", "UINT8", "BOOL", "DOUBLE"})
 FLOATS = frozenset({"FLOAT", "FLOAT16"})
+# OPS_MD, TensorRT 10.x table, "Supported Types": these list floating-point types only (FP32, FP16,
+# BF16; Gemm and Clip also INT8, which is the quantized path the int8 rule covers), so an integer
+# input (e.g. MatMul on INT64 shape arithmetic, Softmax on INT32) is refused by the parser or the
+# builder. The 8.5 table (onnx-tensorrt docs/operators.md at 6d0ab7be) lists the same float-only types.
+# Value: the input positions that carry data (Clip's min/max have the data's type).
+FLOAT_ONLY_OPS = {"MatMul": (0, 1), "Gemm": (0, 1, 2), "Softmax": (0,), "LogSoftmax": (0,), "Clip": (0, 1, 2), "Erf": (0,)}
+FLOAT_TYPES = frozenset({"FLOAT", "FLOAT16", "BFLOAT16", "DOUBLE"})  # DOUBLE: cast down to FLOAT (OPS_MD note)
+OTHER_RULES_TYPES = frozenset({"INT8", "UINT8", "BOOL"})  # the int8, uint8 and bool rules report these
 RESIZE_MODES = frozenset({"nearest", "linear", "cubic"})
 RESIZE_COORDS = frozenset({"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"})
 
@@ -177,7 +186,8 @@ def _type_rules(model, graph_name: str, types: Mapping[str, str]) -> list[Findin
         label = _label(node)
         # PARSER: a UINT8 node output must be a graph output (Constants aside).
         for out in node.output:
-            if out and types.get(out) == "UINT8" and out not in graph_outputs and node.op_type != "Constant":
+            no_zero_point = node.op_type == "QuantizeLinear" and (len(node.input) < 3 or not node.input[2])  # INT8 in TensorRT (ops.py)
+            if out and types.get(out) == "UINT8" and out not in graph_outputs and node.op_type != "Constant" and not no_zero_point:
                 findings.append(Finding(graph_name, label, "uint8-intermediate",
                                         f"produces the uint8 tensor {out!r}; TensorRT takes uint8 only as a network input or output",
                                         "cast the uint8 input to float first (Cast to FLOAT/FLOAT16 as the first node), then transpose/resize"))
@@ -197,6 +207,12 @@ def _type_rules(model, graph_name: str, types: Mapping[str, str]) -> list[Findin
                 findings.append(Finding(graph_name, label, "int8",
                                         f"takes the int8 tensor {name!r}; TensorRT handles INT8 only as a quantized type (QuantizeLinear -> DequantizeLinear)",
                                         "feed int8 tensors only to DequantizeLinear"))
+        for index in FLOAT_ONLY_OPS.get(node.op_type, ()):
+            t = types.get(node.input[index]) if index < len(node.input) and node.input[index] else None
+            if t is not None and t not in FLOAT_TYPES and t not in OTHER_RULES_TYPES:
+                findings.append(Finding(graph_name, label, "operator-dtype",
+                                        f"takes the {t} tensor {node.input[index]!r}; TensorRT's {node.op_type} takes floating-point types only",
+                                        f"cast the input to FLOAT before the {node.op_type} (and back after it, if integers are needed)"))
         if node.op_type == "Cast":
             src = types.get(node.input[0]) if node.input else None
             dst = _type_name(_attr(node, "to", 0))
@@ -263,7 +279,9 @@ def _qdq_rules(model, graph_name: str, types: Mapping[str, str], base_dir: Path 
                                         "recalibrate (rada-export calibrate)"))
         quantized = node.output[0] if node.op_type == "QuantizeLinear" else node.input[0]
         qtype = types.get(quantized)
-        if qtype is not None and qtype != "INT8":
+        # Without a zero point ONNX types the result uint8, but TensorRT's importer quantizes to INT8 (ops.py).
+        no_zero_point = len(node.input) < 3 or not node.input[2]
+        if qtype is not None and qtype != "INT8" and not (no_zero_point and qtype == "UINT8"):
             findings.append(Finding(graph_name, label, "qdq", f"quantizes to {qtype}; rada-export's TensorRT path takes symmetric INT8 only",
                                     "quantize to int8 with zero point 0 (a zero point of type int8)"))
         data = node.input[0]

@@ -214,8 +214,9 @@ def _qdq_problems(model, base_dir, inits, constant_outputs) -> list[str]:
             continue
         label = f"{node.op_type} {node.name or node.output[0]!r}"
         if len(node.input) < 3 or not node.input[2]:
-            if node.op_type == "QuantizeLinear":
-                problems.append(f"{label} has no zero point: ONNX then quantizes to uint8, which TensorRT does not take (int8 with zero point 0 needed)")
+            # No zero point: allowed. onnx-tensorrt 10.1-GA onnxOpImporters.cpp (QuantDequantLinearHelper)
+            # reads the zero point only when the input is present and otherwise quantizes symmetrically,
+            # to INT8, with zero point 0 (https://github.com/onnx/onnx-tensorrt/blob/release/10.1-GA/onnxOpImporters.cpp).
             continue
         name = node.input[2]
         if name in inits:

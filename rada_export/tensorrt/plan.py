@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from rada_export import __version__
 from rada_export.errors import RadaError
-from rada_export.runtimes.engine_layout import ENGINES_DIR
+from rada_export.runtimes.engine_layout import ENGINES_DIR, META_FORMAT, engine_file_name
 from rada_export.runtimes.manifest import FUSED, GRAPH_NAMES, IMAGE_ENCODER, GraphEntry, Manifest, read_manifest
 
 from .dla import is_jetson
@@ -105,6 +106,41 @@ class BuildPlan:
             for shape, value in zip(shapes, values):
                 shape.append(int(value))
         return tuple(shapes[0]), tuple(shapes[1]), tuple(shapes[2])
+
+
+    @property
+    def engine_file(self) -> str:
+        return engine_file_name(self.graph, self.precision)
+
+    def profiles(self) -> dict[str, dict[str, list[int]]]:
+        """(min, opt, max) shapes of every input of the graph, as the engine's JSON records them."""
+        entry = self.entry or self.manifest.graphs[self.graph]
+        shapes = {}
+        for name in entry.inputs:
+            low, opt, high = self.input_profile(name)
+            shapes[name] = {"min": list(low), "opt": list(opt), "max": list(high)}
+        return shapes
+
+    def planned_meta(self) -> dict[str, Any]:
+        """The engine's JSON as far as the plan decides it; the build fills in the rest (None here)."""
+        entry = self.entry
+        key = self.manifest.engine_graph_key(self.graph, self.precision)
+        return {
+            "format": META_FORMAT, "graph": self.graph, "precision": self.precision, "engine_file": self.engine_file,
+            "engine_size": None, "engine_sha256": None,
+            "onnx_file": entry.file if entry is not None else f"{key}.onnx (made by calibration)",
+            "onnx_sha256": self.manifest.files.get(entry.file) if entry is not None else None,
+            "external_data": entry.external_data if entry is not None else None,
+            "tensorrt_version": None, "gpu_name": None, "compute_capability": None, "cuda_runtime": None,
+            "dla_core": self.dla_core,
+            "profiles": [self.profiles()],
+            # inputs whose first axis holds independent rows: the runtime splits larger batches on them
+            "batch_inputs": [n for n, dims in (entry or self.manifest.graphs[self.graph]).inputs.items()
+                             if dims and dims[0] in ("batch", "num_texts")],
+            "build_flags": None, "build_seconds": None, "built_at": None,
+            "bundle_model": self.manifest.model, "bundle_pretrained": self.manifest.pretrained,
+            "num_classes": len(self.manifest.class_names), "opset": self.manifest.opset, "rada_export_version": __version__,
+        }
 
 
 def _whole_number(value: Any, name: str) -> int:

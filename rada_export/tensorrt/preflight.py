@@ -30,29 +30,60 @@ def verify_sources(plan: BuildPlan) -> str:
     return plan.manifest.files[entry.file]
 
 
-def check_graph_ops(plan: BuildPlan, trt_version: str | None, notes: list[str]):
-    """The lint of the graph to build (rada_export.tensorrt.lint); raises with one line per finding.
+def lint_plan(plan: BuildPlan, trt_version: str | None = None):
+    """(the TensorRT version linted for, the findings) for the graph the plan builds; None without the onnx package.
 
     ``trt_version`` None (before TensorRT is loaded): the newest release the operator list knows,
-    so nothing a newer TensorRT takes is refused early; then again with the installed version.
+    so nothing a newer TensorRT takes is refused early. The build and ``--dry-run`` both call this.
     """
     from .lint import lint_model
     from .ops import load_supported_ops
 
     if importlib.util.find_spec("onnx") is None:
-        notes.append("static check skipped: the onnx package is not installed")
         return None
-    supported = load_supported_ops()
-    version = trt_version or ".".join(map(str, supported.newest_known))
+    version = trt_version or ".".join(map(str, load_supported_ops().newest_known))
     # The dynamic dims allowed are those the plan has a profile range for (a frames graph adds its frame dims).
     findings = lint_model(plan.onnx_path, plan.manifest.engine_graph_key(plan.graph, plan.precision), version,
                           profile_dims=tuple(plan.ranges), manifest_inputs=plan.entry.inputs if plan.entry else None)
+    return version, findings
+
+
+def check_graph_ops(plan: BuildPlan, trt_version: str | None, notes: list[str]):
+    """The lint of the graph to build (:func:`lint_plan`); raises with one line per finding.
+
+    First with ``trt_version`` None (before TensorRT is loaded), then again with the installed version.
+    """
+    linted = lint_plan(plan, trt_version)
+    if linted is None:
+        notes.append("static check skipped: the onnx package is not installed")
+        return None
+    version, findings = linted
     if findings:
         raise RadaError(
             f"TensorRT {version} cannot parse {plan.entry.file}:" + "".join(f"\n  - {f.line()}" for f in findings[:20]),
             f"re-export the bundle with this rada-export; `rada-export trt --bundle {plan.bundle} --check` lists every finding",
         )
     return findings
+
+
+def missing_tools(plan: BuildPlan, verify: bool) -> list[Missing]:
+    """What the build needs besides TensorRT and CUDA and is missing here: onnx, onnxruntime, calibration code."""
+    missing: list[Missing] = []
+    if importlib.util.find_spec("onnx") is None:
+        missing.append(Missing("onnx", "the static check of the graph needs the onnx package", "pip install onnx"))
+    if verify:
+        problem = import_problem("onnxruntime")
+        if problem:
+            missing.append(Missing("onnxruntime", f"the parity check needs ONNX Runtime ({problem})",
+                                   "pip install onnxruntime (on a Jetson: NVIDIA's onnxruntime-gpu wheel for JetPack), or pass verify=False"))
+    if plan.needs_calibration:
+        for module in ("rada_export.calibration.bundle", "onnxruntime.quantization"):
+            problem = import_problem(module)
+            if problem:
+                missing.append(Missing("calibration", f"INT8 calibration needs {module} ({problem})",
+                                       "pip install 'rada-export[calib]' and onnxruntime, or calibrate elsewhere and copy the bundle"))
+                break
+    return missing
 
 
 def check_prerequisites(
@@ -70,20 +101,7 @@ def check_prerequisites(
     if env is None:
         found, env = (diagnose or diagnose_environment)()
         missing.extend(found)
-    if importlib.util.find_spec("onnx") is None:
-        missing.append(Missing("onnx", "the static check of the graph needs the onnx package", "pip install onnx"))
-    if verify:
-        problem = import_problem("onnxruntime")
-        if problem:
-            missing.append(Missing("onnxruntime", f"the parity check needs ONNX Runtime ({problem})",
-                                   "pip install onnxruntime (on a Jetson: NVIDIA's onnxruntime-gpu wheel for JetPack), or pass verify=False"))
-    if plan.needs_calibration:
-        for module in ("rada_export.calibration.bundle", "onnxruntime.quantization"):
-            problem = import_problem(module)
-            if problem:
-                missing.append(Missing("calibration", f"INT8 calibration needs {module} ({problem})",
-                                       "pip install 'rada-export[calib]' and onnxruntime, or calibrate elsewhere and copy the bundle"))
-                break
+    missing.extend(missing_tools(plan, verify))
     if plan.dla_core is not None and env is not None:
         mode = dla_build_mode(env.tensorrt_version, plan.precision)
         if not mode.supported:
