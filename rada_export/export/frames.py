@@ -14,8 +14,8 @@ Why not ONNX ``Resize``: its ``antialias`` attribute (opset 18) is what would ma
 onnx-tensorrt's operator table (docs/operators.md, Resize) lists the coordinate transformation
 and resize modes it takes and no antialias, and an aliased bicubic Resize of a 1080p frame
 changes CLIP features on textured scenes. Everything used here is in that table (Cast, Shape,
-Gather, Range on int, Reshape, ReduceMean, MatMul, Clip, Where, elementwise), and Mod, which
-it marks unsupported, is avoided (x - (x // d) * d instead).
+Gather, Range on int, Reshape, ReduceMean, MatMul, Clip, Where, elementwise). Mod is in that
+table too (FP32, FP16, INT32) but not needed: x - (x // d) * d does the same with Div, Mul and Sub.
 
 TensorRT takes uint8 only as a network input or output, and the input must feed a Cast directly
 (TensorRT developer guide, "Types and Precision": UINT8 "only as a network-level input or output";
