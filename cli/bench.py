@@ -14,7 +14,7 @@ from .common import console, handle_errors, make_table, print_json, reporter
 @handle_errors(fields={"backends": "--backend", "batches": "--batch"})
 def bench(
     bundle: Path = typer.Option(..., "--bundle", help="Bundle folder."),
-    backend: Optional[List[str]] = typer.Option(None, "--backend", help="onnxruntime-cpu, onnxruntime-cuda, tensorrt, pytorch-eager (repeat; default: all present)."),
+    backend: Optional[List[str]] = typer.Option(None, "--backend", help="onnxruntime-cpu, onnxruntime-cuda, openvino, tensorrt, pytorch-eager (repeat; default: all present)."),
     batch: Optional[str] = typer.Option(None, "--batch", help="Comma-separated batch sizes (default 1,8,32 up to the bundle's max batch)."),
     repeats: int = typer.Option(20, "--repeats", help="Timed runs per batch size (after 2 warm-up runs)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),

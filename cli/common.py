@@ -22,15 +22,17 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, soft_wrap=True)  # error text greps as one line
 
 
-def handle_errors(fn: Callable | None = None, *, fields: Mapping[str, str] | None = None) -> Callable:
+def handle_errors(fn: Callable | None = None, *, fields: Mapping[str, str] | None = None, json_lines: bool = False) -> Callable:
     """Turns library errors into the CLI's contract: a message and exit 2 (bad input) or 1 (failed check).
 
     The message names this command's flags where the library names request fields (cli/flags.py);
     ``fields`` maps the fields whose flag is not ``--`` + the field's name with dashes
-    (``@handle_errors(fields={"samples": "--calib-samples"})``).
+    (``@handle_errors(fields={"samples": "--calib-samples"})``). With ``--json`` the error is also
+    printed on stdout as JSON; ``json_lines``: as one compact line, flushed, for commands whose
+    ``--json`` output is one object per line (a reader parses every line, the error's included).
     """
     if fn is None:
-        return functools.partial(handle_errors, fields=fields)
+        return functools.partial(handle_errors, fields=fields, json_lines=json_lines)
     flags = CommandFlags(fn, fields)
 
     @functools.wraps(fn)
@@ -40,7 +42,11 @@ def handle_errors(fn: Callable | None = None, *, fields: Mapping[str, str] | Non
         except RadaError as err:
             problem, fix = flags.message(err)
             if kwargs.get("json_out"):  # a --json caller parses stdout: it gets the error as JSON too
-                print_json({"error": problem, "fix": fix, "exit_code": err.exit_code})
+                error = {"error": problem, "fix": fix, "exit_code": err.exit_code}
+                if json_lines:
+                    print_json_line(error)
+                else:
+                    print_json(error)
             # Messages hold literal brackets ("rada-export[trt]"): escape them from rich's markup.
             err_console.print(f"[bold red]error:[/bold red] {escape(problem)}")
             if fix:
@@ -60,6 +66,12 @@ def reporter(quiet: bool = False) -> Reporter:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_json_line(data: Any) -> None:
+    """One compact JSON object on one line, flushed: a reading process gets it at once."""
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def make_table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:

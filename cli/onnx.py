@@ -99,21 +99,25 @@ def check_export_options(out: Path, classes, templates, opset: int, exporter: st
 def verify(
     bundle: Path = typer.Option(..., "--bundle", help="Bundle folder."),
     images: Optional[List[Path]] = typer.Argument(None, help="Images to add to the seeded random inputs."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, or openvino: every graph in f32, then the FP32 and INT8 graphs in bf16 too where the CPU computes it natively."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Check every graph of a bundle against PyTorch (exit 1 below the thresholds).
 
     Example: rada-export verify --bundle bundle/ cat.jpg dog.png
+
+    Example: rada-export verify --bundle bundle/ --backend openvino
     """
     from rada_export import validate
-    from rada_export.export.verify import verify_bundle
+    from rada_export.export.verify import BACKEND_TITLES, VERIFY_BACKENDS, verify_bundle
 
+    validate.choice("backend", backend, VERIFY_BACKENDS)
     validate.readable_images(images or (), "image")
-    report = verify_bundle(bundle, images or (), reporter=reporter(quiet or json_out))
+    report = verify_bundle(bundle, images or (), reporter=reporter(quiet or json_out), backend=backend)
     if json_out:
         print_json(report.to_dict())
     else:
-        print_report(report)
+        print_report(report, f"parity: {BACKEND_TITLES[backend]} against PyTorch")
     if not report.passed:
         raise typer.Exit(1)

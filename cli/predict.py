@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import collections
-import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,21 +11,20 @@ from typing import Any, List, Optional
 
 import typer
 
-from .common import console, err_console, handle_errors, make_table, print_json
-from .flags import CommandFlags
+from .common import console, err_console, handle_errors, make_table, print_json, print_json_line
 
 FIELDS = {"timeout_s": "--timeout"}
 VIDEO_CODECS = {".avi": "MJPG", ".mp4": "mp4v"}
 STREAM_ONLY = ("--stride", "--max-frames", "--timeout", "--save", "--save-state")
 
 
-@handle_errors(fields=FIELDS)
+@handle_errors(fields=FIELDS, json_lines=True)
 def predict(
     images: Optional[List[Path]] = typer.Argument(None, help="Image files (or folders of images) to classify."),
     bundle: Path = typer.Option(..., "--bundle", help="Bundle folder."),
-    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime or tensorrt."),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, openvino or tensorrt."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8 (where the bundle has it)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (the FP32 graphs; bf16 on OpenVINO where the CPU has it), fp32, fp16 or int8 (where the bundle has it)."),
     tta: str = typer.Option("off", "--tta", help="Test-time adaptation: off, episodic or continual."),
     views: Optional[int] = typer.Option(None, "--views", help="Episodic TTA: augmented views per image (default 16)."),
     top: int = typer.Option(3, "--top", min=1, help="Classes shown per image."),
@@ -135,10 +132,8 @@ class StreamRequest:
 
 
 def _predict_stream(request: StreamRequest, load) -> None:
-    """The stream loop. Its errors end in one JSON line (with --json) and the usual error/fix lines,
-    so that a reader of the JSON lines can parse every line, the error's included."""
-    from rada_export.errors import RadaError
-
+    """The stream loop. Its errors reach handle_errors, which ends the JSON lines with one line of
+    its own (``json_lines``), so that a reader can parse every line, the error's included."""
     try:
         _check_stream_outputs(request)
         # FFmpeg logs each undecodable frame on stderr; the stream reports the frame itself, once.
@@ -148,16 +143,6 @@ def _predict_stream(request: StreamRequest, load) -> None:
         stream = runtime.stream(request.source, stride=request.stride, max_frames=request.max_frames,
                                 adapt=request.tta != "off", timeout_s=request.timeout_s)
         _run_stream(request, runtime, stream)
-    except RadaError as err:
-        problem, fix = CommandFlags(predict, FIELDS).message(err)
-        if request.json_out:
-            _line({"error": problem, "fix": fix, "exit_code": err.exit_code})
-        from rich.markup import escape
-
-        err_console.print(f"[bold red]error:[/bold red] {escape(problem)}")
-        if fix:
-            err_console.print(f"[bold]fix:[/bold] {escape(fix)}")
-        raise typer.Exit(code=err.exit_code) from None
     except KeyboardInterrupt:  # before the first frame (while the bundle loads or the source opens)
         err_console.print("stopped by Ctrl-C before the stream started")
         raise typer.Exit(code=130) from None
@@ -187,7 +172,7 @@ def _run_stream(request: StreamRequest, runtime, stream) -> None:
                     if video is not None:
                         video.write(frame, stream.info)
                     if request.json_out:
-                        _line(_frame_record(frame, request, runtime, stream))
+                        print_json_line(_frame_record(frame, request, runtime, stream))
                     status.update(frame, stream)
             except KeyboardInterrupt:
                 interrupted = True
@@ -214,12 +199,6 @@ def _frame_record(frame, request: StreamRequest, runtime, stream) -> dict[str, A
     if request.tta != "off":
         record["tta"] = dict(vars(runtime.head.counters))
     return record
-
-
-def _line(data: dict[str, Any]) -> None:
-    """One JSON object per line, flushed: another process reads the frames as they are classified."""
-    sys.stdout.write(json.dumps(data, default=str) + "\n")
-    sys.stdout.flush()
 
 
 def _save_state(state: dict, path: Path) -> None:

@@ -1,8 +1,14 @@
 """A callback-style classifier for robotics stacks (ROS 2 nodes, GStreamer appsinks, SDK callbacks).
 
-The sensor callback must return at once, so frames go to a bounded queue (oldest dropped when the
-classifier falls behind) and one worker thread owns the runtime (ONNX Runtime and TensorRT sessions
-are not shared across threads here). Results go to the callback you give, with the frame's stamp.
+Why not ``Runtime.stream``: stream() pulls frames from a source it opens itself (a file, a camera
+index, a URL, a pipeline) and decodes them in its own thread. A robot stack works the other way
+round: its driver pushes each frame to a callback it owns, in its own thread, with its own stamp.
+So the callback here only queues the frame and returns at once; a bounded queue keeps the newest
+(the oldest is dropped when the classifier falls behind, as stream() does with live sources), and
+one worker thread predicts. The runtime itself is safe to share between threads (docs/runtime.md,
+"Threads"): one worker is a choice that keeps results in stamp order and continual adaptation
+frame after frame, not a limit; run more workers on the same runtime for more throughput.
+Results go to the callback you give, with the frame's stamp.
 
     node = ClassifierNode("bundle/", on_result=lambda r: publisher.publish(...), tta="continual")
     node.start()
@@ -14,7 +20,8 @@ callback, call ``on_image``, and publish ``Result`` fields in ``on_result``.
 
 Export the bundle with ``--embed-preprocess --channel-order bgr`` (``rgb`` for rgb8 images) and run
 with ``tta="off"``: the frame, at the camera's full size, goes into the graph as it is (BGRA/bgra8
-too: the graph drops alpha), which resizes it on the GPU; the worker does no per-pixel work at all.
+too: the graph drops alpha), which resizes it on the GPU; on a CPU backend the host first does the
+graph's integer box reduction (OpenCV), and the graph the rest.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,12 +25,16 @@ from .progress import SILENT, Reporter
 from .timing import time_calls
 
 PYTORCH = "pytorch-eager"
+OPENVINO = "openvino"
+BENCH_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", OPENVINO, "tensorrt", PYTORCH)
+# The load_bundle precision behind each OpenVINO bench precision: "bf16" is the default's bf16 compute.
+OPENVINO_REQUESTS = {"fp32": "fp32", "bf16": "auto", "int8": "int8"}
 
 
 @dataclass(frozen=True)
 class BenchTarget:
-    backend: str  # onnxruntime-cpu | onnxruntime-cuda | tensorrt | pytorch-eager
-    precision: str  # fp32 | fp16 | int8
+    backend: str  # onnxruntime-cpu | onnxruntime-cuda | openvino | tensorrt | pytorch-eager
+    precision: str  # fp32 | fp16 | int8; on openvino: fp32 | bf16 (the FP32 graph computed in bf16) | int8
 
 
 @dataclass
@@ -46,7 +51,8 @@ class BenchResult:
 
 
 def available_targets(bundle: Path, backends: Sequence[str] | None = None) -> list[BenchTarget]:
-    """What can run here: every ONNX variant on ONNX Runtime (CPU, and CUDA when present), engines, PyTorch."""
+    """What can run here: every ONNX variant on ONNX Runtime (CPU, and CUDA when present), OpenVINO
+    (f32, bf16 where the CPU computes it natively, the INT8 graph) when installed, engines, PyTorch."""
     from .runtimes.manifest import FUSED, read_manifest
     from .runtimes.ort_session import available_providers
 
@@ -61,6 +67,7 @@ def available_targets(bundle: Path, backends: Sequence[str] | None = None) -> li
         targets += [BenchTarget("onnxruntime-cpu", p) for p in precisions]
     if "CUDAExecutionProvider" in providers:
         targets += [BenchTarget("onnxruntime-cuda", p) for p in precisions]
+    targets += _openvino_targets(precisions)
     try:
         from .runtimes.engine_selection import find_engine
 
@@ -70,17 +77,32 @@ def available_targets(bundle: Path, backends: Sequence[str] | None = None) -> li
     if _has_torch():
         targets.append(BenchTarget(PYTORCH, "fp32"))
     if backends:
-        unknown = set(backends) - {"onnxruntime-cpu", "onnxruntime-cuda", "tensorrt", PYTORCH}
+        unknown = set(backends) - set(BENCH_BACKENDS)
         if unknown:
-            raise RadaError(f"unknown backend(s) {sorted(unknown)}", "use onnxruntime-cpu, onnxruntime-cuda, tensorrt or pytorch-eager",
+            raise RadaError(f"unknown backend(s) {sorted(unknown)}", f"use {', '.join(BENCH_BACKENDS[:-1])} or {BENCH_BACKENDS[-1]}",
                             field="backends")
         missing = set(backends) - {t.backend for t in targets}
         if missing:
             raise RadaError(f"backend(s) {sorted(missing)} not available for this bundle here",
-                            "install the runtime (onnxruntime-gpu, tensorrt), build engines with `rada-export trt`, "
+                            "install the runtime (onnxruntime-gpu, openvino, tensorrt), build engines with `rada-export trt`, "
                             "or ask for other backends", field="backends")
         targets = [t for t in targets if t.backend in backends]
     return targets
+
+
+def _openvino_targets(precisions: Sequence[str]) -> list[BenchTarget]:
+    """OpenVINO's precisions here: its inference precision is a compile setting, so FP16 graphs are
+    not run (OpenVINO computes the FP32 graph in bf16 instead, where the CPU does so natively)."""
+    from .runtimes.openvino_backend import cpu_info, openvino_installed
+
+    if not openvino_installed():
+        return []
+    try:
+        native_bf16 = cpu_info().native_bf16
+    except RadaError:
+        return []
+    return [BenchTarget(OPENVINO, p) for p in ("fp32", "bf16", "int8")
+            if p in precisions or (p == "bf16" and native_bf16 and "fp32" in precisions)]
 
 
 def _has_torch() -> bool:
@@ -120,7 +142,15 @@ def _fused_callable(bundle: Path, target: BenchTarget):
             return out
 
         return make_pixels, run_torch
-    runner = make_runner(BackendChoice(target.backend, "bench"), bundle, manifest, FUSED, target.precision)
+    if target.backend == OPENVINO:
+        from .runtimes.openvino_backend import plan_openvino
+
+        # bf16 is the FP32 graph computed in bf16: what `auto` asks for on a CPU that has it.
+        plan = plan_openvino(OPENVINO_REQUESTS[target.precision], bundle)
+        choice = BackendChoice(OPENVINO, plan.describe(), openvino=plan)
+        runner = make_runner(choice, bundle, manifest, FUSED, "fp32" if target.precision == "bf16" else target.precision)
+    else:
+        runner = make_runner(BackendChoice(target.backend, "bench"), bundle, manifest, FUSED, target.precision)
     name = runner.input_names[0]
     frames = manifest.embed_preprocess
 
@@ -169,7 +199,11 @@ def bench_isolated(bundle: Path, target: BenchTarget, batches: Sequence[int], re
     if result.returncode != 0:
         raise RadaError(f"benchmarking {target.backend} {target.precision} failed: {result.stderr.strip().splitlines()[-1:]}",
                         "run `rada-export verify --bundle ...` to check the bundle, or leave that backend out")
-    return [BenchResult(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
+    rows = [BenchResult(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
+    if not rows:  # a graph OpenVINO refuses: the other targets still run
+        warnings.warn(f"{target.backend} {target.precision} not benchmarked: {result.stderr.strip().splitlines()[-1:]}",
+                      stacklevel=2)
+    return rows
 
 
 DEFAULT_BATCHES = (1, 8, 32)
@@ -247,7 +281,8 @@ def plot(results: Sequence[BenchResult], path: str | os.PathLike, title: str) ->
 
 
 FRAME_SIZES = {"720p": (720, 1280), "1080p": (1080, 1920), "4K": (2160, 3840)}
-_LOADS = {"onnxruntime-cpu": ("onnxruntime", "cpu"), "onnxruntime-cuda": ("onnxruntime", "cuda"), "tensorrt": ("tensorrt", "auto")}
+_LOADS = {"onnxruntime-cpu": ("onnxruntime", "cpu"), "onnxruntime-cuda": ("onnxruntime", "cuda"), OPENVINO: (OPENVINO, "cpu"),
+          "tensorrt": ("tensorrt", "auto")}
 
 
 @dataclass
@@ -277,7 +312,9 @@ def bench_frames_in_process(bundle: Path, target: BenchTarget, frames: Sequence[
     from .runtimes.runtime import load_bundle
 
     backend, device = _LOADS[target.backend]
-    rt = load_bundle(bundle, backend=backend, device=device, precision=target.precision)
+    # OpenVINO's bf16 is its FP16 request (the FP32 graph computed in bf16, runtimes/openvino_backend.py).
+    precision = "fp16" if target.precision == "bf16" else target.precision
+    rt = load_bundle(bundle, backend=backend, device=device, precision=precision)
     runner = rt.fused_runner()
     real_run = runner.run
     graph_seconds: list[float] = []
@@ -323,20 +360,30 @@ def run_bench_frames(bundle: str | os.PathLike, backends: Sequence[str] | None =
                 raise RadaError(f"benchmarking frames on {target.backend} {target.precision} failed: "
                                 f"{result.stderr.strip().splitlines()[-1:]}",
                                 "run `rada-export verify --bundle ...` to check the bundle, or leave that backend out")
-            results += [FrameBenchResult(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
+            rows = [FrameBenchResult(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
+            if not rows:  # a graph OpenVINO refuses: the other targets still run
+                warnings.warn(f"{target.backend} {target.precision} not benchmarked: "
+                              f"{result.stderr.strip().splitlines()[-1:]}", stacklevel=2)
+            results += rows
             advance(1)
     return results
 
 
 def _worker(argv: list[str]) -> None:
-    if argv and argv[0] == "--frames":
-        bundle, backend, precision, frames, repeats = argv[1:]
-        rows = bench_frames_in_process(Path(bundle), BenchTarget(backend, precision), frames.split(","), int(repeats))
-        print(json.dumps([asdict(r) for r in rows]))
-        return
-    bundle, backend, precision, batches, repeats = argv
-    results = bench_in_process(Path(bundle), BenchTarget(backend, precision), [int(b) for b in batches.split(",")], int(repeats))
-    print(json.dumps([asdict(r) for r in results]))
+    from .runtimes.openvino_backend import OpenVinoRefusal
+
+    try:
+        if argv and argv[0] == "--frames":
+            bundle, backend, precision, frames, repeats = argv[1:]
+            rows = bench_frames_in_process(Path(bundle), BenchTarget(backend, precision), frames.split(","), int(repeats))
+        else:
+            bundle, backend, precision, batches, repeats = argv
+            rows = bench_in_process(Path(bundle), BenchTarget(backend, precision), [int(b) for b in batches.split(",")],
+                                    int(repeats))
+    except OpenVinoRefusal as err:  # e.g. an INT8 graph OpenVINO computes wrongly: no row, and the reason
+        print(err.problem, file=sys.stderr)
+        rows = []
+    print(json.dumps([asdict(r) for r in rows]))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 from .errors import RadaError
 from .progress import SILENT, Reporter
 
-BACKENDS = {"onnxruntime-cpu": ("onnxruntime", "cpu"), "onnxruntime-cuda": ("onnxruntime", "cuda"), "tensorrt": ("tensorrt", "auto")}
+BACKENDS = {"onnxruntime-cpu": ("onnxruntime", "cpu"), "onnxruntime-cuda": ("onnxruntime", "cuda"), "openvino": ("openvino", "cpu"), "tensorrt": ("tensorrt", "auto")}
 HELD_FRAMES = 16  # decoded frames kept for the inference loop, which cycles over them
 
 

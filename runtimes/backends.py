@@ -3,7 +3,9 @@
 The runtime picks a backend per graph: a TensorRT engine built for this GPU and TensorRT version
 where the bundle has one (``rada-export trt`` builds ``--graph model`` by default), ONNX Runtime
 (CUDA, else CPU) for the other graphs. :func:`rada_export.runtimes.engine_selection.select_engines`
-makes the choice as a pure function of the manifest, the engines folder and this device.
+makes the choice as a pure function of the manifest, the engines folder and this device. Where the
+graphs would run on the CPU and OpenVINO is installed, ``auto`` runs them all on OpenVINO instead
+(runtimes/openvino_backend.py): same graphs, faster on CPUs.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import numpy as np
 from rada_export.errors import RadaError
 
 from .manifest import Manifest
+from .openvino_backend import INSTALL as OPENVINO_INSTALL
+from .openvino_backend import OPENVINO, OpenVinoPlan, cpu_info, openvino_installed, plan_openvino
 from .ort_session import available_providers, create_session
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
 
 
 class GraphRunner(Protocol):
@@ -55,21 +59,35 @@ class TrtRunner:
 
 @dataclass(frozen=True)
 class BackendChoice:
-    name: str  # "onnxruntime-cpu", "onnxruntime-cuda", or "tensorrt+onnxruntime-..." when some graph has an engine
+    name: str  # "onnxruntime-cpu", "onnxruntime-cuda", "openvino", or "tensorrt+onnxruntime-..." when some graph has an engine
     reason: str  # says which graph runs where
     onnxruntime: str = ""  # the ONNX Runtime device for graphs without an engine (default: ``name``)
     engines: dict = field(default_factory=dict)  # graph -> engine path (relative to the bundle)
+    openvino: OpenVinoPlan | None = None  # set when OpenVINO runs the graphs
+    picked_by_auto: bool = False  # backend="auto" chose OpenVINO: a graph it refuses falls back to ONNX Runtime
 
 
 def choose_backend(bundle: Path, manifest: Manifest, backend: str, device: str, precision: str) -> BackendChoice:
-    """Which backend each graph runs on (`auto`, or an explicit request), and why."""
+    """Which backend each graph runs on (`auto`, or an explicit request), and why.
+
+    ``precision``: the requested one; ``auto`` (the default) means the FP32 graphs, which OpenVINO
+    computes in bf16 where the CPU does so natively.
+    """
     if backend not in BACKENDS:
-        raise RadaError(f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}")
+        raise RadaError(f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}", field="backend")
     if device not in ("auto", "cpu", "cuda"):
-        raise RadaError(f"unknown device {device!r}", "use 'auto', 'cpu' or 'cuda'")
+        raise RadaError(f"unknown device {device!r}", "use 'auto', 'cpu' or 'cuda'", field="device")
+    graphs = "fp32" if precision == "auto" else precision
+    if backend == OPENVINO:
+        if device == "cuda":
+            raise RadaError("the OpenVINO backend runs on the CPU, and device 'cuda' was asked for",
+                            "use device='cpu' (or 'auto') with OpenVINO, or backend='onnxruntime' or 'tensorrt' on the GPU",
+                            field="device")
+        plan = plan_openvino(precision, bundle)
+        return BackendChoice(OPENVINO, plan.describe(), openvino=plan)
     placements = {}
     if backend in ("auto", "tensorrt") and device != "cpu":
-        placements = _placements(bundle, manifest, precision)
+        placements = _placements(bundle, manifest, graphs)
         engines = {g: p.engine for g, p in placements.items() if p.backend == "tensorrt"}
         if backend == "tensorrt" and not engines:
             problem = "; ".join(f"{g}: {p.reason}" for g, p in placements.items())
@@ -80,19 +98,48 @@ def choose_backend(bundle: Path, manifest: Manifest, backend: str, device: str, 
             warnings.warn(f"TensorRT not used: {first.reason if first else 'no engine fits'}", stacklevel=3)
     else:
         engines = {}
+    cpu_note = ""
+    if backend == "auto" and not engines and device != "cuda":
+        providers = _providers_if_any()
+        if device == "cpu" or "CUDAExecutionProvider" not in providers:
+            openvino, cpu_note = _auto_openvino(bundle, precision, device)
+            if openvino is not None:
+                return openvino
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available_providers():
         ort, ort_label, alone = "onnxruntime-cuda", "ONNX Runtime CUDA", "ONNX Runtime with the CUDA execution provider"
     elif device == "cuda":
         raise RadaError("ONNX Runtime has no CUDA execution provider here",
-                        "pip install 'rada-export[gpu]' (onnxruntime-gpu), or use device='cpu'")
+                        "pip install 'rada-export[gpu]' (onnxruntime-gpu), or use device='cpu'", field="device")
     else:
         ort, ort_label = "onnxruntime-cpu", "ONNX Runtime CPU"
-        alone = "ONNX Runtime on the CPU" + (" (no GPU backend available)" if device == "auto" else "")
+        alone = "ONNX Runtime on the CPU" + (" (no GPU backend available)" if device == "auto" else "") + cpu_note
     if not engines:
         return BackendChoice(ort, alone, ort)
     from .engine_selection import describe_placements
 
     return BackendChoice(f"tensorrt+{ort}", describe_placements(placements, ort_label), ort, engines)
+
+
+def _providers_if_any() -> list[str]:
+    """ONNX Runtime's execution providers, or none where it is not installed (OpenVINO may serve alone)."""
+    try:
+        return available_providers()
+    except RadaError:
+        return []
+
+
+def _auto_openvino(bundle: Path, precision: str, device: str) -> tuple[BackendChoice | None, str]:
+    """``auto`` on the CPU: OpenVINO where it is installed and loads; else why not, for the description."""
+    if not openvino_installed():
+        return None, f"; OpenVINO, faster on CPUs, is not installed ({OPENVINO_INSTALL})"
+    try:
+        cpu_info()
+    except RadaError as err:
+        return None, f"; OpenVINO is installed but does not load ({err.problem})"
+    plan = plan_openvino(precision, bundle)
+    where = "device 'cpu'" if device == "cpu" else "no usable TensorRT engine or CUDA here"
+    reason = f"{plan.describe()}; backend 'auto' picked OpenVINO: {where}, and OpenVINO is installed"
+    return BackendChoice(OPENVINO, reason, openvino=plan, picked_by_auto=True), ""
 
 
 def _placements(bundle: Path, manifest: Manifest, precision: str) -> dict:
@@ -123,6 +170,26 @@ def make_runner(choice: BackendChoice, bundle: Path, manifest: Manifest, graph: 
             raise RadaError(f"no {graph}.{precision} engine for this GPU in {bundle / 'engines'}",
                             f"run `rada-export trt --bundle {bundle} --graph {graph} --precision {precision}` on this device")
         return TrtRunner(path, manifest)
+    if choice.openvino is not None:
+        return _openvino_runner(choice, bundle, manifest, graph, precision)
     entry = manifest.graph(graph, precision)
     ort = choice.onnxruntime or choice.name
     return OrtRunner(bundle / entry.file, "cuda" if ort == "onnxruntime-cuda" else "cpu", entry.precision)
+
+
+def _openvino_runner(choice: BackendChoice, bundle: Path, manifest: Manifest, graph: str, precision: str) -> GraphRunner:
+    from .openvino_backend import OpenVinoRefusal, OpenVinoRunner, cache_folder, probe_feeds
+
+    plan = choice.openvino
+    entry = manifest.graph(graph, plan.graph_variant(precision))
+    cache = cache_folder(plan.cache_root, manifest, entry, plan.cpu.version) if plan.cache_root else None
+    probe = probe_feeds(manifest, entry) if entry.precision == "int8" else None
+    try:
+        return OpenVinoRunner(bundle / entry.file, entry, plan, cache, probe)
+    except OpenVinoRefusal as err:
+        if not choice.picked_by_auto:
+            raise
+        # Chosen by `auto`, not by the user: a graph OpenVINO cannot take still runs, on ONNX Runtime.
+        warnings.warn(f"{err.problem}; ONNX Runtime runs the {graph} graph instead", stacklevel=3)
+        entry = manifest.graph(graph, precision)
+        return OrtRunner(bundle / entry.file, "cpu", entry.precision)

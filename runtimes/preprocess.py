@@ -13,6 +13,7 @@ with those attributes, works too.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,22 +273,31 @@ def resize_to_input(img: Image.Image, cfg: Any, fast: bool = False) -> Image.Ima
     if not isinstance(img, Image.Image):
         img = _as_pil(img)
     height, width = spec.height, spec.width
+    new_h, new_w = resized_size(img.height, img.width, spec)
     if spec.resize_mode == "squash":
         img = _resize(img, height, width, spec.resample, gap)
     elif spec.resize_mode == "longest":
-        new_h, new_w = keep_ratio_size(img.height, img.width, height, width, longest=True)
         img = _resize(img, new_h, new_w, spec.resample, gap)
         img = _center_crop_or_pad(img, height, width, spec.fill_color)
     else:
-        if height == width:
-            new_h, new_w = shortest_side_size(img.height, img.width, height)
-            img = _resize(img, new_h, new_w, spec.resample, gap)
-        else:
-            new_h, new_w = keep_ratio_size(img.height, img.width, height, width, longest=False)
-            img = _resize(img, new_h, new_w, Image.Resampling.BICUBIC, gap)
+        # open_clip's non-square keep-ratio resize is bicubic whatever the configured interpolation.
+        resample = spec.resample if height == width else Image.Resampling.BICUBIC
+        img = _resize(img, new_h, new_w, resample, gap)
         # torchvision's CenterCrop pads with 0 whatever fill_color says.
         img = _center_crop_or_pad(img, height, width, 0)
     return _to_rgb(img)
+
+
+def resized_size(height: int, width: int, cfg: Any) -> tuple[int, int]:
+    """(height, width) open_clip resizes a ``height`` x ``width`` image to, before the crop or pad."""
+    spec = _spec(cfg)
+    if spec.resize_mode == "squash":
+        return spec.height, spec.width
+    if spec.resize_mode == "longest":
+        return keep_ratio_size(height, width, spec.height, spec.width, longest=True)
+    if spec.height == spec.width:
+        return shortest_side_size(height, width, spec.height)
+    return keep_ratio_size(height, width, spec.height, spec.width, longest=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,6 +458,91 @@ def graph_frames(images: Any, frames_cfg: Any, bgr: bool = False) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+# ---------------------------------------------------------------------------------------------
+# The frames graph's box reduction, done on the host (CPU backends)
+
+# The frames graph (rada_export/export/frames.py) first averages ky x kx blocks, k the largest
+# divisor of the side up to min(side / (resized side * reducing gap), MAX_BOX_FACTOR), then filters
+# the reduced frame. On a CPU that averaging costs more in the graph (the whole frame cast to float,
+# then reduced) than in a SIMD box filter on the uint8 frame. Fed the averaged frame, the graph sees
+# the same geometry and reduces by the rest of k, so only the rounding of the averages to uint8
+# (at most half a level, as Pillow's own reduce rounds) separates the two.
+MAX_BOX_FACTOR = 16
+
+
+def box_factor(in_size: int, resized: int, gap: float) -> int:
+    """The frames graph's box factor for one side: the largest k <= min(in / (resized * gap), 16) dividing ``in_size``."""
+    limit = min(int(in_size / (resized * gap)), MAX_BOX_FACTOR)
+    return max((d for d in range(1, limit + 1) if in_size % d == 0), default=1)
+
+
+def _box_factors(height: int, width: int, spec: _Spec, gap: float) -> tuple[int, int]:
+    resized_h, resized_w = resized_size(height, width, spec)
+    return box_factor(height, resized_h, gap), box_factor(width, resized_w, gap)
+
+
+def host_box_factors(height: int, width: int, cfg: Any, gap: float) -> tuple[int, int]:
+    """(fy, fx): the part of the frames graph's box reduction the host can do for a ``height`` x
+    ``width`` frame with the graph's output unchanged (up to uint8 rounding); (1, 1) when none.
+
+    The graph, fed the reduced frame, must find the same resized size (so the same crop and filter)
+    and reduce by the rest of its factors. With both factors equal that always holds for the square
+    shortest-side resize; otherwise (keep-ratio rounding, unequal factors) it is checked here.
+    """
+    spec = _spec(cfg)
+    ky, kx = _box_factors(height, width, spec, gap)
+    resized = resized_size(height, width, spec)
+    common = [d for d in range(min(ky, kx), 1, -1) if ky % d == 0 and kx % d == 0]
+    for fy, fx in [(ky, kx)] + [(d, d) for d in common]:
+        if (fy, fx) == (1, 1):
+            break
+        h, w = height // fy, width // fx
+        if resized_size(h, w, spec) == resized and _box_factors(h, w, spec, gap) == (ky // fy, kx // fx):
+            return fy, fx
+    return 1, 1
+
+
+@functools.lru_cache(maxsize=1)
+def _opencv():
+    try:
+        import cv2
+    except ImportError:  # the video extra is not installed: Pillow's reduce does it, slower
+        return None
+    return cv2
+
+
+# Pillow modes that reduce each band on its own (RGBA would be premultiplied by alpha).
+_REDUCE_MODES = {1: "L", 3: "RGB", 4: "RGBX"}
+
+
+def box_reduce(frames: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """uint8 N x H x W x C frames averaged over fy x fx blocks (fy, fx divide H, W), rounded to uint8.
+
+    OpenCV's INTER_AREA at an exact integer factor is this box average (SIMD); without OpenCV,
+    Pillow's reduce computes the same averages.
+    """
+    n, height, width, channels = frames.shape
+    h, w = height // fy, width // fx
+    out = np.empty((n, h, w, channels), np.uint8)
+    cv2 = _opencv()
+    for i, frame in enumerate(frames):
+        if cv2 is not None:
+            out[i] = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA).reshape(h, w, channels)
+        else:
+            mode = _REDUCE_MODES[channels]
+            image = Image.frombuffer(mode, (width, height), np.ascontiguousarray(frame), "raw", mode, 0, 1)
+            out[i] = np.asarray(image.reduce((fx, fy))).reshape(h, w, channels)
+    return out
+
+
+def reduce_for_graph(frames: np.ndarray, cfg: Any, frames_cfg: Any) -> np.ndarray:
+    """``graph_frames``' output with the graph's box reduction done on the host where it can be
+    (``host_box_factors``); the array itself when there is none (frames near the model's size)."""
+    _, height, width, _ = frames.shape
+    fy, fx = host_box_factors(height, width, cfg, float(frames_cfg.reducing_gap))
+    return frames if (fy, fx) == (1, 1) else box_reduce(frames, fy, fx)
+
+
 def input_size(cfg: Any) -> tuple[int, int]:
     """(height, width) the model takes."""
     spec = _spec(cfg)
@@ -456,15 +551,20 @@ def input_size(cfg: Any) -> tuple[int, int]:
 
 __all__ = [
     "RESIZE_MODES",
+    "box_factor",
+    "box_reduce",
     "frames_uint8",
     "graph_frames",
+    "host_box_factors",
     "image_list",
     "input_size",
     "keep_ratio_size",
     "load_image",
     "normalize",
     "preprocess",
+    "reduce_for_graph",
     "resize_to_input",
+    "resized_size",
     "shortest_side_size",
     "to_pil",
 ]

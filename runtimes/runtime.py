@@ -29,7 +29,7 @@ from .manifest import FUSED, IMAGE_ENCODER, TEXT_ENCODER, Manifest, read_manifes
 from .stream import FrameStream, StreamOptions
 from .tta import TTAConfig
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("auto", "fp32", "fp16", "int8")
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Runtime:
     """
 
     def __init__(self, bundle: Path, manifest: Manifest, choice: BackendChoice, precision: str, tta: TTAConfig | None,
-                 seed: int = 0):
+                 seed: int = 0, host_frame_reduction: bool | None = None):
         self.bundle = bundle
         self.manifest = manifest
         self.backend = choice.name
@@ -98,6 +98,9 @@ class Runtime:
         self.precision_note = ""  # set by load_bundle when the bundle lacks the requested precision
         self._seed = seed  # episodic views: seeded per image by (seed, pixels)
         self._make_lock = threading.Lock()  # graph sessions are made once, on first use
+        # Camera frames to a graph that resizes them: on a CPU backend the host does the graph's
+        # integer box reduction first (preprocess.reduce_for_graph), a GPU takes the frame as it is.
+        self.host_frame_reduction = _fused_on_cpu(choice) if host_frame_reduction is None else bool(host_frame_reduction)
 
     def _variant(self, graph: str) -> str:
         """The requested precision when the bundle (or engine folder) has it for this graph, else FP32."""
@@ -113,6 +116,9 @@ class Runtime:
     @property
     def description(self) -> str:
         text = f"{self.backend} ({self.backend_reason}), {self.precision}"
+        if self.manifest.frames is not None:
+            where = "box reduction on the host, filter in the graph" if self.host_frame_reduction else "in the graph"
+            text += f", camera frames resized {where}"
         return f"{text} ({self.precision_note})" if self.precision_note else text
 
     # -- prediction ------------------------------------------------------------------------------
@@ -185,8 +191,11 @@ class Runtime:
         return self.manifest.frames is not None and isinstance(images, np.ndarray) and images.dtype == np.uint8
 
     def _predict_frames(self, images: np.ndarray, bgr: bool, batch_size: int, classes: list[str]) -> Prediction:
-        """The frame goes to the graph as it is (see preprocess.graph_frames): O(1) Python work per call."""
+        """The frame goes to the graph as it is (see preprocess.graph_frames): O(1) Python work per call;
+        on a CPU backend box-reduced first by the graph's own integer factor (preprocess.reduce_for_graph)."""
         frames = pp.graph_frames(images, self.manifest.frames, bgr)
+        if self.host_frame_reduction:
+            frames = pp.reduce_for_graph(frames, self.manifest.preprocess, self.manifest.frames)
         runner = self.fused_runner()
         name = runner.input_names[0]
         outs = [runner.run({name: frames[i : i + batch_size]}) for i in range(0, len(frames), batch_size)]
@@ -308,6 +317,13 @@ class Runtime:
         self.head.load_state(state)
 
 
+def _fused_on_cpu(choice: BackendChoice) -> bool:
+    """Whether the fused graph runs on a CPU backend (ONNX Runtime CPU or OpenVINO), not a GPU."""
+    if FUSED in choice.engines or choice.name == "tensorrt":
+        return False
+    return choice.openvino is not None or (choice.onnxruntime or choice.name) == "onnxruntime-cpu"
+
+
 def _check_names(names: Sequence[str]) -> list[str]:
     if isinstance(names, str):
         names = [names]
@@ -324,23 +340,31 @@ def _check_names(names: Sequence[str]) -> list[str]:
 
 
 def load_bundle(path: str | os.PathLike, backend: str = "auto", device: str = "auto", tta: TTAConfig | None = None,
-                precision: str = "fp32", seed: int = 0) -> Runtime:
+                precision: str = "auto", seed: int = 0, host_frame_reduction: bool | None = None) -> Runtime:
     """Loads a bundle for prediction after checking every file's checksum.
 
-    ``backend``: ``auto`` (a TensorRT engine for this GPU, else ONNX Runtime on CUDA, else on the
-    CPU), ``onnxruntime`` or ``tensorrt``. ``precision`` picks the graph variant (fp32, fp16, int8)
-    where the bundle has it; ``seed`` seeds episodic TTA's views. The choice made is in ``runtime.backend`` and ``runtime.description``.
+    ``backend``: ``auto`` (a TensorRT engine for this GPU, else ONNX Runtime on CUDA, else OpenVINO on
+    the CPU where it is installed, else ONNX Runtime on the CPU), ``onnxruntime``, ``openvino`` or
+    ``tensorrt``. ``precision`` picks the graph variant (fp32, fp16, int8) where the bundle has it;
+    ``auto``, the default, runs the FP32 graphs, which OpenVINO computes in bf16 where the CPU does so
+    natively (``fp32`` forces full precision there). ``seed`` seeds episodic TTA's views. The choice made is in ``runtime.backend`` and ``runtime.description``.
+    ``host_frame_reduction``: for bundles that resize camera frames in the graph (``--embed-preprocess``),
+    whether the host does the graph's integer box reduction first (OpenCV); ``None``: on CPU backends
+    only. Features stay those of the graph alone to within uint8 rounding (docs/runtime.md).
     """
     bundle = Path(path)
     manifest = read_manifest(bundle)  # types, cross-checks, and every path confined to the bundle
     verify_checksums(bundle, manifest)
     if precision not in PRECISIONS:
         raise RadaError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
+    if host_frame_reduction not in (None, True, False):
+        raise RadaError(f"host_frame_reduction must be True, False or None, got {host_frame_reduction!r}",
+                        "pass None (on CPU backends only), True or False", field="host_frame_reduction")
     if tta is not None and not isinstance(tta, TTAConfig):
         raise RadaError(f"tta must be a TTAConfig or None, got {type(tta).__name__}", "pass TTAConfig(mode='continual')")
     choice = choose_backend(bundle, manifest, backend, device, precision)
-    ran, note = _precision_run(manifest, choice, precision)
-    runtime = Runtime(bundle, manifest, choice, ran, tta, seed)
+    ran, note = _precision_run(manifest, choice, "fp32" if precision == "auto" else precision)
+    runtime = Runtime(bundle, manifest, choice, ran, tta, seed, host_frame_reduction)
     runtime.requested_precision = precision
     runtime.precision_note = note
     return runtime

@@ -164,7 +164,15 @@ def test_scan_engines_reads_the_folder_and_stays_inside_it(bundle, tmp_path):
 def test_runtime_description_says_which_graph_runs_where(bundle):
     from rada_export.runtimes import load_bundle
 
+    from rada_export.runtimes.openvino_backend import openvino_installed
+
     rt = load_bundle(bundle, device="cpu")
+    if openvino_installed():  # on a CPU, auto prefers OpenVINO where it is installed (docs/runtime.md#backends)
+        assert rt.backend == "openvino" and "backend 'auto' picked OpenVINO" in rt.description
+    else:
+        assert rt.backend == "onnxruntime-cpu" and "ONNX Runtime on the CPU" in rt.description
+        assert "OpenVINO, faster on CPUs, is not installed" in rt.description
+    rt = load_bundle(bundle, backend="onnxruntime", device="cpu")
     assert rt.backend == "onnxruntime-cpu" and "ONNX Runtime on the CPU" in rt.description
 
 

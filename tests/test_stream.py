@@ -342,6 +342,10 @@ def test_cli_bad_sources_exit_2_with_one_error_line(bundle, avi, videos):
     assert result.exit_code == 2 and "Traceback" not in result.output
     errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert errors == [f"error: --source: video file {videos / 'nope.avi'} does not exist"], result.stderr
+    result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(videos / "nope.avi"), "--json"])
+    assert result.exit_code == 2 and len(result.stdout.splitlines()) == 1  # the error as one compact JSON line
+    assert json.loads(result.stdout) == {"error": f"--source: video file {videos / 'nope.avi'} does not exist",
+                                         "fix": json.loads(result.stdout)["fix"], "exit_code": 2}
     data = avi.read_bytes()
     (videos / "cut.avi").write_bytes(data[: len(data) // 2])
     result = runner.invoke(app, ["predict", "--bundle", str(bundle), "--source", str(videos / "cut.avi"), "--json"])

@@ -1,7 +1,9 @@
-"""Parity of a bundle's ONNX graphs against PyTorch, on the same inputs, with ONNX Runtime (CPU).
+"""Parity of a bundle's ONNX graphs against PyTorch, on the same inputs, with ONNX Runtime or OpenVINO (CPU).
 
 Inputs are seeded random pixels (and frames), plus the user's images when given; every graph of
-the bundle is run and each output compared with the PyTorch module it was exported from.
+the bundle is run and each output compared with the PyTorch module it was exported from. OpenVINO
+runs each graph as it is in f32, and the FP32 graphs once more in bf16 where the CPU computes bf16
+natively (what the runtime runs by default there), judged by the FP16 thresholds.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from ..checkpoint import load_head
 from ..errors import RadaError
 from ..head import RAdaHead
 from ..progress import SILENT, Reporter
-from ..runtimes.manifest import FUSED, HEAD, IMAGE_ENCODER, TEXT_ENCODER, Manifest, read_manifest, verify_checksums
+from ..runtimes.manifest import FUSED, HEAD, IMAGE_ENCODER, TEXT_ENCODER, GraphEntry, Manifest, read_manifest, verify_checksums
+from ..runtimes.openvino_backend import OpenVinoPlan, OpenVinoRefusal, OpenVinoRunner, plan_openvino
 from ..runtimes.ort_session import create_session
-from ..runtimes.parity import ParityReport, compare
+from ..runtimes.parity import THRESHOLDS, ParityReport, ParityResult, compare
 from .modules import FusedModel, HeadGraph, ImageEncoder, TextEncoder
 
 EXTRA_TEXTS = ("a photo of a dog.", "an origami crane, folded from paper!", "número 42 — café", "")
+VERIFY_BACKENDS = ("onnxruntime", "openvino")
+BACKEND_TITLES = {"onnxruntime": "ONNX Runtime (CPU)", "openvino": "OpenVINO (CPU)"}
 
 
 @dataclass
@@ -77,11 +82,17 @@ def verify_bundle(
     num_random: int = 8,
     seed: int = 0,
     reporter: Reporter = SILENT,
+    backend: str = "onnxruntime",
 ) -> ParityReport:
-    """Runs every graph of the bundle in ONNX Runtime (CPU) and PyTorch and compares the outputs."""
+    """Runs every graph of the bundle in ONNX Runtime or OpenVINO (``backend``, on the CPU) and in
+    PyTorch, and compares the outputs."""
+    if backend not in VERIFY_BACKENDS:
+        raise RadaError(f"verify runs on {' or '.join(VERIFY_BACKENDS)}, not {backend!r}",
+                        "TensorRT engines are checked when `rada-export trt` builds them", field="backend")
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     verify_checksums(bundle, manifest)
+    runs = _graph_runs(bundle, manifest, backend)  # before the model loads: a missing OpenVINO costs nothing
     if clip is None:
         clip = load_recorded(manifest.model, manifest.pretrained, manifest.pretrained_cfg, manifest.resolved, f"bundle {bundle}")
     head = _torch_head(bundle, manifest)
@@ -106,30 +117,103 @@ def verify_bundle(
             fused = FusedModel(clip.model, head, text_features, clip.preprocess_config, channel_order=order).eval()
             fused_frames = [t.numpy() for t in fused(torch.from_numpy(inputs.frames))]
 
-    with reporter.task("verifying graphs with ONNX Runtime", len(manifest.graphs)) as advance:
-        for key, entry in sorted(manifest.graphs.items()):
+    references = References(ref_features, ref_text, text_features.numpy(), ref_logits, ref_logits_small, k_small,
+                            fused_pixels, fused_frames)
+    if backend == "openvino":
+        bf16 = any(plan.inference_precision == "bf16" for _, _, plan in runs)
+        report.notes.append(f"OpenVINO {runs[0][2].cpu.version} on the CPU ({runs[0][2].cpu.name}): every graph in f32"
+                            + ("; the FP32 and INT8 graphs again in bf16, what the runtime runs on this CPU unless "
+                               "precision 'fp32' is asked for" if bf16 else "; no bf16 run, since this CPU has no native bf16"))
+    with reporter.task(f"verifying graphs with {BACKEND_TITLES[backend]}", len(runs)) as advance:
+        for key, entry, plan in runs:
             graph = key.split(".")[0]
-            session = create_session(bundle / entry.file, "cpu", entry.precision)
-            if graph == IMAGE_ENCODER:
-                (out,) = session.run(None, {"pixels": inputs.pixels})
-                report.results.append(compare(graph, entry.precision, "image_features", ref_features, out, False))
-            elif graph == TEXT_ENCODER:
-                (out,) = session.run(None, {"token_ids": inputs.tokens})
-                report.results.append(compare(graph, entry.precision, "text_features", ref_text, out, False))
-            elif graph == HEAD:
-                feeds = {"image_features": ref_features, "text_features": text_features.numpy()}
-                (out,) = session.run(None, feeds)
-                report.results.append(compare(graph, entry.precision, "logits", ref_logits, out, True))
-                feeds["text_features"] = feeds["text_features"][:k_small]
-                (out,) = session.run(None, feeds)
-                report.results.append(compare(graph, entry.precision, f"logits K={k_small}", ref_logits_small, out, True))
-            elif graph == FUSED:
-                input_name = next(iter(entry.inputs))
-                takes_frames = entry.input_dtypes.get(input_name) == "uint8"
-                feed = inputs.frames if takes_frames else inputs.pixels
-                ref_logits_f, ref_features_f = fused_frames if takes_frames else fused_pixels
-                logits, features = session.run(None, {input_name: feed})
-                report.results.append(compare(graph, entry.precision, "logits", ref_logits_f, logits, True))
-                report.results.append(compare(graph, entry.precision, "image_features", ref_features_f, features, False))
+            run = _graph_run(bundle, manifest, entry, plan)
+            # bf16 compute is judged as FP16 is (INT8 graphs keep their own, looser, thresholds).
+            in_bf16 = plan is not None and plan.inference_precision == "bf16"
+            precision = ("int8-bf16" if entry.precision == "int8" else "bf16") if in_bf16 else entry.precision
+            bar = THRESHOLDS["int8" if entry.precision == "int8" else "fp16"] if in_bf16 else None
+
+            def check(output: str, reference: np.ndarray, candidate: np.ndarray, is_logits: bool) -> None:
+                report.results.append(compare(graph, precision, output, reference, candidate, is_logits, bar))
+
+            try:
+                _check_graph(graph, entry, run, check, inputs, references)
+            except OpenVinoRefusal as err:  # a graph OpenVINO cannot run fails the check, with the reason
+                report.results.append(refused(graph, precision, bar or THRESHOLDS[entry.precision]))
+                report.notes.append(f"{entry.file} ({precision}): {err.problem}")
             advance(1)
     return report
+
+
+@dataclass
+class References:
+    """PyTorch's outputs on the reference inputs, per graph."""
+
+    features: np.ndarray
+    text: np.ndarray
+    text_features: np.ndarray  # the bundle's class text features, the head graph's second input
+    logits: np.ndarray
+    logits_small: np.ndarray  # the head graph's logits for the first k_small classes
+    k_small: int
+    fused_pixels: list[np.ndarray]
+    fused_frames: list[np.ndarray] | None
+
+
+def refused(graph: str, precision: str, thresholds) -> ParityResult:
+    nan = float("nan")
+    return ParityResult(graph=graph, precision=precision, output="refused", samples=0, max_abs_error=float("inf"),
+                        mean_cosine=nan, min_cosine=nan, top1_agreement=None, thresholds=thresholds, passed=False)
+
+
+def _check_graph(graph: str, entry: GraphEntry, run, check, inputs: ReferenceInputs, ref: References) -> None:
+    """Runs one graph on the reference inputs and checks every output against PyTorch's."""
+    if graph == IMAGE_ENCODER:
+        (out,) = run({"pixels": inputs.pixels})
+        check("image_features", ref.features, out, False)
+    elif graph == TEXT_ENCODER:
+        (out,) = run({"token_ids": inputs.tokens})
+        check("text_features", ref.text, out, False)
+    elif graph == HEAD:
+        feeds = {"image_features": ref.features, "text_features": ref.text_features}
+        (out,) = run(feeds)
+        check("logits", ref.logits, out, True)
+        feeds["text_features"] = feeds["text_features"][: ref.k_small]
+        (out,) = run(feeds)
+        check(f"logits K={ref.k_small}", ref.logits_small, out, True)
+    elif graph == FUSED:
+        input_name = next(iter(entry.inputs))
+        takes_frames = entry.input_dtypes.get(input_name) == "uint8"
+        feed = inputs.frames if takes_frames else inputs.pixels
+        ref_logits, ref_features = ref.fused_frames if takes_frames else ref.fused_pixels
+        logits, features = run({input_name: feed})
+        check("logits", ref_logits, logits, True)
+        check("image_features", ref_features, features, False)
+
+
+
+def _graph_runs(bundle: Path, manifest: Manifest, backend: str) -> list[tuple[str, GraphEntry, OpenVinoPlan | None]]:
+    """(graph key, entry, OpenVINO plan or None for ONNX Runtime) for every run the check makes."""
+    graphs = sorted(manifest.graphs.items())
+    if backend == "onnxruntime":
+        return [(key, entry, None) for key, entry in graphs]
+    full = plan_openvino("fp32", bundle)
+    runs = [(key, entry, full) for key, entry in graphs]
+    default = plan_openvino("auto", bundle)
+    if default.inference_precision != full.inference_precision:
+        # The graphs the runtime runs on OpenVINO: FP32 and INT8 over FP32 (FP16 requests use the FP32 graph).
+        runs += [(key, entry, default) for key, entry in graphs if "." not in key or key.endswith(".int8")]
+    return runs
+
+
+def _graph_run(bundle: Path, manifest: Manifest, entry: GraphEntry, plan: OpenVinoPlan | None):
+    """feeds -> the graph's outputs in order, on ONNX Runtime (plan None) or OpenVINO."""
+    if plan is None:
+        session = create_session(bundle / entry.file, "cpu", entry.precision)
+        return lambda feeds: session.run(None, feeds)
+    runner = OpenVinoRunner(bundle / entry.file, entry, plan)
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        out = runner.run(feeds)
+        return [out[name] for name in runner.output_names]
+
+    return run
