@@ -4,7 +4,6 @@ on plain data (engine descriptions, manifests), run everywhere; nothing here nee
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,20 +15,8 @@ from rada_export.runtimes import trt_environment as trtenv
 from rada_export.runtimes.batch_chunks import plan_chunks
 from rada_export.runtimes.manifest import read_manifest
 
-from test_tensorrt import _export
-
-
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
-    return _export(tmp_path_factory.mktemp("engines") / "tiny")
-
-
-@pytest.fixture
-def bundle(tiny_bundle, tmp_path) -> Path:
-    """A private copy of the tiny bundle (tests write engines into it)."""
-    copy = tmp_path / "bundle"
-    shutil.copytree(tiny_bundle, copy)
-    return copy
+# The shared tiny FP32 + FP16 bundle and a private copy of it, as test_tensorrt.py defines them.
+from test_tensorrt import bundle, tiny_bundle  # noqa: F401  (pytest fixtures)
 
 
 # ---------------------------------------------------------------------------------------------

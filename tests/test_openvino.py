@@ -11,8 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import pytest
 
 pytest.importorskip("openvino", reason="OpenVINO is not installed: pip install 'rada-export[openvino]'")
 
+from concurrency import in_threads  # noqa: E402
 from families import TINY_FAMILIES  # noqa: E402
 from rada_export.errors import RadaError  # noqa: E402
 from rada_export.runtimes import TTAConfig, load_bundle  # noqa: E402
@@ -28,7 +27,6 @@ from rada_export.runtimes.backends import choose_backend  # noqa: E402
 from rada_export.runtimes.manifest import read_manifest  # noqa: E402
 
 CLASSES = ["cat", "dog", "bird"]  # the shared tiny bundle other modules use too
-THREADS = 8
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -180,23 +178,6 @@ def test_the_head_graph_with_free_classes_matches_onnx_runtime(tiny_bundle):
 
 # ---------------------------------------------------------------------------------------------
 # Threads
-
-
-def in_threads(fn, jobs: list) -> list:
-    """fn(job) for every job on THREADS threads that start together; results in job order."""
-    barrier = threading.Barrier(THREADS)
-
-    def worker(share):
-        barrier.wait()
-        return [fn(job) for job in share]
-
-    with ThreadPoolExecutor(THREADS) as pool:
-        done = list(pool.map(worker, [jobs[t::THREADS] for t in range(THREADS)]))
-    out = [None] * len(jobs)
-    for t, results in enumerate(done):
-        for k, result in enumerate(results):
-            out[t + k * THREADS] = result
-    return out
 
 
 def test_eight_threads_agree_with_a_serial_run(tiny_bundle, images):

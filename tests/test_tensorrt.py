@@ -23,8 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from rada_export.errors import RadaError
 from rada_export.runtimes import cuda_memory as cm
@@ -33,6 +31,7 @@ from rada_export.runtimes.tensorrt_engine import TensorRTEngine
 from rada_export.runtimes.manifest import read_manifest, sha256_file, write_manifest
 
 from conftest import calibrate_for_tests
+from trt_cli import run_trt_without_tensorrt
 
 CLASSES = ["cat", "dog", "bird"]
 
@@ -169,26 +168,6 @@ def test_runtime_and_engine_building_import_no_torch():
 # Input validation (before TensorRT is imported) and the CLI contract
 
 
-def _cli():
-    from rada_export.cli import trt as trt_cmd
-
-    app = typer.Typer()
-
-    @app.callback()
-    def _root():
-        pass
-
-    app.command("trt")(trt_cmd.trt)
-    return app
-
-
-def _run(args, monkeypatch):
-    """Invokes `rada-export trt ARGS` with `import tensorrt` failing, as where TensorRT is not installed."""
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
-    result = CliRunner().invoke(_cli(), ["trt", *map(str, args)])
-    return result.exit_code, result.output
-
-
 @pytest.mark.parametrize("args, messages", [
     (["--min-batch", "4", "--opt-batch", "2"], ["1 <= min <= opt <= max", "fix: pass e.g. --min-batch 1, --opt-batch 8, --max-batch 32"]),
     (["--opt-batch", "16", "--max-batch", "8"], ["min 1, opt 16, max 8"]),
@@ -208,7 +187,7 @@ def _run(args, monkeypatch):
     (["--timing-cache", "/no/such/dir/trt.cache"], ["error: --timing-cache /no/such/dir/trt.cache is in a folder that does not exist"]),
 ])
 def test_bad_input_exits_2_before_tensorrt(bundle, monkeypatch, args, messages):
-    code, out = _run(["--bundle", bundle, *args], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle, *args], monkeypatch)
     flat = " ".join(out.split())
     assert code == 2, out
     for message in messages:
@@ -241,12 +220,12 @@ def test_dla_needs_a_jetson_and_fp16_or_int8(bundle, monkeypatch):
     from rada_export.tensorrt import plan as planning
 
     monkeypatch.setattr(planning, "is_jetson", lambda: False)
-    code, out = _run(["--bundle", bundle, "--dla-core", "0"], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle, "--dla-core", "0"], monkeypatch)
     assert code == 2 and "error: --dla-core 0 needs a Jetson" in out, out
     monkeypatch.setattr(planning, "is_jetson", lambda: True)
-    code, out = _run(["--bundle", bundle, "--dla-core", "0", "--precision", "fp32"], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle, "--dla-core", "0", "--precision", "fp32"], monkeypatch)
     assert code == 2 and "FP16 and INT8 only" in out and "fix: pass --precision fp16 or --precision int8 for a DLA build" in out, out
-    code, out = _run(["--bundle", bundle, "--dla-core", "0", "--min-batch", "1", "--max-batch", "8"], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle, "--dla-core", "0", "--min-batch", "1", "--max-batch", "8"], monkeypatch)
     assert code == 2 and "fixed batch" in out and "--min-batch 8, --opt-batch 8, --max-batch 8" in " ".join(out.split()), out
     plan = planning.plan_build(planning.BuildRequest(bundle, dla_core=0, gpu_fallback=True))
     assert set(plan.ranges.values()) == {(1, 1, 1), (3, 3, 3)}
@@ -265,17 +244,17 @@ def test_build_notes_name_fields_and_the_cli_shows_its_flags(bundle):
 
 
 def test_missing_bundle_corrupt_onnx_and_unwritable_engines_exit_2(bundle, tmp_path, monkeypatch):
-    code, out = _run(["--bundle", tmp_path / "nothing"], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", tmp_path / "nothing"], monkeypatch)
     assert code == 2 and "does not exist" in out
 
     data = (bundle / "model.fp16.onnx").read_bytes()
     (bundle / "model.fp16.onnx").write_bytes(data[: len(data) // 2])
-    code, out = _run(["--bundle", bundle], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle], monkeypatch)
     assert code == 2 and "checksum mismatch" in out and "model.fp16.onnx" in out
     (bundle / "model.fp16.onnx").write_bytes(data)
 
     (bundle / "engines").write_text("not a folder")
-    code, out = _run(["--bundle", bundle], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle], monkeypatch)
     assert code == 2 and "engines go into a folder" in out
 
 
@@ -292,12 +271,12 @@ def test_unsupported_operator_is_refused_before_tensorrt(bundle, monkeypatch):
     manifest = read_manifest(bundle)
     manifest.files["head.onnx"] = sha256_file(bundle / "head.onnx")
     write_manifest(bundle, manifest)
-    code, out = _run(["--bundle", bundle, "--graph", "head", "--precision", "fp32"], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle, "--graph", "head", "--precision", "fp32"], monkeypatch)
     assert code == 2 and "Unique" in out and "cannot parse" in out
 
 
 def test_missing_tensorrt_exits_2_naming_it(bundle, monkeypatch):
-    code, out = _run(["--bundle", bundle], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle], monkeypatch)
     assert code == 2, out
     flat = " ".join(out.split())
     assert "missing TensorRT" in flat and "pip install 'rada-export[trt-cu12]'" in flat and "python3-libnvinfer" in flat
@@ -305,7 +284,7 @@ def test_missing_tensorrt_exits_2_naming_it(bundle, monkeypatch):
 
 def test_missing_gpu_exits_2_naming_it(bundle, monkeypatch):
     _real_cudart_without_gpu()
-    code, out = _run(["--bundle", bundle], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle], monkeypatch)
     assert code == 2, out
     flat = " ".join(out.split())
     assert "missing TensorRT, NVIDIA driver" in flat and "nvidia-smi" in flat
@@ -314,13 +293,13 @@ def test_missing_gpu_exits_2_naming_it(bundle, monkeypatch):
 def test_every_missing_prerequisite_is_named_at_once_before_building(bundle, monkeypatch):
     # onnxruntime (parity) is checked with the rest, not imported only after a build of many minutes.
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    code, out = _run(["--bundle", bundle], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle], monkeypatch)
     flat = " ".join(out.split())
     assert code == 2, out
     assert "missing TensorRT" in flat and "onnxruntime" in flat and "--no-verify" in flat
     assert not (bundle / "engines").exists() or not any((bundle / "engines").rglob("*.engine"))
     # --no-verify drops the onnxruntime requirement (and only that one)
-    code, out = _run(["--bundle", bundle, "--no-verify"], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle, "--no-verify"], monkeypatch)
     assert code == 2 and "onnxruntime" not in " ".join(out.split()).split("missing", 1)[1].split("-")[0]
 
 
@@ -421,7 +400,7 @@ def test_real_engine_from_another_version_or_gpu_is_refused(bundle, trt_env):
 
 
 @pytest.mark.tensorrt
-def test_real_engine_is_kept_when_parity_cannot_run(bundle, trt_env, monkeypatch):
+def test_real_engine_is_kept_when_parity_cannotrun_trt_without_tensorrt(bundle, trt_env, monkeypatch):
     from rada_export.tensorrt import build
 
     def parity_crashes(*args, **kwargs):

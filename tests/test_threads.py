@@ -9,17 +9,15 @@
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from concurrency import in_threads
 from rada_export.runtimes import TTAConfig, load_bundle
 from rada_export.runtimes.preprocess import preprocess
 
-THREADS = 8
 CLASSES = ["red circle", "green square", "blue triangle", "yellow star", "purple ring", "orange cross"]
 
 
@@ -47,24 +45,6 @@ def bundle(tmp_path_factory, tiny_clip) -> Path:
 def images() -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, (36 + i % 5, 40 + i % 7, 3), dtype=np.uint8) for i in range(48)]
-
-
-def in_threads(fn, jobs: list) -> list:
-    """Runs fn(job) for every job on THREADS threads that start together; results in job order."""
-    barrier = threading.Barrier(THREADS)
-    shares = [jobs[t::THREADS] for t in range(THREADS)]
-
-    def worker(share):
-        barrier.wait()
-        return [fn(job) for job in share]
-
-    with ThreadPoolExecutor(THREADS) as pool:
-        done = list(pool.map(worker, shares))
-    out = [None] * len(jobs)
-    for t, results in enumerate(done):
-        for k, result in enumerate(results):
-            out[t + k * THREADS] = result
-    return out
 
 
 def test_episodic_results_equal_the_serial_run_per_image(bundle, images):

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from conftest import calibrate_for_tests
+from trt_cli import run_trt_without_tensorrt
 from rada_export.runtimes.manifest import read_manifest
 from rada_export.tensorrt.dry_run import DEVICE_COMPONENTS, dry_run
 from rada_export.tensorrt.plan import VARIANT_GRAPHS, BuildRequest, plan_build
@@ -41,26 +40,6 @@ def calibrated(shared_tiny_bundle, tmp_path_factory):
         calibrate_for_tests(bundle, work)
         out[kind] = bundle
     return out
-
-
-def _cli():
-    from rada_export.cli import trt as trt_cmd
-
-    app = typer.Typer()
-
-    @app.callback()
-    def _root():
-        pass
-
-    app.command("trt")(trt_cmd.trt)
-    return app
-
-
-def _trt(args, monkeypatch):
-    """`rada-export trt ARGS` with `import tensorrt` failing, as where TensorRT is not installed."""
-    monkeypatch.setitem(sys.modules, "tensorrt", None)
-    result = CliRunner().invoke(_cli(), ["trt", *map(str, args)])
-    return result.exit_code, result.output
 
 
 @pytest.mark.parametrize("kind", ["plain", "frames"])
@@ -101,13 +80,13 @@ def test_dry_run_on_every_graph_precision_and_dla_setting(calibrated, kind, monk
 def test_dry_run_cli_prints_the_frame_profile_and_exits_0(calibrated, monkeypatch):
     bundle = calibrated["frames"]
     for precision in ("fp16", "int8"):
-        code, out = _trt(["--bundle", bundle, "--precision", precision, "--dry-run"], monkeypatch)
+        code, out = run_trt_without_tensorrt(["--bundle", bundle, "--precision", precision, "--dry-run"], monkeypatch)
         assert code == 0, out
         flat = " ".join(out.split())
         assert "uint8 [batch, frame_height, frame_width, frame_channels]" in flat
         assert "min 1x1x1x1, opt 4x1080x1920x3, max 4x4096x4096x4" in flat
         assert "missing here" in flat and "TensorRT" in flat and "a build would start" in flat
-    code, out = _trt(["--bundle", bundle, "--precision", "int8", "--dry-run", "--json"], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle, "--precision", "int8", "--dry-run", "--json"], monkeypatch)
     data = json.loads(out)
     assert code == 0 and data["would_build"] and data["onnx_file"] == "model.int8_fp16.onnx"
     assert data["inputs"]["frames"]["max"] == [4, 4096, 4096, 4] and data["metadata"]["profiles"][0]["frames"]["opt"] == [4, 1080, 1920, 3]
@@ -115,16 +94,16 @@ def test_dry_run_cli_prints_the_frame_profile_and_exits_0(calibrated, monkeypatc
 
 
 def test_dry_run_exits_2_with_the_reasons_when_a_build_would_not_start(calibrated, monkeypatch):
-    code, out = _trt(["--bundle", calibrated["plain"], "--graph", "head", "--precision", "fp16", "--dry-run"], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", calibrated["plain"], "--graph", "head", "--precision", "fp16", "--dry-run"], monkeypatch)
     assert code == 2 and "would not build" in out and "no FP16 head graph" in " ".join(out.split())
-    code, out = _trt(["--bundle", calibrated["plain"], "--precision", "fp32", "--dla-core", "0", "--dry-run", "--json"], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", calibrated["plain"], "--precision", "fp32", "--dla-core", "0", "--dry-run", "--json"], monkeypatch)
     data = json.loads(out)
     assert code == 2 and not data["would_build"] and "DLA runs FP16 and INT8 only" in data["reasons"][0]
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_trt_on_a_calibrated_frames_bundle_stops_only_for_tensorrt_and_the_gpu(calibrated, precision, monkeypatch):
-    code, out = _trt(["--bundle", calibrated["frames"], "--precision", precision], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", calibrated["frames"], "--precision", precision], monkeypatch)
     assert code == 2, out
     flat = " ".join(out.split())
     named = flat.split("missing ", 1)[1].split(" - ")[0].strip()
