@@ -240,7 +240,9 @@ class TensorRTEngine:
             outputs[name] = np.empty(shape, dtype=self._dtypes[name])
         for name, arr in list(arrays.items()) + list(outputs.items()):
             ptr = self._buffers[name].ensure(arr.nbytes)
-            self._context.set_tensor_address(name, ptr)
+            if not self._context.set_tensor_address(name, ptr):  # False: the engine has no such tensor
+                raise RadaError(f"TensorRT refused the device address of {name!r}" + bullet_list(self._logger.errors()),
+                                "rebuild the engine from this bundle with `rada-export trt`")
         for name, arr in arrays.items():
             cm.copy_to_device(self._cudart, self._buffers[name].ptr, arr, self._stream)
         self._logger.clear()

@@ -24,7 +24,8 @@ TENSORRT_FIX = (
     "'rada-export[trt-cu13]' (TensorRT 10.x for CUDA 13, drivers >= 580); TensorRT 11.x, not yet checked by "
     "rada-export: 'rada-export[trt11-cu12]' or 'rada-export[trt11-cu13]'; "
     "Jetson: use JetPack's own TensorRT (JetPack 6.1/6.2 ship TensorRT 10.3): sudo apt install python3-libnvinfer "
-    "(the pip wheels do not target Jetson)"
+    "(the pip wheels do not target Jetson); it installs into the system Python, which a virtual environment sees "
+    "only when it is created with the system site packages included (venv's system-site-packages option)"
 )
 # JetPack releases and the TensorRT they ship (JetPack release notes / TensorRT support matrix).
 JETPACK_TENSORRT = {"6.0": "8.6", "6.1": "10.3", "6.2": "10.3"}
