@@ -51,7 +51,7 @@ def bench(
     if plot is not None:  # checked before the (minutes-long) runs, not after them
         from rada_export import validate
 
-        validate.output_file(plot, "plot", validate.PLOT_SUFFIXES)
+        validate.output_file(plot, "plot", validate.PLOT_SUFFIXES, force=True)
     results = run_bench(bundle, backend or None, batches, repeats, reporter(quiet or json_out))
     if plot is not None:
         plot_results(results, plot, f"{bundle.name}: fused graph latency")

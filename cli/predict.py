@@ -15,7 +15,7 @@ from .common import console, err_console, handle_errors, make_table, print_json,
 
 FIELDS = {"timeout_s": "--timeout"}
 VIDEO_CODECS = {".avi": "MJPG", ".mp4": "mp4v"}
-STREAM_ONLY = ("--stride", "--max-frames", "--timeout", "--save", "--save-state")
+STREAM_ONLY = ("--stride", "--max-frames", "--timeout", "--save", "--save-state", "--force")
 
 
 @handle_errors(fields=FIELDS, json_lines=True)
@@ -36,6 +36,7 @@ def predict(
     timeout: float = typer.Option(10.0, "--timeout", help="--source: seconds to wait for a frame before giving up."),
     save: Optional[Path] = typer.Option(None, "--save", help="--source: write the frames with their labels drawn to this video (.avi or .mp4)."),
     save_state: Optional[Path] = typer.Option(None, "--save-state", help="--source with --tta continual: write the adapted head's state (.npz) at the end."),
+    force: bool = typer.Option(False, "--force", help="--source: overwrite an existing --save or --save-state file."),
 ):
     """Classify images, or a video or camera stream, with a bundle, optionally adapting the head at test time.
 
@@ -59,7 +60,7 @@ def predict(
     if source is not None and images:
         raise RadaError("image paths and --source were both given", "classify either image files or one stream per run")
     if source is None:
-        given = [flag for flag, value in zip(STREAM_ONLY, (stride != 1, max_frames, timeout != 10.0, save, save_state)) if value]
+        given = [flag for flag, value in zip(STREAM_ONLY, (stride != 1, max_frames, timeout != 10.0, save, save_state, force)) if value]
         if given:
             raise RadaError(f"{', '.join(given)} applies only to a stream", "add --source VIDEO (or a camera index), or drop it")
         if not images:
@@ -71,7 +72,7 @@ def predict(
         names = parse_class_names(classes)  # before the bundle loads: a missing class file costs nothing
     config = None if tta == "off" else TTAConfig(mode=tta, views=16 if views is None else views) if tta == "episodic" else TTAConfig(mode=tta)
     if source is not None:
-        request = StreamRequest(source, stride, max_frames, timeout, save, save_state, top, json_out, tta)
+        request = StreamRequest(source, stride, max_frames, timeout, save, save_state, top, json_out, tta, force)
         _predict_stream(request, lambda: _runtime(bundle, backend, device, precision, config, names))
         return
     files = _image_files(images)
@@ -129,6 +130,7 @@ class StreamRequest:
     top: int
     json_out: bool
     tta: str
+    force: bool
 
 
 def _predict_stream(request: StreamRequest, load) -> None:
@@ -153,12 +155,12 @@ def _check_stream_outputs(request: StreamRequest) -> None:
     from rada_export.errors import RadaError
 
     if request.save is not None:
-        validate.output_file(request.save, "save", tuple(VIDEO_CODECS))
+        validate.output_file(request.save, "save", tuple(VIDEO_CODECS), force=request.force, what="video")
     if request.save_state is not None:
         if request.tta != "continual":
             raise RadaError(f"--save-state writes the adapted head, but this run has --tta {request.tta}",
                             "add --tta continual, or drop --save-state")
-        validate.output_file(request.save_state, "save_state", (".npz",))
+        validate.output_file(request.save_state, "save_state", (".npz",), force=request.force, what="state file")
 
 
 def _run_stream(request: StreamRequest, runtime, stream) -> None:

@@ -52,10 +52,7 @@ class TrainResult:
 def _check_output(job: TrainJob) -> None:
     """The options and the output, checked before any image is encoded: a bad value or an output
     folder that cannot be written must fail now, not after training."""
-    validate.output_file(job.out, "out")
-    if job.out.exists() and not job.force:
-        raise RadaError(f"checkpoint {job.out} already exists", "pass force=True to overwrite it, or choose another output file",
-                        field="out")
+    validate.output_file(job.out, "out", force=job.force, what="checkpoint")
     if job.val is None:
         validate.number("val_fraction", job.val_fraction, 0.0, 1.0)
         if not 0.0 < job.val_fraction < 1.0:

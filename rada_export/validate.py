@@ -220,8 +220,10 @@ def output_folder(path: str | os.PathLike, field: str = "out") -> Path:
     return path
 
 
-def output_file(path: str | os.PathLike, field: str, suffixes: Sequence[str] = ()) -> Path:
-    """A file the tool will write: not a folder, the expected suffix, in a folder it can write to."""
+def output_file(path: str | os.PathLike, field: str, suffixes: Sequence[str] = (), force: bool = False,
+                what: str = "output file") -> Path:
+    """A file the tool will write: not a folder, the expected suffix, in a folder it can write to, and
+    not a file that exists already unless ``force`` (the user's files are never replaced unasked)."""
     path = Path(path)
     if path.is_dir() or str(path).endswith((os.sep, "/")):
         raise RadaError(f"output file {path} is a folder", "give a file name" +
@@ -230,6 +232,9 @@ def output_file(path: str | os.PathLike, field: str, suffixes: Sequence[str] = (
         raise RadaError(f"output file {path} has suffix {path.suffix or '(none)'!r}",
                         f"end the file name in one of {', '.join(suffixes)}", field=field)
     writable(path.expanduser().resolve().parent, field)
+    if path.exists() and not force:
+        raise RadaError(f"{what} {path} already exists", "pass force=True to overwrite it, or choose another output file",
+                        field=field)
     return path
 
 

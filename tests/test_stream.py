@@ -377,6 +377,24 @@ def test_cli_saves_the_labelled_video_and_the_adapted_state(bundle, avi, tmp_pat
     assert result.exit_code == 2 and "--save-state writes the adapted head" in result.stderr
 
 
+def test_cli_never_replaces_a_users_file_unasked(bundle, avi, tmp_path):
+    """An existing --save or --save-state file is the user's: refused before any frame (exit 2, bytes
+    unchanged) unless --force."""
+    mine = {tmp_path / "mine.avi": b"my own video", tmp_path / "mine.npz": b"my own state"}
+    for path, content in mine.items():
+        path.write_bytes(content)
+    for flag, path in (("--save", tmp_path / "mine.avi"), ("--save-state", tmp_path / "mine.npz")):
+        args = ["predict", "--bundle", str(bundle), "--source", str(avi), "--max-frames", "2", "--tta", "continual", flag, str(path)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "already exists" in result.stderr and "--force" in result.stderr, result.output
+        assert path.read_bytes() == mine[path]
+        result = runner.invoke(app, [*args, "--force"])
+        assert result.exit_code == 0, result.output
+        assert path.read_bytes() != mine[path]
+    result = runner.invoke(app, ["predict", "--bundle", str(bundle), str(avi), "--force"])
+    assert result.exit_code == 2 and "applies only to a stream" in result.stderr
+
+
 def test_cli_ctrl_c_ends_with_a_summary(bundle, videos):
     path = write_video(videos / "long.avi", "MJPG", n=1500, width=64, height=48)
     process = subprocess.Popen([sys.executable, "-m", "rada_export.cli.app", "predict", "--bundle", str(bundle),
