@@ -1,0 +1,1 @@
+"""Fine-tuning the image encoder together with the RAda head (RAda-FT)."""

@@ -1,0 +1,1 @@
+"""The bundle format: its layout, manifest, ownership rules and verified opening, in one place."""
