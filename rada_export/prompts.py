@@ -7,6 +7,7 @@ from typing import Sequence
 
 from . import validate
 from .errors import RadaError
+from .runtimes.class_names import check_class_names
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
@@ -30,7 +31,8 @@ def parse_class_names(spec: Sequence[str] | str | Path | None) -> list[str]:
 def _expand(item: str | Path) -> list[str]:
     if validate.is_existing_file(item):
         try:
-            return Path(item).read_text(encoding="utf-8").splitlines()
+            # utf-8-sig: a byte order mark (Windows editors write one) is not part of the first name.
+            return Path(item).read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as err:
             raise RadaError(f"class file {str(item)!r} is not readable UTF-8 text ({err})",
                             "pass a UTF-8 text file, one class name a line", field="classes") from None
@@ -42,18 +44,9 @@ def _expand(item: str | Path) -> list[str]:
 
 
 def validate_class_names(names: Sequence[str]) -> list[str]:
-    names = [str(n).strip() for n in names]
-    if not names or not any(names):
-        raise RadaError("the class list is empty", "give at least two class names, one per line in the file")
-    if any(not n for n in names):
-        raise RadaError("the class list holds an empty name", "remove blank entries from the class list")
-    if len(names) < 2:
-        raise RadaError(f"only one class name given ({names[0][:60]!r}): a classifier needs at least two classes",
-                        "give at least two class names: classes='cat,dog', or a file with one name a line")
-    dupes = validate.duplicates(names)
-    if dupes:
-        raise RadaError(f"duplicate class names: {', '.join(dupes)}", "each class must appear once in the class list")
-    return list(names)
+    """The names, stripped, if every way they travel (tokenizer, classes.txt, manifest) keeps them
+    distinct and intact; a RadaError naming the first problem otherwise (runtimes/class_names.py)."""
+    return check_class_names(names)
 
 
 def validate_templates(templates: Sequence[str] | None) -> list[str]:

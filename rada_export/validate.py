@@ -4,7 +4,8 @@ Each check raises a :class:`RadaError` naming the problem and the fix (the CLI t
 line and exit code 2). They run before any work starts: nothing is written, trained or exported
 when an option is bad. ``field`` is the name of the request or config field being checked, as a
 Python caller writes it (``max_batch``); the error carries it, so that the CLI can name its flag
-instead. This module imports only the standard library, so the torch-free runtime shares it.
+instead. This module imports only the standard library and the runtime's class-name check (itself
+standard library only), so the torch-free runtime shares it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import RadaError
+from .runtimes import class_names
 
 # Opsets the exporters write: 17 has LayerNormalization as one node; torch.onnx's TorchScript
 # exporter stops at 20 and the dynamo one at 23 (torch.onnx._constants in torch 2.14:
@@ -99,6 +101,10 @@ def template(text: Any) -> str:
         raise RadaError(f"prompt template {text!r} has {len(fields)} placeholder(s); it needs exactly one '{{}}'",
                         "write templates like 'a photo of a {}.' (double literal braces as '{{' and '}}')",
                         field="templates")
+    token = class_names.reserved_token(text)
+    if token is not None:  # before the name, it would give every class the same text features
+        raise RadaError(f"prompt template {text!r} holds {token!r}, a special token of the CLIP tokenizer: the text "
+                        "encoder reads nothing after it", f"remove {token!r} from the template", field="templates")
     return text
 
 
@@ -126,11 +132,9 @@ def class_count(num_classes: int, num_heads: int) -> str | None:
 
 
 def duplicates(names: Sequence[str]) -> list[str]:
-    """Names that appear more than once, ignoring case (linear: 10,000 names must not take minutes)."""
-    from collections import Counter
-
-    counts = Counter(n.lower() for n in names)
-    return sorted({n for n in names if counts[n.lower()] > 1})
+    """Names that another name equals to the tokenizer: ignoring case and Unicode composition (linear:
+    10,000 names must not take minutes)."""
+    return class_names.duplicates(names)
 
 
 def max_classes(num_heads: int) -> int:

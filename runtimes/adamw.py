@@ -92,7 +92,19 @@ def adamw_step(
         p -= tmp
 
 
-def gradient_is_finite(grad: np.ndarray) -> bool:
-    """Whether a gradient may be applied: no NaN or inf anywhere (nor an overflowing square)."""
+def all_finite(vector: np.ndarray) -> bool:
+    """Whether a flat float32 vector (a gradient, or the weights a step made) may be used: no NaN or
+    inf anywhere, nor a value so large that its square overflows (the head's forward squares weights)."""
     # A dot product is the cheapest full pass; any NaN or inf (or overflow) makes it non-finite.
-    return math.isfinite(float(np.dot(grad, grad)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return math.isfinite(float(np.dot(vector, vector)))
+
+
+def gradient_is_finite(grad: np.ndarray) -> bool:
+    """Whether a gradient may be applied (see ``all_finite``)."""
+    return all_finite(grad)
+
+
+def moments_are_finite(state: AdamState) -> bool:
+    """Whether both moments hold only finite values (a full check: it runs only after a failed step)."""
+    return bool(np.isfinite(state.exp_avg).all() and np.isfinite(state.exp_avg_sq).all())

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from . import head_math
-from .adamw import AdamState, adamw_step, gradient_is_finite
+from .adamw import AdamState, adamw_step, all_finite, gradient_is_finite, moments_are_finite
 from .collapse_guard import CollapseGuard
 from .head_math import ForwardCache
 from .head_params import HeadSpec, ParamViews, param_views
@@ -157,11 +157,21 @@ class ContinualAdapter:
         spare, self._spare = self._spare, None
         if spare is None or sys.getrefcount(spare) > 2:
             spare = np.empty_like(snap.params)
-        adamw_step(
-            snap.params, self._grad, self.adam, lr=cfg.continual_lr, weight_decay=cfg.continual_weight_decay,
-            betas=cfg.betas, eps=cfg.eps, scratch=self._scratch, anchor=cfg.anchor, restore=cfg.restore,
-            reference=self.deployed, out=spare,
-        )
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            adamw_step(
+                snap.params, self._grad, self.adam, lr=cfg.continual_lr, weight_decay=cfg.continual_weight_decay,
+                betas=cfg.betas, eps=cfg.eps, scratch=self._scratch, anchor=cfg.anchor, restore=cfg.restore,
+                reference=self.deployed, out=spare,
+            )
+        if not all_finite(spare):
+            # A finite gradient can still make non-finite weights (float32 overflow in the step):
+            # they are never published, so the head keeps the last good weights, and the step counts
+            # as a non-finite one. Moments that overflowed would poison every later step: cleared.
+            self.counters.skipped_nonfinite += 1
+            if not moments_are_finite(self.adam):
+                self.adam.clear()
+            self._spare = spare
+            return None
         self._spare = snap.params
         self.counters.updates += 1
         self.adapted = True

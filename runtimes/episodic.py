@@ -16,7 +16,7 @@ from typing import ContextManager, Optional
 import numpy as np
 
 from . import head_math
-from .adamw import AdamState, adamw_step, gradient_is_finite
+from .adamw import AdamState, adamw_step, all_finite, gradient_is_finite
 from .head_params import HeadSpec, ParamViews, param_views
 from .head_snapshot import HeadSnapshot
 from .losses import entropy, marginal_entropy_and_grad
@@ -43,6 +43,7 @@ class EpisodeBuffers:
         self.g = param_views(self.grad, dim)
         self.scratch = np.empty(size, dtype=np.float32)
         self.adam = AdamState.zeros(size)
+        self.last_good = np.empty(size, dtype=np.float32)  # the weights before the step under way
 
 
 def kept_views(p: ParamViews, spec: HeadSpec, views: np.ndarray, text: np.ndarray, q2: np.ndarray,
@@ -110,8 +111,15 @@ class EpisodicAdapter:
                     break
                 if cfg.lr == 0.0:
                     break
-                adamw_step(work.params, work.grad, work.adam, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                           betas=cfg.betas, eps=cfg.eps, scratch=work.scratch)
+                np.copyto(work.last_good, work.params)
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    adamw_step(work.params, work.grad, work.adam, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                               betas=cfg.betas, eps=cfg.eps, scratch=work.scratch)
+                if not all_finite(work.params):
+                    # The step made non-finite weights (float32 overflow): predict with the last good ones.
+                    np.copyto(work.params, work.last_good)
+                    nonfinite += 1
+                    break
                 q2 = head_math.text_queries(p, spec, text)
                 steps += 1
             # One forward for the prediction and for the kept views' loss after adaptation.

@@ -19,6 +19,7 @@ import numpy as np
 from rada_export.errors import RadaError
 
 from . import head_math
+from .class_names import check_class_names
 from .continual import ContinualAdapter
 from .episodic import EpisodeReport, EpisodicAdapter
 from .head_bundle import HEAD_FILE, TEXT_FEATURES_FILE, read_head_bundle
@@ -383,4 +384,5 @@ def _class_names(names: Optional[Sequence[str]], count: int) -> tuple[str, ...]:
     if len(given) != count:
         raise RadaError(f"{len(given)} class names for {count} rows of text features",
                         "pass one name per row of the text features")
-    return given
+    # The head works with one class; a classifier's two-class minimum is the caller's rule.
+    return tuple(check_class_names(given, minimum=1, field="class_names"))

@@ -25,6 +25,22 @@ from rada_export.errors import RadaError
 
 MODES = ("episodic", "continual")
 
+# Bounds on the settings, where float32 arithmetic or memory stops following them.
+F32_TINY = 2.0**-126  # float32's smallest normal number, about 1.18e-38
+MAX_BETA = 1.0 - 2.0**-24  # the largest float32 below 1
+MAX_EPS = 1.0  # larger, eps swamps sqrt(v) for any gradient below 1: Adam becomes SGD at lr / eps
+MAX_LR = 0.1  # 20 x TPT's 5e-3; see the error message for why more makes no sense
+MAX_PULL = 1e6  # anchor and mask_anchor
+# All the views of an image are held at once: each is a crop at the image's shorter side (3 bytes a
+# pixel: 3.5 MB for a 1080p frame), 3 x 224 x 224 float32 preprocessed pixels (0.6 MB) and a row of
+# the encoder batch, and each kept view adds the head's backward cache (3 h K^2 + about 6 K D
+# floats: 2 MB at K = 100, D = 512). Measured (tiny model, 1080p frame): about 5 MiB a view, 1.3 GB at
+# peak for 256 views (four times TPT's 64), the bound.
+MAX_VIEWS = 256
+MAX_STEPS = 100  # per image; TPT takes 1
+MAX_CONTINUAL_BATCH = 1 << 16  # beyond it the pending-frame memory budget decides anyway
+MAX_COLLAPSE_WINDOW = 1 << 20  # 16 MB of predictions and entropies
+
 
 @dataclass(frozen=True)
 class TTAConfig:
@@ -36,12 +52,14 @@ class TTAConfig:
             runtime which step to drive; ``Head.adapt`` and ``Head.adapt_episodic`` both work
             whatever the mode.
 
-        views: episodic: number of views per image, the original included (TPT uses 64).
+        views: episodic: number of views per image, the original included (TPT uses 64); at most
+            ``MAX_VIEWS`` (256), since all of an image's views are held in memory at once.
         keep: episodic: fraction of the views with the lowest prediction entropy whose averaged
             softmax is sharpened; at least one view is always kept.
         steps: episodic: AdamW steps per image (the kept views are chosen again at each step).
-        lr: episodic: AdamW learning rate (TPT's 5e-3).
-        weight_decay: episodic: AdamW decoupled weight decay (torch's AdamW default, as in TPT).
+        lr: episodic: AdamW learning rate (TPT's 5e-3); 0 takes no step, otherwise at most ``MAX_LR``.
+        weight_decay: episodic: AdamW decoupled weight decay (torch's AdamW default, as in TPT);
+            ``lr * weight_decay`` must stay below 1 (each step scales the weights by 1 minus it).
 
         continual_batch: continual: confident frames gathered per AdamW step (their loss is
             averaged). Frames are still predicted one by one as they come; gathering only delays
@@ -65,7 +83,8 @@ class TTAConfig:
             a pull of the mask toward 1 (zero-shot behaviour). Off by default: for a trained head
             the mask is not 1, and pulling it there undoes the training.
         continual_weight_decay: continual: AdamW decoupled weight decay. Zero by default: decay
-            pulls toward zero weights, not toward the deployed head.
+            pulls toward zero weights, not toward the deployed head. ``continual_lr *
+            continual_weight_decay`` must stay below 1.
 
         collapse_window: continual: number of recent predictions the collapse guard watches; it
             acts only once the window is full, and starts afresh after a reset.
@@ -76,8 +95,13 @@ class TTAConfig:
         collapse_entropy: continual: reset when the window's mean prediction entropy, divided by
             ``ln K``, falls below this (over-confidence, SAR's recovery signal). 0 disables it.
 
-        betas: AdamW moment decay rates (both modes).
-        eps: AdamW denominator epsilon (both modes).
+        betas: AdamW moment decay rates (both modes), each at most ``MAX_BETA`` (closer to 1, float32
+            rounds them to 1).
+        eps: AdamW denominator epsilon (both modes); at least float32's smallest normal number
+            (``F32_TINY``), below which the float32 step divides 0 by 0 for weights with no gradient.
+
+    A step that still makes non-finite weights (float32 overflow) is dropped in both modes: the
+    head keeps its last good weights and ``Counters.skipped_nonfinite`` counts the step.
     """
 
     mode: str = "continual"
@@ -106,22 +130,32 @@ class TTAConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             _bad("mode", self.mode, "one of " + ", ".join(repr(m) for m in MODES))
-        _check_int("views", self.views, 1)
-        _check_int("steps", self.steps, 1)
-        _check_int("continual_batch", self.continual_batch, 1)
-        _check_int("collapse_window", self.collapse_window, 2)
+        _check_int("views", self.views, 1, MAX_VIEWS, "each view is a crop held in memory and an encoder pass")
+        _check_int("steps", self.steps, 1, MAX_STEPS, "each step is a forward and backward pass per image")
+        _check_int("continual_batch", self.continual_batch, 1, MAX_CONTINUAL_BATCH)
+        _check_int("collapse_window", self.collapse_window, 2, MAX_COLLAPSE_WINDOW,
+                   "the guard keeps 16 bytes per frame of its window")
         if not (_finite(self.keep) and 0.0 < self.keep <= 1.0):
             _bad("keep", self.keep, "a fraction in (0, 1]")
         for name in ("lr", "continual_lr"):
             value = getattr(self, name)
-            if not (_finite(value) and 0.0 <= value <= 1.0):
-                _bad(name, value, "a learning rate in [0, 1] (0 disables updates)")
+            if not (_finite(value) and (value == 0.0 or F32_TINY <= value <= MAX_LR)):
+                _bad(name, value, f"0 (no updates) or a learning rate in [{F32_TINY:.3g}, {MAX_LR:g}]",
+                     f"an AdamW step moves every weight by about the learning rate, and the head's weights are "
+                     f"of order 1/sqrt(D): above {MAX_LR:g} one step replaces them rather than adapting them")
         if not (_finite(self.restore) and 0.0 <= self.restore < 1.0):
             _bad("restore", self.restore, "a fraction in [0, 1)")
-        for name in ("weight_decay", "continual_weight_decay", "anchor", "mask_anchor"):
+        for name in ("weight_decay", "continual_weight_decay"):
             value = getattr(self, name)
             if not (_finite(value) and value >= 0.0):
                 _bad(name, value, "a finite number >= 0")
+        for name in ("anchor", "mask_anchor"):
+            value = getattr(self, name)
+            if not (_finite(value) and 0.0 <= value <= MAX_PULL):
+                _bad(name, value, f"a number in [0, {MAX_PULL:g}]",
+                     "Adam rescales the gradient, so a stronger pull changes nothing but can overflow float32")
+        _check_decay("lr", self.lr, "weight_decay", self.weight_decay)
+        _check_decay("continual_lr", self.continual_lr, "continual_weight_decay", self.continual_weight_decay)
         if not (_finite(self.e_margin) and 0.0 < self.e_margin <= 1.0):
             _bad("e_margin", self.e_margin, "a fraction of ln K in (0, 1]")
         if self.collapse_share is not None and not (_finite(self.collapse_share) and 0.0 < self.collapse_share <= 1.0):
@@ -132,12 +166,15 @@ class TTAConfig:
         if not (
             isinstance(betas, (tuple, list))
             and len(betas) == 2
-            and all(_finite(b) and 0.0 <= b < 1.0 for b in betas)
+            and all(_finite(b) and 0.0 <= b <= MAX_BETA for b in betas)
         ):
-            _bad("betas", betas, "two numbers in [0, 1)")
+            _bad("betas", betas, f"two numbers in [0, {MAX_BETA!r}]",
+                 "a beta closer to 1 rounds to 1 in float32, and that moment would never decay")
         object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
-        if not (_finite(self.eps) and self.eps > 0.0):
-            _bad("eps", self.eps, "a small positive number")
+        if not (_finite(self.eps) and F32_TINY <= self.eps <= MAX_EPS):
+            _bad("eps", self.eps, f"a number in [{F32_TINY:.3g}, {MAX_EPS:g}]",
+                 "below float32's smallest normal number eps is subnormal or 0 in the float32 step, and a weight "
+                 "whose gradient has been 0 gets 0 / 0 = NaN (or an overflowing step)")
 
     def kept_views(self, num_views: int) -> int:
         """How many of ``num_views`` views the episodic step sharpens (TPT truncates)."""
@@ -178,7 +215,9 @@ class Counters:
     frames: int = 0  # frames (rows) seen by continual adaptation
     updates: int = 0  # AdamW steps applied, continual and episodic
     skipped_unconfident: int = 0  # frames too unsure to learn from (entropy >= e_margin * ln K)
-    skipped_nonfinite: int = 0  # frames with non-finite logits, plus steps with a non-finite gradient
+    # frames with non-finite logits, plus steps with a non-finite gradient or that made non-finite
+    # weights (such a step is dropped: the head keeps its last good weights)
+    skipped_nonfinite: int = 0
     resets: int = 0  # collapse-guard resets to the deployed head
     episodes: int = 0  # episodic adaptations (one per image)
 
@@ -186,10 +225,24 @@ def _finite(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum):
-        _bad(name, value, f"an integer >= {minimum}")
+def _check_int(name: str, value: Any, minimum: int, maximum: int, why: Optional[str] = None) -> None:
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and minimum <= value <= maximum):
+        _bad(name, value, f"an integer in [{minimum}, {maximum}]", why)
 
 
-def _bad(name: str, value: Any, expected: str) -> None:
-    raise RadaError(f"TTA setting {name}={value!r} is invalid: expected {expected}", f"set {name} to {expected}")
+def _check_decay(lr_name: str, lr: float, decay_name: str, decay: float) -> None:
+    """AdamW multiplies the weights by ``1 - lr * weight_decay`` each step: at 1 or more that factor
+    flips their sign (from 2 on it grows them each step until float32 overflows)."""
+    if lr * decay >= 1.0:
+        raise RadaError(
+            f"TTA settings {lr_name}={lr!r} and {decay_name}={decay!r} are invalid: {lr_name} * {decay_name} = "
+            f"{lr * decay:g}, and each AdamW step multiplies the weights by 1 - {lr_name} * {decay_name}, which "
+            "must stay above 0",
+            f"keep {lr_name} * {decay_name} below 1 (torch's AdamW default weight decay is 0.01)", field=decay_name)
+
+
+def _bad(name: str, value: Any, expected: str, why: Optional[str] = None) -> None:
+    reason = f" ({why})" if why else ""
+    default = TTAConfig.__dataclass_fields__[name].default
+    raise RadaError(f"TTA setting {name}={value!r} is invalid: expected {expected}{reason}",
+                    f"set {name}={default!r} (the default) or another value: {expected}", field=name)
