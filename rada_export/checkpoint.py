@@ -1,7 +1,10 @@
 """Head checkpoints: the project's safetensors file and the paper's reference torch checkpoints.
 
 Our format is one ``.safetensors`` file: the six projections under their own names, optionally the
-class text features, and a JSON document under the ``rada_export`` metadata key. The paper's code
+class text features, and a JSON document under the ``rada_export`` metadata key. A fine-tuned
+checkpoint also carries the encoder tensors it trained, under ``encoder.`` + the open_clip
+state-dict name, and says so in its metadata (``encoder``; format version 2, so that an older
+rada-export refuses it rather than exporting the pretrained encoder under a fine-tuned head). The paper's code
 saves torch pickles whose ``state_dict`` holds ``mha.*`` keys; those are read with
 ``weights_only=True`` so that no untrusted pickle code can run.
 """
@@ -23,7 +26,9 @@ from .head import PROJECTION_NAMES, RAdaHead
 
 METADATA_KEY = "rada_export"
 TEXT_FEATURES_KEY = "text_features"
-FORMAT_VERSION = 1
+ENCODER_PREFIX = "encoder."
+FORMAT_VERSION = 2  # the newest this version reads; head-only checkpoints are still written as 1
+HEAD_ONLY_FORMAT = 1
 
 
 @dataclass
@@ -44,7 +49,9 @@ class HeadMetadata:
     training: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     source: str = "rada-export"
-    format_version: int = FORMAT_VERSION
+    format_version: int = HEAD_ONLY_FORMAT
+    # Fine-tuned encoder tensors in the file: {"towers": [...], "tensors": n, "wise_alpha": a}; empty for a head only.
+    encoder: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "checkpoint") -> "HeadMetadata":
@@ -81,7 +88,7 @@ class HeadMetadata:
         for name in ("model", "pretrained"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise RadaError(f"{origin}: metadata {name} is not a string", fix)
-        for name in ("training", "versions"):
+        for name in ("training", "versions", "encoder"):
             if not isinstance(getattr(self, name), dict):
                 raise RadaError(f"{origin}: metadata {name} is not an object", fix)
         if self.embed_dim and self.embed_dim % self.num_heads:
@@ -93,6 +100,12 @@ class HeadCheckpoint:
     head: RAdaHead
     metadata: HeadMetadata
     text_features: torch.Tensor | None = None
+    # open_clip state-dict name -> tensor, for the towers a fine-tuning run trained; None for a head only.
+    encoder_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def fine_tuned(self) -> bool:
+        return bool(self.encoder_state)
 
 
 def tool_versions() -> dict[str, str]:
@@ -111,8 +124,15 @@ def save_head(
     head: RAdaHead,
     metadata: HeadMetadata,
     text_features: torch.Tensor | None = None,
+    encoder_state: dict[str, torch.Tensor] | None = None,
+    encoder_record: dict[str, Any] | None = None,
 ) -> Path:
-    """Writes the checkpoint atomically (temporary file, then rename)."""
+    """Writes the checkpoint atomically (temporary file, then rename).
+
+    ``encoder_state`` (open_clip state-dict names) makes it a fine-tuned checkpoint; ``encoder_record``
+    says how it was made (towers, WiSE alpha). Without tensors no encoder record is written, even
+    when ``metadata`` carries one: the file must not claim weights it lacks.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -123,6 +143,12 @@ def save_head(
     if text_features is not None:
         tensors[TEXT_FEATURES_KEY] = text_features.detach().cpu().float().contiguous()
     meta = asdict(metadata)
+    meta["encoder"], meta["format_version"] = {}, HEAD_ONLY_FORMAT
+    if encoder_state:
+        for key, value in encoder_state.items():
+            tensors[ENCODER_PREFIX + key] = value.detach().cpu().contiguous().clone()
+        meta["encoder"] = {**(encoder_record or metadata.encoder or {}), "tensors": len(encoder_state)}
+        meta["format_version"] = FORMAT_VERSION
     meta.update(head.config)
     meta.setdefault("versions", {})
     meta["versions"] = {**tool_versions(), **meta["versions"]}
@@ -191,9 +217,25 @@ def _load_safetensors(path: Path) -> HeadCheckpoint:
     text = state.pop(TEXT_FEATURES_KEY, None)
     if text is not None and (text.ndim != 2 or not text.is_floating_point() or not bool(torch.isfinite(text).all())):
         raise RadaError(f"{path}: {TEXT_FEATURES_KEY} is not a finite K x D float tensor", "re-train the checkpoint")
-    state = {k.removeprefix("mha."): v for k, v in state.items()}
+    encoder = _encoder_tensors(state, meta, path)
+    state = {k.removeprefix("mha."): v for k, v in state.items() if not k.startswith(ENCODER_PREFIX)}
     head = _head_from_state(state, meta, str(path))
-    return HeadCheckpoint(head, meta, text)
+    return HeadCheckpoint(head, meta, text, encoder)
+
+
+def _encoder_tensors(state: dict[str, torch.Tensor], meta: HeadMetadata, path: Path) -> dict[str, torch.Tensor] | None:
+    """The fine-tuned encoder tensors, checked against the metadata's own count; None for a head only."""
+    encoder = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+    fix = "the checkpoint is corrupt or was edited: re-train it"
+    if not encoder and not meta.encoder:
+        return None
+    if meta.encoder.get("tensors") != len(encoder):
+        raise RadaError(f"{path}: its metadata records {meta.encoder.get('tensors', 0)} fine-tuned encoder tensors, "
+                        f"the file holds {len(encoder)}", fix)
+    for key, value in encoder.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise RadaError(f"{path}: encoder tensor {key} is not finite", fix)
+    return encoder
 
 
 def _load_reference(path: Path) -> HeadCheckpoint:
@@ -226,8 +268,43 @@ def load_head(path: str | os.PathLike) -> HeadCheckpoint:
     if path.is_dir():
         raise RadaError(f"checkpoint {path} is a folder", "pass the head.safetensors file itself")
     with open(path, "rb") as fh:
-        magic = fh.read(8)
-    # Torch's zip format starts with "PK"; legacy pickles with 0x80. Anything else we try as safetensors.
+        magic = fh.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header. Its first byte can
+    # be anything (0x80 for a 10,112-byte header), so that layout is checked before torch's own:
+    # "PK" (zip) or 0x80 (a legacy pickle). Anything else is tried as safetensors, for its error.
+    header = int.from_bytes(magic[:8], "little")
+    if len(magic) == 9 and magic[8:9] == b"{" and header <= path.stat().st_size - 8:
+        return _load_safetensors(path)
     if magic[:2] == b"PK" or magic[:1] == b"\x80":
         return _load_reference(path)
     return _load_safetensors(path)
+
+
+def load_clip_for_checkpoint(
+    ckpt: HeadCheckpoint | None, model_name: str, pretrained: str | None, pretrained_cfg: str | None = None,
+    origin: str = "checkpoint",
+):
+    """The CLIP model a head checkpoint goes with: open_clip's build, then the fine-tuned encoder
+    tensors when the checkpoint carries them (``load_clip`` otherwise).
+
+    A fine-tuned checkpoint records the pretrained weights it started from; a different
+    ``pretrained`` would put its text tower beside an image tower tuned from other weights, so it
+    is refused. ``pretrained`` / ``pretrained_cfg`` left None take the checkpoint's record.
+    """
+    from .clip import apply_encoder_weights, load_clip
+
+    if ckpt is not None:
+        pretrained = pretrained if pretrained is not None else (ckpt.metadata.pretrained or None)
+        pretrained_cfg = pretrained_cfg if pretrained_cfg is not None else ckpt.metadata.pretrained_cfg
+    if ckpt is not None and ckpt.fine_tuned:
+        recorded = ckpt.metadata.pretrained
+        if pretrained is not None and recorded and pretrained != recorded:
+            raise RadaError(
+                f"{origin} fine-tuned the encoder from pretrained={recorded!r}, not {pretrained!r}",
+                "leave pretrained out: a fine-tuned checkpoint carries its own image encoder", field="pretrained",
+            )
+    clip = load_clip(model_name, pretrained, pretrained_cfg=pretrained_cfg)
+    if ckpt is not None and ckpt.fine_tuned:
+        record = {k: v for k, v in ckpt.metadata.encoder.items() if k != "tensors"}
+        apply_encoder_weights(clip, ckpt.encoder_state, origin, record)
+    return clip

@@ -71,6 +71,8 @@ class LoadedClip:
     embed_dim: int
     context_length: int
     source: ClipSource | None = None
+    # Set when fine-tuned encoder tensors were loaded over the pretrained ones: what they were.
+    encoder_weights: dict[str, Any] | None = None
 
     @property
     def logit_scale(self) -> float:
@@ -97,6 +99,7 @@ class LoadedClip:
             "activations": activation_names(self.model),
             "preprocess": self.preprocess_config.to_dict(),
             "logit_bias": self.logit_bias,
+            **({"encoder_weights": self.encoder_weights} if self.encoder_weights else {}),
         }
 
     @property
@@ -265,3 +268,32 @@ def load_recorded(model: str, pretrained: str | None, pretrained_cfg: str | None
     if resolved:
         check_rebuild(clip, resolved, origin)
     return clip
+
+
+def apply_encoder_weights(clip: LoadedClip, state: dict[str, torch.Tensor], origin: str, record: dict[str, Any] | None = None) -> None:
+    """Loads fine-tuned encoder tensors (open_clip state-dict names) into ``clip.model``, in place.
+
+    Every tensor must name one of the model's own, with its shape; a tower is replaced whole (all
+    of ``visual.*`` at least), so no half-tuned tower can pass. The tensors come from an untrusted
+    file: they are checked before anything is copied.
+    """
+    own = clip.model.state_dict()
+    fix = f"pass a checkpoint fine-tuned from {clip.model_name} (rada-export train --finetune)"
+    unknown = sorted(k for k in state if k not in own)
+    if unknown:
+        raise RadaError(f"{origin}: encoder tensors {', '.join(unknown[:3])} are not in {clip.model_name}", fix)
+    visual = [k for k in own if k.startswith("visual.")]
+    missing = [k for k in visual if k not in state]
+    if missing:
+        raise RadaError(f"{origin}: the fine-tuned image tower lacks {', '.join(missing[:3])}", fix)
+    for key, value in state.items():
+        target = own[key]
+        if tuple(value.shape) != tuple(target.shape) or value.is_floating_point() != target.is_floating_point():
+            raise RadaError(f"{origin}: encoder tensor {key} is {tuple(value.shape)} {value.dtype}, "
+                            f"{clip.model_name} has {tuple(target.shape)} {target.dtype}", fix)
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise RadaError(f"{origin}: encoder tensor {key} is not finite", fix)
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value.to(own[key].dtype))
+    clip.encoder_weights = {"tensors": len(state), **(record or {})}

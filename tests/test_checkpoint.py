@@ -105,3 +105,17 @@ def test_metadata_is_plain_json(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["rada_export"])
     assert meta["model"] == "ViT-B-32" and meta["embed_dim"] == 64 and meta["num_heads"] == 8
+
+
+def test_a_safetensors_header_length_that_looks_like_a_pickle_is_still_ours(tmp_path):
+    # The first byte of a safetensors file is its header length's low byte; 0x80 is also a pickle's
+    # first byte. Such a file (here made by padding a class name) must load as our checkpoint.
+    head = trained_like_head()
+    path = tmp_path / "head.safetensors"
+    for pad in range(300):
+        save_head(path, head, HeadMetadata(embed_dim=64, class_names=["a" * (pad + 1), "b"]))
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    ckpt = load_head(path)
+    assert ckpt.metadata.source == "rada-export" and ckpt.metadata.class_names[1] == "b"
