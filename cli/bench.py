@@ -20,11 +20,14 @@ def bench(
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of latency against batch size per backend."),
     frames: bool = typer.Option(False, "--frames", help="Frames mode: predict() latency on 720p, 1080p and 4K BGR camera frames at batch 1, split into host work and graph time."),
+    tta: bool = typer.Option(False, "--tta", help="TTA mode: predict(image, adapt=True) latency with continual test-time adaptation at batch 1 (the image_encoder graph, the head and its update step), per backend."),
     source: Optional[str] = typer.Option(None, "--source", help="Stream mode: decode, inference and end-to-end FPS on this video file, with decoding in a thread of its own (as predict --source does) and without."),
     max_frames: int = typer.Option(200, "--max-frames", help="--source: frames per pass (the first ones of the video)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Latency p50/p90/p99, throughput and peak memory of the fused graph per backend, side by side.
+
+    With --tta: the continual test-time-adaptation path (image_encoder graph, head, update step) at batch 1.
 
     With --source VIDEO: decode, inference and end-to-end FPS on a video, with decoding overlapped in a
     thread of its own (as predict --source does) and without.
@@ -40,6 +43,12 @@ def bench(
             raise RadaError("--source benchmarks a video stream, which takes no --frames, --batch or --plot",
                             "run the stream benchmark and the others separately")
         _bench_stream(bundle, source, backend or None, max_frames, json_out, quiet)
+        return
+    if tta:
+        if frames or batch is not None or plot is not None:
+            raise RadaError("--tta times continual adaptation at batch 1, which takes no --frames, --batch or --plot",
+                            "run the TTA benchmark and the others separately")
+        _bench_tta(bundle, backend or None, repeats, json_out, quiet)
         return
     if frames:
         _bench_frames(bundle, backend or None, repeats, json_out, quiet)
@@ -77,6 +86,20 @@ def _bench_frames(bundle: Path, backends, repeats: int, json_out: bool, quiet: b
              "graph" if r.in_graph_resize else "host"] for r in results]
     console.print(make_table(f"{bundle}: predict(frame, bgr=True), batch 1",
                              ["backend", "precision", "frame", "p50 ms", "host ms", "graph ms", "resize on"], rows))
+
+
+def _bench_tta(bundle: Path, backends, repeats: int, json_out: bool, quiet: bool) -> None:
+    from rada_export.bench import run_bench_tta
+
+    results = run_bench_tta(bundle, backends, repeats=repeats, reporter=reporter(quiet or json_out))
+    if json_out:
+        print_json({"bundle": str(bundle), "tta": [asdict(r) for r in results]})
+        return
+    rows = [[r.backend, r.precision, f"{r.p50_ms:.2f}", f"{r.encoder_ms:.2f}", f"{r.adapt_ms:.2f}", r.updates] for r in results]
+    console.print(make_table(f"{bundle}: predict(image, adapt=True), continual TTA, batch 1",
+                             ["backend", "precision", "p50 ms", "image_encoder ms", "head + update ms", "updates"], rows))
+    for r in results:
+        console.print(f"{r.backend} {r.precision}: {r.encoder_on}", soft_wrap=True)
 
 
 def _bench_stream(bundle: Path, source: str, backends, max_frames: int, json_out: bool, quiet: bool) -> None:

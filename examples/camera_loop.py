@@ -15,7 +15,13 @@ and the engine resizes them on the GPU. That path is the fused graph's, so it ap
 ``--tta off``; with continual adaptation each frame takes the fast host path (Pillow, reducing
 first) into the image encoder.
 
-Needs only the device install (rada-export[cpu] or [gpu], plus rada-export[video]); no PyTorch.
+``load_bundle(bundle)`` with its defaults runs each graph on the best TensorRT engine built on this
+device, else on ONNX Runtime; ``rada-export trt --bundle bundle/`` builds them all: the fused graph
+(``--tta off``), the image encoder (continual adaptation) and the text encoder. The summary's
+backend line (``runtime.description``) says which graph runs where.
+
+Needs only the device install (rada-export[cpu] or [gpu], on a Jetson rada-export[jetson] beside
+JetPack's TensorRT and OpenCV, plus rada-export[video] elsewhere); no PyTorch.
 """
 
 from __future__ import annotations

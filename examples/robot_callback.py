@@ -22,6 +22,10 @@ Export the bundle with ``--embed-preprocess --channel-order bgr`` (``rgb`` for r
 with ``tta="off"``: the frame, at the camera's full size, goes into the graph as it is (BGRA/bgra8
 too: the graph drops alpha), which resizes it on the GPU; on a CPU backend the host first does the
 graph's integer box reduction (OpenCV), and the graph the rest.
+
+The node loads the bundle with ``load_bundle``'s defaults: each graph runs on the best TensorRT
+engine built on this device (``rada-export trt --bundle bundle/`` builds the fused graph, the image
+encoder that continual adaptation runs, and the text encoder), else on ONNX Runtime.
 """
 
 from __future__ import annotations

@@ -369,11 +369,92 @@ def run_bench_frames(bundle: str | os.PathLike, backends: Sequence[str] | None =
     return results
 
 
+@dataclass
+class TtaBenchResult:
+    backend: str
+    precision: str
+    p50_ms: float  # one predict(image, adapt=True) with continual TTA at batch 1, median
+    encoder_ms: float  # of which the image_encoder graph (the engine, or ONNX Runtime): TTA does not use the fused graph
+    adapt_ms: float  # of which the rest: the head on the features and its AdamW update step (numpy, on the host)
+    updates: int  # head updates during the timed runs (every frame updates: continual_batch 1, e_margin 1)
+    encoder_on: str  # where the image_encoder ran (runtime.description)
+    repeats: int
+
+
+def bench_tta_in_process(bundle: Path, target: BenchTarget, repeats: int, warmup: int = 2) -> list[TtaBenchResult]:
+    """The continual-TTA path at batch 1: the image_encoder graph, the head, one AdamW step per frame."""
+    import time
+
+    from .runtimes.runtime import load_bundle
+    from .runtimes.tta import TTAConfig
+
+    backend, device = _LOADS[target.backend]
+    precision = "fp16" if target.precision == "bf16" else target.precision
+    # Every frame adapts (one frame per step, any confident frame), so the adapt step is in every timed run.
+    tta = TTAConfig(mode="continual", continual_batch=1, e_margin=1.0)
+    rt = load_bundle(bundle, backend=backend, device=device, precision=precision, tta=tta)
+    h, w = rt.manifest.preprocess.size
+    image = camera_frame(h, w)
+    real_encode = rt.encode
+    encoder_seconds: list[float] = []
+
+    def timed_encode(pixels):
+        start = time.perf_counter()
+        out = real_encode(pixels)
+        encoder_seconds.append(time.perf_counter() - start)
+        return out
+
+    rt.encode = timed_encode  # the instance's encode: what predict(adapt=True) calls for the features
+    totals = time_calls(lambda: rt.predict(image, adapt=True), repeats, warmup)
+    inside = encoder_seconds[warmup:]
+    p50 = statistics.median(totals)
+    encoder = statistics.median(inside)
+    return [TtaBenchResult(target.backend, target.precision, 1000 * p50, 1000 * encoder,
+                           1000 * statistics.median(t - e for t, e in zip(totals, inside)), int(rt.head.updates),
+                           rt.description, repeats)]
+
+
+def run_bench_tta(bundle: str | os.PathLike, backends: Sequence[str] | None = None, repeats: int = 20,
+                  reporter: Reporter = SILENT) -> list[TtaBenchResult]:
+    """TTA mode of `bench`: continual adaptation per backend present, each in its own process.
+
+    TensorRT is timed where the bundle has an image_encoder engine for this GPU (``rada-export trt``
+    builds it by default); without one the TTA path runs its encoder on ONNX Runtime, and it is said.
+    """
+    from .runtimes.engine_selection import find_engine
+    from .runtimes.manifest import IMAGE_ENCODER
+
+    bundle = Path(bundle)
+    targets, _ = plan_bench(bundle, backends, [1], repeats)
+    targets = [t for t in targets if t.backend != PYTORCH]
+    for target in [t for t in targets if t.backend == "tensorrt"]:
+        if find_engine(bundle, IMAGE_ENCODER, target.precision) is None:
+            targets.remove(target)
+            warnings.warn(f"TensorRT {target.precision}: no image_encoder engine for this GPU, so test-time adaptation runs "
+                          f"its encoder on ONNX Runtime; build it with `rada-export trt --bundle {bundle} --graph image_encoder "
+                          f"--precision {target.precision}`", stacklevel=2)
+    results = []
+    with reporter.task("benchmarking test-time adaptation", len(targets)) as advance:
+        for target in targets:
+            cmd = [sys.executable, "-m", "rada_export.bench", "--tta", str(bundle), target.backend, target.precision, str(repeats)]
+            result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            if result.returncode != 0:
+                raise RadaError(f"benchmarking TTA on {target.backend} {target.precision} failed: "
+                                f"{result.stderr.strip().splitlines()[-1:]}",
+                                "run `rada-export verify --bundle ...` to check the bundle, or leave that backend out")
+            results += [TtaBenchResult(**row) for row in json.loads(result.stdout.strip().splitlines()[-1])]
+            advance(1)
+    return results
+
+
 def _worker(argv: list[str]) -> None:
     from .runtimes.openvino_backend import OpenVinoRefusal
 
     try:
-        if argv and argv[0] == "--frames":
+        if argv and argv[0] == "--tta":
+            bundle, backend, precision, repeats = argv[1:]
+            rows = bench_tta_in_process(Path(bundle), BenchTarget(backend, precision), int(repeats))
+        elif argv and argv[0] == "--frames":
             bundle, backend, precision, frames, repeats = argv[1:]
             rows = bench_frames_in_process(Path(bundle), BenchTarget(backend, precision), frames.split(","), int(repeats))
         else:

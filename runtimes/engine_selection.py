@@ -62,28 +62,46 @@ def _engine_problem(meta: Mapping[str, Any] | None, manifest: Any, current: Engi
     return None
 
 
+# precision="auto": per graph, the first of these with an engine that fits. An INT8 engine exists
+# only because it was built on purpose, and it is taken only where its parity check passed (an INT8
+# engine whose parity was not checked may hide a calibration that went wrong); FP16 keeps LayerNorm,
+# Softmax and the norms in FP32 in the graph itself, so an FP16 engine beats FP32 where no INT8 one is.
+AUTO_ORDER = ("int8", "fp16", "fp32")
+
+
+def _wanted(manifest: Any, graph: str, precision: str) -> list[str]:
+    """The engine precisions that may serve ``graph`` for a request of ``precision``, best first."""
+    if precision == "auto":
+        return list(AUTO_ORDER)
+    has_variant = manifest.graph_key(graph, precision) in (getattr(manifest, "graphs", {}) or {})
+    return [precision] if has_variant or precision == "fp32" else [precision, "fp32"]
+
+
 def select_engines(
     manifest: Any,
     engines: Mapping[str, Mapping[str, Any] | None],
     current: EngineEnvironment | None,
-    precision: str,
+    precision: str = "auto",
     unavailable: str | None = None,
 ) -> dict[str, Placement]:
     """Per graph of the bundle: the engine to run it with, or ONNX Runtime, and why. A pure function.
 
     ``engines`` is :func:`scan_engines`' answer (engine path -> description), ``current`` the GPU and
-    TensorRT version here (None when TensorRT cannot run: ``unavailable`` says why). A graph gets
-    an engine built on this GPU with this TensorRT version, from this bundle's ONNX file (same
-    sha256), that did not fail parity, in ``precision``, or in FP32 for graphs that the bundle has
-    no ``precision`` variant of (text encoder, head). Every other graph runs on ONNX Runtime.
+    TensorRT version here (None when TensorRT cannot run: ``unavailable`` says why). An engine fits
+    when it was built on this GPU with this TensorRT version, from this bundle's ONNX file (same
+    sha256), and did not fail parity.
+
+    ``precision="auto"``: per graph, the best engine that fits in the order of :data:`AUTO_ORDER`
+    (INT8 only where its parity check passed, then FP16, then FP32), else ONNX Runtime in FP32.
+    ``fp32`` / ``fp16`` / ``int8``: an engine in that precision, or in FP32 for graphs that the bundle
+    has no ``precision`` variant of (text encoder, head), else ONNX Runtime in that precision.
     """
     graphs = getattr(manifest, "graphs", {}) or {}
     base_graphs = [g for g in graphs if "." not in g]
     placements: dict[str, Placement] = {}
     for graph in base_graphs:
-        has_variant = manifest.graph_key(graph, precision) in graphs
-        ort_precision = precision if has_variant else "fp32"
-        wanted = [precision] if has_variant or precision == "fp32" else [precision, "fp32"]
+        wanted = _wanted(manifest, graph, precision)
+        ort_precision = "fp32" if precision == "auto" or manifest.graph_key(graph, precision) not in graphs else precision
         if current is None:
             placements[graph] = Placement(graph, "onnxruntime", ort_precision, unavailable or "TensorRT is not available here")
             continue
@@ -97,6 +115,8 @@ def select_engines(
                 if meta is None and name != engine_file_name(graph, want):
                     continue
                 problem = _engine_problem(meta, manifest, current)
+                if problem is None and precision == "auto" and want == "int8" and not _parity_passed(meta):
+                    problem = "precision auto takes an INT8 engine only where its parity check passed (this one was not checked)"
                 if problem is None:
                     chosen = (rel, meta)
                     break
@@ -105,13 +125,37 @@ def select_engines(
                 break
         if chosen is not None:
             rel, meta = chosen
-            verification = meta.get("verification") if isinstance(meta.get("verification"), Mapping) else {}
-            note = "" if verification.get("passed") is True else ", parity not checked"
+            note = "" if _parity_passed(meta) else ", parity not checked"
             placements[graph] = Placement(graph, "tensorrt", str(meta.get("precision")), f"TensorRT engine {rel}{note}", rel)
         else:
             why = "; ".join(rejected[:3]) if rejected else f"no {'/'.join(wanted)} {graph} engine for {current.dir_name}"
             placements[graph] = Placement(graph, "onnxruntime", ort_precision, why)
     return placements
+
+
+def _parity_passed(meta: Mapping[str, Any]) -> bool:
+    verification = meta.get("verification")
+    return isinstance(verification, Mapping) and verification.get("passed") is True
+
+
+# The graphs the runtime runs, and what runs them (runtimes/runtime.py): the head is computed on the host.
+RUNTIME_GRAPHS = ("model", "image_encoder", "text_encoder")
+RUNTIME_PATHS = {
+    "model": "predict on the bundle's classes",
+    "image_encoder": "test-time adaptation (continual and episodic) and predict after set_classes",
+    "text_encoder": "set_classes (new class names on the device)",
+}
+
+
+def paths_without_engine(placements: Mapping[str, Placement]) -> list[str]:
+    """One line per runtime path whose graph runs on ONNX Runtime although TensorRT is here, and why."""
+    lines = []
+    for graph in RUNTIME_GRAPHS:
+        placement = placements.get(graph)
+        if placement is not None and placement.backend != "tensorrt":
+            lines.append(f"{RUNTIME_PATHS[graph]} runs the {graph} graph on ONNX Runtime, not TensorRT: {placement.reason} "
+                         f"(build it with `rada-export trt --graph {graph}`)")
+    return lines
 
 
 def describe_placements(placements: Mapping[str, Placement], onnxruntime: str) -> str:

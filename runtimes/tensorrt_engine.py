@@ -172,6 +172,11 @@ class TensorRTEngine:
             if fixed >= 0 and got != fixed:
                 raise RadaError(f"input {name!r} must have size {fixed} on axis {axis} ({wanted}), got shape {shape}",
                                 f"pass an array of shape ({wanted})")
+            if not low <= got <= high and axis in (1, 2) and len(declared) == 4 and declared[3] < 0:
+                # a frame side of a frames graph (N x H x W x C uint8): the profile holds the frame sizes it was built for
+                raise RadaError(f"input {name!r}: frame side {got} on axis {axis} is outside the engine's range [{low}, {high}]",
+                                "resize the frames on the host first, or re-export with `rada-export onnx --embed-preprocess "
+                                "--frame-size WxH` (the camera's size) and rebuild the engines with `rada-export trt`")
             if not low <= got <= high:
                 hint = f"pass at least {low}" if got < low else (
                     f"split it into chunks of at most {high}, or rebuild the engine with a larger range "

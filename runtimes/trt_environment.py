@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -27,6 +28,31 @@ TENSORRT_FIX = (
     "(the pip wheels do not target Jetson); it installs into the system Python, which a virtual environment sees "
     "only when it is created with the system site packages included (venv's system-site-packages option)"
 )
+# Where JetPack's apt packages (python3-libnvinfer) put the `tensorrt` module: the system Python's
+# site packages (Debian layout; JetPack 6 is Ubuntu 22.04 with Python 3.10). A venv sees them only when
+# made with them (`python3 -m venv --system-site-packages`, docs.python.org/3/library/venv.html).
+JETSON_MARKERS = ("/etc/nv_tegra_release",)
+SYSTEM_SITE_PACKAGES = ("/usr/lib/python3/dist-packages", "/usr/lib/python3.10/dist-packages", "/usr/lib/python3.12/dist-packages")
+
+
+def jetpack_tensorrt_fix(markers: tuple[str, ...] = JETSON_MARKERS, site_packages: tuple[str, ...] = SYSTEM_SITE_PACKAGES) -> str | None:
+    """On a Jetson: what to do when this Python cannot import TensorRT. None elsewhere.
+
+    JetPack installs TensorRT; a missing module there is nearly always a virtual environment made
+    without the system site packages, so the advice must not be to install what is installed.
+    """
+    if not any(Path(m).exists() for m in markers):
+        return None
+    found = next((d for d in site_packages if (Path(d) / "tensorrt").is_dir()), None)
+    if found is not None:
+        return (f"JetPack's TensorRT is installed ({found}/tensorrt) in the system Python's site packages, which this "
+                "Python does not see: make the virtual environment with them (python3 -m venv --system-site-packages VENV, "
+                "then pip install the rada-export wheel into it), or run with the system python3")
+    return ("JetPack 6.1/6.2's TensorRT Python module is not installed: sudo apt install python3-libnvinfer "
+            "(part of nvidia-jetpack), then use the system python3 or a virtual environment made with "
+            "python3 -m venv --system-site-packages")
+
+
 # JetPack releases and the TensorRT they ship (JetPack release notes / TensorRT support matrix).
 JETPACK_TENSORRT = {"6.0": "8.6", "6.1": "10.3", "6.2": "10.3"}
 
@@ -49,19 +75,24 @@ def parse_version(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def tensorrt_fix() -> str:
+    """How to get TensorRT here: on a Jetson what fits its install (:func:`jetpack_tensorrt_fix`), else the extras."""
+    return jetpack_tensorrt_fix() or TENSORRT_FIX
+
+
 def import_tensorrt(import_module: ImportModule = importlib.import_module):
     """The tensorrt module (10 or newer), or a RadaError that says how to get it."""
     try:
         trt = import_module("tensorrt")
     except ImportError as err:
-        raise RadaError(f"TensorRT's Python module `tensorrt` is not installed ({err})", TENSORRT_FIX) from None
+        raise RadaError(f"TensorRT's Python module `tensorrt` is not installed ({err})", tensorrt_fix()) from None
     except Exception as err:  # the module exists but its libraries (libnvinfer, CUDA) do not load
         raise RadaError(
             f"TensorRT's Python module `tensorrt` is installed but does not load ({type(err).__name__}: {err})",
             "reinstall TensorRT for this CUDA version: " + TENSORRT_FIX,
         ) from None
     if trt is None:  # sys.modules["tensorrt"] = None blocks the import the same way
-        raise RadaError("TensorRT's Python module `tensorrt` is not installed", TENSORRT_FIX)
+        raise RadaError("TensorRT's Python module `tensorrt` is not installed", tensorrt_fix())
     version = str(getattr(trt, "__version__", "unknown"))
     parsed = parse_version(version)
     if not parsed or parsed[0] < MIN_TENSORRT_MAJOR:
@@ -131,7 +162,7 @@ def diagnose_environment(
     try:
         trt = import_tensorrt(import_module)
     except RadaError as err:
-        missing.append(Missing("TensorRT", err.problem, err.fix or TENSORRT_FIX))
+        missing.append(Missing("TensorRT", err.problem, err.fix or tensorrt_fix()))
     major = tensorrt_cuda_major() if cuda_major == "detect" else cuda_major
     found, cudart = diagnose_cuda(major, f"TensorRT {getattr(trt, '__version__', '')}".strip(), device, load_cudart)
     missing.extend(found)

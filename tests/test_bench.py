@@ -52,3 +52,22 @@ def test_bench_json_and_plot(bundle, tmp_path):
 def test_bench_bad_input(bundle, args, message):
     result = CliRunner().invoke(app, ["bench", "--bundle", str(bundle), *args])
     assert result.exit_code == 2 and message in " ".join(result.output.split())
+
+
+TTA_FIELDS = {"backend", "precision", "p50_ms", "encoder_ms", "adapt_ms", "updates", "encoder_on", "repeats"}
+
+
+def test_bench_tta_times_the_continual_adaptation_path(bundle):
+    """--tta: predict(adapt=True) runs the image_encoder graph and an update step per frame (no fused graph)."""
+    result = CliRunner().invoke(app, ["bench", "--bundle", str(bundle), "--tta", "--backend", "onnxruntime-cpu",
+                                      "--repeats", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["tta"]
+    assert {r["precision"] for r in rows} == {"fp32", "fp16"}
+    for row in rows:
+        assert set(row) == TTA_FIELDS and row["repeats"] == 3
+        assert 0 < row["encoder_ms"] < row["p50_ms"] and row["adapt_ms"] > 0
+        assert row["updates"] == 2 + 3  # warm-up and timed runs: every frame took its update step
+        assert "ONNX Runtime on the CPU" in row["encoder_on"]
+    result = CliRunner().invoke(app, ["bench", "--bundle", str(bundle), "--tta", "--frames"])
+    assert result.exit_code == 2 and "--tta" in result.output

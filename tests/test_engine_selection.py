@@ -134,6 +134,78 @@ def test_graphs_without_a_variant_take_their_fp32_engine_and_precision_must_matc
     assert placements["model"].backend == "onnxruntime"  # an INT8 engine does not serve an FP16 request
 
 
+def _write_engine(bundle: Path, graph: str, precision: str, meta: dict, folder: str = HERE.dir_name) -> str:
+    """An engine file and its JSON in BUNDLE/engines/FOLDER, as `rada-export trt` lays them out; returns the relative path."""
+    path = bundle / "engines" / folder / layout.engine_file_name(graph, precision)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"engine bytes")
+    layout.meta_path(path).write_text(json.dumps(meta))
+    return path.relative_to(bundle).as_posix()
+
+
+def _auto(bundle: Path, current=HERE):
+    return selection.select_engines(read_manifest(bundle), layout.scan_engines(bundle), current, "auto")
+
+
+def test_auto_takes_int8_that_passed_parity_then_fp16_then_fp32_else_onnxruntime(bundle):
+    manifest = read_manifest(bundle)
+    # An INT8 model engine (from the FP16 graph's file here: the bundle has no Q/DQ graph; selection reads the JSON)
+    int8 = _write_engine(bundle, "model", "int8", {**_engine_meta(manifest, "model", "fp16"), "precision": "int8"})
+    fp16 = _write_engine(bundle, "model", "fp16", _engine_meta(manifest, "model", "fp16"))
+    fp32 = _write_engine(bundle, "model", "fp32", _engine_meta(manifest, "model", "fp32"))
+    text = _write_engine(bundle, "text_encoder", "fp32", _engine_meta(manifest, "text_encoder", "fp32",
+                                                                      verification={"passed": None, "status": "parity not checked"}))
+    placements = _auto(bundle)
+    assert (placements["model"].engine, placements["model"].precision) == (int8, "int8")
+    assert placements["text_encoder"].engine == text and "parity not checked" in placements["text_encoder"].reason
+    # graphs without an engine run on ONNX Runtime, in FP32 (what precision auto means there)
+    for graph in ("image_encoder", "head"):
+        assert (placements[graph].backend, placements[graph].precision) == ("onnxruntime", "fp32")
+        assert "no int8/fp16/fp32" in placements[graph].reason
+
+    for verification, expect in (({"passed": None, "status": "parity not checked"}, fp16), ({"passed": False}, fp16)):
+        (bundle / layout.meta_path(int8)).write_text(json.dumps({**_engine_meta(manifest, "model", "fp16"), "precision": "int8",
+                                                                 "verification": verification}))
+        model = _auto(bundle)["model"]
+        assert (model.engine, model.precision) == (expect, "fp16"), model
+    (bundle / fp16).unlink()
+    assert _auto(bundle)["model"].engine == fp32
+    (bundle / layout.meta_path(fp32)).write_text(json.dumps(_engine_meta(manifest, "model", "fp32", verification={"passed": False})))
+    model = _auto(bundle)["model"]
+    assert model.backend == "onnxruntime" and model.precision == "fp32"
+    assert f"{int8}: it failed the parity check" in model.reason and f"{fp32}: it failed the parity check" in model.reason
+    (bundle / layout.meta_path(int8)).write_text(json.dumps({**_engine_meta(manifest, "model", "fp16"), "precision": "int8",
+                                                             "verification": {"passed": None}}))
+    assert "INT8 engine only where its parity check passed" in _auto(bundle)["model"].reason
+    # an explicit precision="int8" still takes it, saying its parity was not checked
+    explicit = selection.select_engines(manifest, layout.scan_engines(bundle), HERE, "int8")["model"]
+    assert explicit.engine == int8 and "parity not checked" in explicit.reason
+
+
+def test_auto_skips_engines_for_another_gpu_tensorrt_or_onnx_file(bundle):
+    manifest = read_manifest(bundle)
+    _write_engine(bundle, "model", "int8", {**_engine_meta(manifest, "model", "fp16"), "precision": "int8", "tensorrt_version": "10.7.0"})
+    _write_engine(bundle, "model", "fp16", _engine_meta(manifest, "model", "fp16", gpu_name="RTX 4090", compute_capability="8.9"))
+    _write_engine(bundle, "model", "fp32", _engine_meta(manifest, "model", "fp32", onnx_sha256="0" * 64))
+    model = _auto(bundle)["model"]
+    assert model.backend == "onnxruntime"
+    for reason in ("built with TensorRT 10.7.0", "on RTX 4090", "another version of model.onnx"):
+        assert reason in model.reason, model.reason
+    # the same engines in the folder of another device are what that device selects
+    other = layout.EngineEnvironment("10.7.0", "Orin", "8.7")
+    assert _auto(bundle, other)["model"].precision == "int8"
+    # no TensorRT here: everything on ONNX Runtime FP32, with the reason
+    none = selection.select_engines(manifest, layout.scan_engines(bundle), None, "auto", "TensorRT is not installed")
+    assert {(p.backend, p.precision, p.reason) for p in none.values()} == {("onnxruntime", "fp32", "TensorRT is not installed")}
+
+
+def test_the_default_precision_is_auto():
+    import inspect
+
+    assert inspect.signature(selection.select_engines).parameters["precision"].default == "auto"
+    assert selection.AUTO_ORDER == ("int8", "fp16", "fp32")
+
+
 def test_scan_engines_reads_the_folder_and_stays_inside_it(bundle, tmp_path):
     manifest = read_manifest(bundle)
     folder = bundle / "engines" / HERE.dir_name

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto
 import pytest
 import torch
 
@@ -140,6 +141,81 @@ def test_reduction_factor_follows_pillow_and_divides():
 # ---------------------------------------------------------------------------------------------
 # Closeness on textured 1080p frames, in features (ViT-B-32, random weights: no weights can be
 # downloaded here), for the frames graph and the fast host path, against open_clip's own pipeline
+
+
+# TensorRT computes shape tensors with Concatenation, ElementWise, Gather, Identity and Reduce layers
+# ("Dynamic Shapes: Advanced Topics", docs.nvidia.com/deeplearning/tensorrt/10.16.1/inference-library/
+# dynamic-shapes-advanced.html); Select (Where), Not and the unary layers are not in that list.
+NOT_ON_SHAPE_TENSORS = {"Where", "Not", "Neg", "Abs"}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_shape_arithmetic_uses_only_tensorrts_shape_tensor_layers(name):
+    model = onnx.shape_inference.infer_shapes(fr.frames_graph(CONFIGS[name], fr.FramesConfig("bgr"), 18))
+    types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    integer = {TensorProto.INT64, TensorProto.INT32, TensorProto.BOOL}
+    offending = [(n.op_type, n.name) for n in model.graph.node
+                 if n.op_type in NOT_ON_SHAPE_TENSORS and types.get(n.output[0]) in integer]
+    assert not offending, offending
+    wheres = [n for n in model.graph.node if n.op_type == "Where"]
+    assert all(types[n.output[0]] == TensorProto.FLOAT for n in wheres)  # the filter's taps: float execution tensors
+
+
+def _scalar_graph(build, inputs: list[str], outputs: int):
+    """A graph of int64 scalar inputs -> the int64 outputs of ``build(builder, *inputs)``, for ONNX Runtime."""
+    b = fr._Builder()
+    results = build(b, *inputs)
+    names = [f"out{i}" for i in range(outputs)]
+    b.nodes.extend(onnx.helper.make_node("Identity", [r], [n]) for r, n in zip(results, names))
+    graph = onnx.helper.make_graph(
+        b.nodes, "shape_arithmetic", [onnx.helper.make_tensor_value_info(i, TensorProto.INT64, []) for i in inputs],
+        [onnx.helper.make_tensor_value_info(n, TensorProto.INT64, None) for n in names], initializer=b.initializers)
+    return _session(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_geometry_and_box_factor_in_integer_arithmetic_equal_the_python_rules(name):
+    """Every frame size from 1 to 96 (and camera sizes): the graph's resized size, crop/pad offset and box
+    factors equal geometry() and reduction_factor(), so the Where-free arithmetic changes no pixel."""
+    cfg = CONFIGS[name]
+
+    def build(b, height, width):
+        nh, nw, top, left, _ = fr._graph_geometry(b, height, width, cfg)
+        return [nh, nw, top, left, fr._graph_factor(b, height, nh, "y"), fr._graph_factor(b, width, nw, "x")]
+
+    session = _scalar_graph(build, ["height", "width"], 6)
+    sizes = [(h, w) for h in range(1, 97, 5) for w in range(1, 97, 3)] + SIZES + [(1080, 1920), (2160, 3840), (1920, 1080)]
+    for h, w in sizes:
+        g = fr.geometry(h, w, cfg)
+        if min(g.resized) == 0:  # a side that rounds to nothing (96 x 1 into 47 x 33): no image to resize, either way
+            continue
+        got = [int(v) for v in session.run(None, {"height": np.array(h, np.int64), "width": np.array(w, np.int64)})]
+        want = [*g.resized, *g.offset, fr.reduction_factor(h, g.resized[0]), fr.reduction_factor(w, g.resized[1])]
+        assert got == want, (name, h, w, got, want)
+
+
+def test_round_half_even_in_integer_arithmetic_is_pythons_round():
+    def build(b, p, q):
+        return [fr._round_half_even(b, p, q, b.i64(1, "one"), b.i64(2, "two"))]
+
+    session = _scalar_graph(build, ["p", "q"], 1)
+    for p_ in range(0, 200):
+        for q_ in range(1, 23):
+            got = int(session.run(None, {"p": np.array(p_, np.int64), "q": np.array(q_, np.int64)})[0])
+            assert got == round(p_ / q_), (p_, q_)
+
+
+def test_default_frame_profile_fits_an_orin_nano():
+    """Without --frame-size, the profile's max is 4K UHD (landscape) and the float Cast of a max batch
+    of 4-channel frames stays near half a gigabyte (the 4096 x 4096 range needed 1.07 GB)."""
+    from rada_export.tensorrt.plan import MAX_FRAMES_BATCH
+
+    frames = fr.FramesConfig().manifest_entry()
+    assert (frames.height, frames.width) == ([1, 1080, 2160], [1, 1920, 3840])
+    cast_bytes = MAX_FRAMES_BATCH * frames.height[2] * frames.width[2] * frames.channels[2] * 4
+    assert cast_bytes <= 600 * 2**20, cast_bytes
+    fixed = fr.FramesConfig(frame_size=(720, 1280)).manifest_entry()
+    assert (fixed.height, fixed.width) == ([720] * 3, [1280] * 3)
 
 
 @pytest.mark.slow

@@ -88,6 +88,20 @@ def test_missing_tensorrt_says_how_to_get_it(monkeypatch):
     assert "tensorrt" in err.problem and "rada-export[trt-cu12]" in err.fix and "python3-libnvinfer" in err.fix
 
 
+def test_on_a_jetson_the_missing_tensorrt_advice_fits_what_jetpack_installed(tmp_path):
+    """JetPack installs TensorRT into the system Python: a venv without system site packages is the usual cause."""
+    marker = tmp_path / "nv_tegra_release"
+    system = tmp_path / "usr/lib/python3.10/dist-packages"
+    (system / "tensorrt").mkdir(parents=True)
+    assert trtenv.jetpack_tensorrt_fix((str(tmp_path / "absent"),), (str(system),)) is None  # not a Jetson: the extras
+    marker.write_text("# R36 (release), REVISION: 4.0")
+    fix = trtenv.jetpack_tensorrt_fix((str(marker),), (str(system),))
+    assert f"JetPack's TensorRT is installed ({system}/tensorrt)" in fix and "python3 -m venv --system-site-packages" in fix
+    assert "apt install" not in fix and "pip install 'rada-export[trt" not in fix  # never: install what is installed
+    fix = trtenv.jetpack_tensorrt_fix((str(marker),), (str(tmp_path / "nowhere"),))
+    assert "sudo apt install python3-libnvinfer" in fix and "--system-site-packages" in fix
+
+
 class _OldTensorRT:
     __version__ = "8.6.2.3"
 
@@ -174,7 +188,9 @@ def test_runtime_and_engine_building_import_no_torch():
     (["--min-batch", "0"], ["error: --min-batch must be at least 1, got 0", "fix: pass --min-batch 1"]),
     (["--max-classes", "0"], ["error: --max-classes must be at least 1, got 0", "fix: pass e.g. --max-classes 256"]),
     (["--precision", "fp8"], ["error: --precision 'fp8' is unknown", "use --precision fp16, --precision int8 or --precision fp32"]),
-    (["--graph", "vision"], ["error: --graph 'vision' is unknown", "--graph image_encoder, --graph text_encoder or --graph head"]),
+    (["--graph", "vision"], ["error: --graph 'vision' is unknown",
+                             "use --graph all, or one or more (comma-separated) of --graph model, --graph image_encoder"]),
+    (["--graph", "all,model"], ["error: --graph 'all' cannot be combined with graph names"]),
     (["--graph", "head", "--precision", "fp16"],
      ["error: --precision: the bundle has no FP16 head graph", "FP16 variants are made for",
       "fix: build head with --precision fp32 (it is small), or build --graph model or --graph image_encoder"]),
@@ -331,6 +347,33 @@ def test_dla_build_mode_per_tensorrt_release(version, precision, supported, stro
     mode = dla_build_mode(version, precision)
     assert (mode.supported, mode.strongly_typed, mode.precision_flags) == (supported, strongly_typed, flags)
     assert version in mode.reason
+    # weakly typed (10.x) DLA builds obey precision constraints, the graph's FP32 layers pinned to FP32
+    assert mode.pin_fp32_layers == (supported and not strongly_typed)
+    assert ("OBEY_PRECISION_CONSTRAINTS" in mode.reason) == mode.pin_fp32_layers
+
+
+def test_dla_with_int8_is_refused_with_advice_never_run_on_the_gpu_silently(bundle, monkeypatch):
+    from rada_export.tensorrt import plan as planning
+
+    calibrated = planning.BuildRequest(bundle, precision="int8", dla_core=0, gpu_fallback=True)
+    with pytest.raises(RadaError) as err:
+        planning.plan_build(calibrated, jetson=lambda: True)
+    assert err.value.field == "dla_core" and "calibration cache" in err.value.problem and "Q/DQ" in err.value.problem
+    assert "precision='fp16' with dla_core=N" in err.value.fix and "precision='int8' without a DLA core" in err.value.fix
+    assert "--" not in str(err.value)  # the library names fields; the CLI shows its flags
+    monkeypatch.setattr(planning, "is_jetson", lambda: True)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle, "--precision", "int8", "--dla-core", "0", "--gpu-fallback"], monkeypatch)
+    flat = " ".join(out.split())
+    assert code == 2 and "error: --dla-core: the DLA on JetPack 6" in flat and "--precision fp16 with --dla-core N" in flat, out
+
+
+def test_the_cli_names_the_typing_each_engine_was_built_with():
+    from rada_export.cli.trt import precision_label
+
+    gpu = {"strongly_typed": True, "tf32": True, "dla_fp32_pinned_layers": None}
+    dla = {"strongly_typed": False, "tf32": False, "dla_fp32_pinned_layers": 57}
+    assert precision_label("fp16", gpu) == "fp16 (strongly typed, TF32)"
+    assert precision_label("fp16", dla) == "fp16 (weakly typed for the DLA, OBEY_PRECISION_CONSTRAINTS: 57 FP32 layers pinned)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,6 +438,31 @@ def test_real_engine_from_another_version_or_gpu_is_refused(bundle, trt_env):
             TensorRTEngine(result.engine_path, environment=trt_env)
 
 
+@pytest.mark.tensorrt
+def test_real_trt_builds_every_runtime_graph_and_ends_with_lines_that_use_them(bundle, trt_env):
+    """`trt` (--graph all): engines for predict, test-time adaptation and set_classes, and the lines that use them."""
+    from typer.testing import CliRunner
+
+    from trt_cli import _app
+
+    result = CliRunner().invoke(_app(), ["trt", "--bundle", str(bundle), "--precision", "fp16", "--max-batch", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index("{"):])
+    assert {(e["description"]["graph"], e["description"]["precision"]) for e in data["engines"]} == {
+        ("model", "fp16"), ("image_encoder", "fp16"), ("text_encoder", "fp32")}
+    assert data["without_engine"] == [] and all(e["description"]["engine_sha256"] for e in data["engines"])
+    assert data["load_bundle"] == f"rt = load_bundle({str(bundle)!r}, precision='fp16')"
+    from rada_export.runtimes import load_bundle
+    from rada_export.runtimes.tta import TTAConfig
+
+    rt = load_bundle(bundle, precision="fp16", tta=TTAConfig(mode="continual"))  # what the printed line does
+    assert "TensorRT" in rt.description and "ONNX Runtime" not in rt.description.split(";")[0], rt.description
+    image = np.zeros((32, 32, 3), np.uint8)
+    rt.predict(image, adapt=True)  # the image_encoder engine
+    rt.set_classes(["a cat", "a dog", "a bird"])  # the text_encoder engine
+    assert rt.predict(image).logits.shape == (1, 3)
+
+
 # ---------------------------------------------------------------------------------------------
 # Real TensorRT: parity failures, the runtime's choice, batch splitting, DLA (skipped here, with the reason)
 
@@ -457,6 +525,32 @@ def test_real_environment_records_cuda_and_the_driver_fits(trt_env):
 
 
 @pytest.mark.tensorrt
+def test_real_weakly_typed_network_keeps_the_fp16_graphs_fp32_layers_in_fp32(bundle, trt_env):
+    """What a DLA build on TensorRT 10.x does to the parsed FP16 graph (runs on any GPU with 10.x)."""
+    from rada_export.tensorrt.serialize import pin_fp32_layers
+
+    trt = trt_env.trt
+    if getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None) is None:
+        pytest.skip(f"TensorRT {trt.__version__} has no weakly typed networks (11.x): strong typing does this")
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # weakly typed, as for the DLA on 10.x
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse_from_file(str(bundle / "model.fp16.onnx"))
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.FP16)
+    pinned = pin_fp32_layers(trt, network, config)
+    assert config.get_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    norms = [layer for layer in layers if str(layer.type).endswith("NORMALIZATION")]  # LayerNorm: an FP32 island
+    assert norms and all(layer.precision_is_set and layer.precision == trt.float32 for layer in norms)
+    assert all(layer.get_output_type(0) == trt.float32 for layer in norms)
+    half = [layer for layer in layers if layer.num_outputs and layer.get_output(0).dtype == trt.float16]
+    assert half and not any(layer.precision_is_set for layer in half)  # the FP16 parts stay free for the DLA
+    assert pinned == sum(layer.precision_is_set for layer in layers) > 0
+
+
+@pytest.mark.tensorrt
 def test_real_dla_engine_on_a_jetson_with_dla(bundle, trt_env):
     from rada_export.tensorrt.build import BuildRequest, build_engine
     from rada_export.tensorrt.dla import dla_build_mode, is_jetson
@@ -489,9 +583,10 @@ def test_real_parser_accepts_what_the_lint_passes(tmp_path, trt_env):
 
 def test_trt_extras_match_their_cuda_major_and_every_advised_extra_exists():
     import re
-    import tomllib
 
-    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    from test_package import read_pyproject
+
+    extras = read_pyproject()["project"]["optional-dependencies"]
     for major, runtime in ((12, "nvidia-cuda-runtime-cu12"), (13, "nvidia-cuda-runtime")):
         deps = " ".join(extras[f"trt-cu{major}"])
         assert f"tensorrt-cu{major}>=10." in deps and ",<11" in deps  # the 10.x line the lint's tables cover

@@ -52,7 +52,8 @@ def test_dry_run_on_every_graph_precision_and_dla_setting(calibrated, kind, monk
             for dla in (None, 0):
                 result = dry_run(BuildRequest(bundle, graph=graph, precision=precision, dla_core=dla))
                 has_graph = precision == "fp32" or manifest.graph_key(graph, precision) in manifest.graphs
-                expected = has_graph and not (dla is not None and precision == "fp32")
+                # DLA: FP16 only (FP32 it cannot run; INT8 it takes from a calibration cache, not Q/DQ: refused)
+                expected = has_graph and not (dla is not None and precision in ("fp32", "int8"))
                 where = f"{kind} {graph} {precision} dla={dla}: {result.reasons}"
                 assert result.would_build == expected, where
                 if not expected:
@@ -65,12 +66,14 @@ def test_dry_run_on_every_graph_precision_and_dla_setting(calibrated, kind, monk
                 # What the dry run shows is what the build is made from: the same plan, the same engine JSON.
                 assert plan["onnx_file"] == built.entry.file and plan["metadata"] == built.planned_meta()
                 assert plan["metadata"]["onnx_sha256"] == manifest.files[built.entry.file]
+                assert "engine_sha256" in plan["metadata"]  # the build fills in the engine file's own sha256
                 assert set(plan["inputs"]) == set(built.entry.inputs) and plan["lint"]["findings"] == []
                 assert plan["engine"]["file"] == f"{graph}.{precision}.engine"
                 frames = kind == "frames" and graph == "model"
                 assert ("frame_height" in plan["ranges"]) == frames, where
                 if dla is not None:
                     assert "DLA" in plan["typing"] and plan["dla"]["batch"] == 1
+                    assert "weakly typed" in plan["typing"] and "OBEY_PRECISION_CONSTRAINTS" in plan["typing"]
                     assert all(len(set(r)) == 1 for r in plan["ranges"].values())  # DLA: fixed shapes
                 else:
                     assert plan["typing"].startswith("strongly typed")
@@ -84,19 +87,59 @@ def test_dry_run_cli_prints_the_frame_profile_and_exits_0(calibrated, monkeypatc
         assert code == 0, out
         flat = " ".join(out.split())
         assert "uint8 [batch, frame_height, frame_width, frame_channels]" in flat
-        assert "min 1x1x1x1, opt 4x1080x1920x3, max 4x4096x4096x4" in flat
+        assert "min 1x1x1x1, opt 4x1080x1920x3, max 4x2160x3840x4" in flat  # the default profile an Orin Nano builds
         assert "missing here" in flat and "TensorRT" in flat and "a build would start" in flat
-    code, out = run_trt_without_tensorrt(["--bundle", bundle, "--precision", "int8", "--dry-run", "--json"], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", bundle, "--graph", "model", "--precision", "int8", "--dry-run", "--json"], monkeypatch)
     data = json.loads(out)
     assert code == 0 and data["would_build"] and data["onnx_file"] == "model.int8_fp16.onnx"
-    assert data["inputs"]["frames"]["max"] == [4, 4096, 4096, 4] and data["metadata"]["profiles"][0]["frames"]["opt"] == [4, 1080, 1920, 3]
+    assert data["inputs"]["frames"]["max"] == [4, 2160, 3840, 4] and data["metadata"]["profiles"][0]["frames"]["opt"] == [4, 1080, 1920, 3]
     assert data["parity"]["checks"][0]["chunk"] == 4 and "uint8 frames" in data["parity"]["inputs"]
+
+
+# A Python where the onnx package is not installed, through the real import system: every finder
+# answers "not found" for onnx (as on a device installed without it), then `rada-export ARGS` runs.
+WITHOUT_ONNX = """
+import sys
+
+class NotInstalled:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "onnx" or name.startswith("onnx."):
+            return None
+        find = getattr(self.finder, "find_spec", None)
+        return find(name, path, target) if find else None
+
+    def __getattr__(self, name):
+        return getattr(self.finder, name)
+
+sys.meta_path[:] = [NotInstalled(f) for f in sys.meta_path]
+sys.modules["tensorrt"] = None
+from rada_export.cli.app import main
+sys.argv = ["rada-export", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("mode", ["--check", "--dry-run"])
+def test_check_and_dry_run_without_onnx_give_one_clean_error_naming_it_and_the_extra(calibrated, mode):
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", WITHOUT_ONNX, "trt", "--bundle", str(calibrated["frames"]), mode],
+                          capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert "Traceback" not in out and out.startswith("error: ") and out.count("error: ") == 1, out
+    flat = " ".join(out.split())
+    assert "the onnx package, which is not installed" in flat and "'rada-export[jetson]' on a Jetson" in flat, out
 
 
 def test_dry_run_exits_2_with_the_reasons_when_a_build_would_not_start(calibrated, monkeypatch):
     code, out = run_trt_without_tensorrt(["--bundle", calibrated["plain"], "--graph", "head", "--precision", "fp16", "--dry-run"], monkeypatch)
     assert code == 2 and "would not build" in out and "no FP16 head graph" in " ".join(out.split())
-    code, out = run_trt_without_tensorrt(["--bundle", calibrated["plain"], "--precision", "fp32", "--dla-core", "0", "--dry-run", "--json"], monkeypatch)
+    code, out = run_trt_without_tensorrt(["--bundle", calibrated["plain"], "--graph", "model", "--precision", "fp32", "--dla-core", "0",
+                                          "--dry-run", "--json"], monkeypatch)
     data = json.loads(out)
     assert code == 2 and not data["would_build"] and "DLA runs FP16 and INT8 only" in data["reasons"][0]
 
@@ -194,3 +237,71 @@ def test_siglip_text_parity_ids_come_from_the_bundles_tokenizer(siglip_bundle):
 
 def test_variant_graphs_are_the_image_graphs():
     assert set(VARIANT_GRAPHS) == {"model", "image_encoder"} and Path(__file__).name == "test_trt_dry_run.py"
+
+
+# ---------------------------------------------------------------------------------------------
+# Every graph the runtime runs: --graph all (the default), lists, and what is left on ONNX Runtime
+
+
+def test_graph_all_is_every_graph_the_runtime_runs_and_fp32_only_graphs_get_fp32_engines(calibrated):
+    from rada_export.tensorrt.graphs import parse_graphs, plan_graphs
+
+    manifest = read_manifest(calibrated["frames"])
+    assert parse_graphs("all") == ["model", "image_encoder", "text_encoder"]
+    assert parse_graphs("text_encoder, model,model") == ["text_encoder", "model"]
+    for precision in ("fp16", "int8"):
+        builds = plan_graphs(BuildRequest(calibrated["frames"], precision=precision), "all", manifest)
+        assert [(b.request.graph, b.request.precision) for b in builds] == [
+            ("model", precision), ("image_encoder", precision), ("text_encoder", "fp32")]
+        assert "FP32 only" in builds[2].note and not builds[0].note
+    # one named graph keeps the precision asked for: the plan then says why it cannot be built
+    (head,) = plan_graphs(BuildRequest(calibrated["frames"], precision="fp16"), "head", manifest)
+    assert head.request.precision == "fp16"
+    # DLA: the FP32-only text encoder is left to a GPU build, and it is said
+    dla = plan_graphs(BuildRequest(calibrated["frames"], precision="fp16", dla_core=0), "all", manifest)
+    assert [b.request.graph for b in dla if not b.skipped] == ["model", "image_encoder"]
+    assert dla[2].skipped and "DLA cannot run" in dla[2].note
+
+
+def test_dry_run_plans_every_runtime_graph_by_default_and_names_what_a_single_graph_leaves_out(calibrated, monkeypatch):
+    bundle = calibrated["frames"]
+    code, out = run_trt_without_tensorrt(["--bundle", bundle, "--precision", "fp16", "--dry-run", "--json"], monkeypatch)
+    data = json.loads(out)
+    assert code == 0 and data["would_build"] and data["without_engine"] == []
+    assert {g: d["precision"] for g, d in data["graphs"].items()} == {"model": "fp16", "image_encoder": "fp16", "text_encoder": "fp32"}
+    assert data["graphs"]["model"]["inputs"]["frames"]["max"] == [4, 2160, 3840, 4]
+    code, out = run_trt_without_tensorrt(["--bundle", bundle, "--graph", "model", "--dry-run"], monkeypatch)
+    flat = " ".join(out.split())
+    assert code == 0
+    assert "without a image_encoder engine, test-time adaptation (continual and episodic)" in flat
+    assert "without a text_encoder engine, set_classes" in flat and "runs on ONNX Runtime" in flat
+
+
+def test_runtime_paths_left_on_onnxruntime_are_named(calibrated, tmp_path):
+    """After a build, the paths whose graph has no fitting engine (here: an engine for model only)."""
+    from rada_export.runtimes import engine_layout as layout
+    from rada_export.runtimes.engine_selection import paths_without_engine, select_engines
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(calibrated["frames"], bundle)
+    manifest = read_manifest(bundle)
+    here = layout.EngineEnvironment("10.3.0", "Orin", "8.7")
+    engine = bundle / "engines" / here.dir_name / "model.fp16.engine"
+    engine.parent.mkdir(parents=True)
+    engine.write_bytes(b"engine")
+    layout.meta_path(engine).write_text(json.dumps({
+        "tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "graph": "model", "precision": "fp16",
+        "onnx_file": "model.fp16.onnx", "onnx_sha256": manifest.files["model.fp16.onnx"], "verification": {"passed": True}}))
+    lines = paths_without_engine(select_engines(manifest, layout.scan_engines(bundle), here, "fp16"))
+    assert len(lines) == 2
+    assert lines[0].startswith("test-time adaptation (continual and episodic) and predict after set_classes runs the image_encoder")
+    assert lines[1].startswith("set_classes (new class names on the device) runs the text_encoder graph on ONNX Runtime")
+    assert "`rada-export trt --graph text_encoder`" in lines[1]
+
+
+def test_trt_ends_with_the_predict_command_and_load_bundle_line_that_use_the_engines(tmp_path):
+    from rada_export.tensorrt.graphs import usage_lines
+
+    predict, load = usage_lines(tmp_path / "my bundle", "fp16")
+    assert predict == f"rada-export predict --bundle '{tmp_path / 'my bundle'}' --precision fp16 IMAGE ..."
+    assert load == f"rt = load_bundle({str(tmp_path / 'my bundle')!r}, precision='fp16')"

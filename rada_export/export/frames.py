@@ -17,6 +17,16 @@ changes CLIP features on textured scenes. Everything used here is in that table 
 Gather, Range on int, Reshape, ReduceMean, MatMul, Clip, Where, elementwise). Mod is in that
 table too (FP32, FP16, INT32) but not needed: x - (x // d) * d does the same with Div, Mul and Sub.
 
+The sizes, offsets and box factors are shape tensors in TensorRT (int64 values computed from the
+frame's Shape). TensorRT documents the layers that compute on shape tensors as Concatenation,
+ElementWise, Gather, Identity and Reduce ("Dynamic Shapes: Advanced Topics", Layer Extensions For
+Dynamic Shapes, docs.nvidia.com/deeplearning/tensorrt/10.16.1/inference-library/dynamic-shapes-advanced.html;
+the same list in the 11.4.0 guide): Select (ONNX Where), Not and the unary layers (Neg, Abs) are
+not in it. So the shape arithmetic here is element-wise integer arithmetic only (Add, Sub, Mul,
+Div, Min, Max; comparisons made 0/1 integers by clipping a difference, ``_step``) and ReduceMax,
+with the same integer results as comparisons and selects would give. Where stays only on float
+execution tensors (the filter's taps), where Select is an ordinary layer.
+
 TensorRT takes uint8 only as a network input or output, and the input must feed a Cast directly
 (TensorRT developer guide, "Types and Precision": UINT8 "only as a network-level input or output";
 onnx-tensorrt: "TensorRT does not support UINT8 types for intermediate tensors"): the frames feed
@@ -42,6 +52,15 @@ REDUCING_GAP = 2  # Pillow's reducing_gap: the filter step always downscales by 
 CUBIC_A = -0.5  # Pillow's bicubic
 CHANNEL_ORDERS = ("rgb", "bgr")
 FRAME_DIMS = ("frame_height", "frame_width", "frame_channels")
+# Default (min, opt, max) frame sides of a graph exported without a fixed frame size: the TensorRT
+# profile's range, so the engine's activations are sized for the max. Up to 4K UHD landscape
+# (3840 x 2160) and 1080p portrait covers the usual camera modes (720p, 1080p, 1440p, 4K); the
+# float Cast of a batch of 4 such BGRx frames is 4 x 2160 x 3840 x 4 x 4 B = 531 MB (plus 133 MB of
+# uint8 input), half of the 4096 x 4096 range's 1.07 GB + 268 MB: buildable beside the ViT on an
+# 8 GB Orin Nano, whose memory the GPU shares with the CPU. A camera's own size (`onnx --frame-size`)
+# makes the smallest engine.
+DEFAULT_FRAME_HEIGHT = (1, 1080, 2160)
+DEFAULT_FRAME_WIDTH = (1, 1920, 3840)
 
 
 @dataclass(frozen=True)
@@ -56,7 +75,8 @@ class FramesConfig:
 
         channel_indices(self.channel_order)  # validates
         if self.frame_size is None:
-            return Frames(channel_order=self.channel_order, reducing_gap=REDUCING_GAP)
+            return Frames(channel_order=self.channel_order, height=list(DEFAULT_FRAME_HEIGHT), width=list(DEFAULT_FRAME_WIDTH),
+                          reducing_gap=REDUCING_GAP)
         height, width = self.frame_size
         return Frames(channel_order=self.channel_order, height=[height] * 3, width=[width] * 3, reducing_gap=REDUCING_GAP)
 
@@ -207,13 +227,33 @@ def _scalar(b: _Builder, shape: str, index: int, name: str) -> str:
     return b.op("Gather", [shape, b.i64(index, f"{name}_index")], name, axis=0)
 
 
+def _step(b: _Builder, d: str, zero: str, one: str) -> str:
+    """1 where the int64 ``d`` > 0, else 0: min(max(d, 0), 1), element-wise arithmetic that TensorRT
+    computes on shape tensors (a comparison would give a bool, and choosing with it a Select)."""
+    return b.op("Min", [b.op("Max", [d, zero]), one])
+
+
+def _neg(b: _Builder, x: str, zero: str) -> str:
+    """-x as 0 - x: an element-wise Sub (a shape-tensor layer), not the unary Neg."""
+    return b.op("Sub", [zero, x])
+
+
 def _round_half_even(b: _Builder, p: str, q: str, one: str, two: str) -> str:
-    """Python's round(p / q) for int64 scalars p >= 0, q > 0."""
+    """Python's round(p / q) for int64 scalars p >= 0, q > 0, in element-wise integer arithmetic:
+    f + [2r > q] + [2r == q] * (f odd), with r = p - f q the remainder."""
+    zero = b.i64(0, "rhe_zero")
     f = b.op("Div", [p, q])
     r2 = b.op("Mul", [b.op("Sub", [p, b.op("Mul", [f, q])]), two])
     odd = b.op("Sub", [f, b.op("Mul", [b.op("Div", [f, two]), two])])
-    tie = b.op("Where", [b.op("Equal", [r2, q]), b.op("Add", [f, odd]), f])
-    return b.op("Where", [b.op("Greater", [r2, q]), b.op("Add", [f, one]), tie])
+    above = _step(b, b.op("Sub", [r2, q]), zero, one)  # 2r > q: round up
+    differs = _step(b, b.op("Max", [b.op("Sub", [r2, q]), b.op("Sub", [q, r2])]), zero, one)  # |2r - q| >= 1
+    tie = b.op("Sub", [one, differs])  # 2r == q: round to even
+    return b.op("Add", [b.op("Add", [f, above]), b.op("Mul", [tie, odd])])
+
+
+def _choose(b: _Builder, flag: str, if_one: str, if_zero: str, one: str) -> str:
+    """``if_one`` where the 0/1 int64 ``flag`` is 1, else ``if_zero``: flag * a + (1 - flag) * b."""
+    return b.op("Add", [b.op("Mul", [flag, if_one]), b.op("Mul", [b.op("Sub", [one, flag]), if_zero])])
 
 
 def _graph_geometry(b: _Builder, height: str, width: str, cfg) -> tuple[str, str, str, str, bool]:
@@ -230,7 +270,7 @@ def _graph_geometry(b: _Builder, height: str, width: str, cfg) -> tuple[str, str
         # shortest: centre crop, round((n - target) / 2) half to even; smaller: pad (n < target)
         d = b.op("Sub", [n, target])
         crop = _round_half_even(b, b.op("Max", [d, zero]), two, one, two)
-        pad = b.op("Neg", [b.op("Div", [b.op("Max", [b.op("Neg", [d]), zero]), two])])
+        pad = _neg(b, b.op("Div", [b.op("Max", [_neg(b, d, zero), zero]), two]), zero)
         return b.op("Add", [crop, pad])
 
     if mode == "shortest" and out_h == out_w:
@@ -239,14 +279,15 @@ def _graph_geometry(b: _Builder, height: str, width: str, cfg) -> tuple[str, str
         nw = b.op("Div", [b.op("Mul", [tw, width]), short])
         return nh, nw, centre(nh, th), centre(nw, tw), bicubic
     # keep-ratio: ratio = min (shortest) or max (longest) of height/out_h, width/out_w
-    h_first = b.op("LessOrEqual", [b.op("Mul", [height, tw]), b.op("Mul", [width, th])])  # height/out_h <= width/out_w
+    # height/out_h > width/out_w, as 0/1: [height * out_w - width * out_h > 0]
+    w_first = _step(b, b.op("Sub", [b.op("Mul", [height, tw]), b.op("Mul", [width, th])]), zero, one)
     longest = mode == "longest"
-    by_height = h_first if not longest else b.op("Not", [h_first])
-    nh = b.op("Where", [by_height, th, _round_half_even(b, b.op("Mul", [height, tw]), width, one, two)])
-    nw = b.op("Where", [by_height, _round_half_even(b, b.op("Mul", [width, th]), height, one, two), tw])
+    by_height = b.op("Sub", [one, w_first]) if not longest else w_first
+    nh = _choose(b, by_height, th, _round_half_even(b, b.op("Mul", [height, tw]), width, one, two), one)
+    nw = _choose(b, by_height, _round_half_even(b, b.op("Mul", [width, th]), height, one, two), tw, one)
     if longest:
-        top = b.op("Neg", [b.op("Div", [b.op("Sub", [th, nh]), two])])
-        left = b.op("Neg", [b.op("Div", [b.op("Sub", [tw, nw]), two])])
+        top = _neg(b, b.op("Div", [b.op("Sub", [th, nh]), two]), zero)
+        left = _neg(b, b.op("Div", [b.op("Sub", [tw, nw]), two]), zero)
         return nh, nw, top, left, bicubic
     return nh, nw, centre(nh, th), centre(nw, tw), True
 
@@ -270,8 +311,11 @@ def _graph_factor(b: _Builder, in_size: str, resized: str, axis: str) -> str:
     limit = b.op("Div", [in_size, b.op("Mul", [resized, gap])])
     candidates = b.i64(np.arange(1, MAX_FACTOR + 1), f"{axis}_candidates")
     remainder = b.op("Sub", [in_size, b.op("Mul", [b.op("Div", [in_size, candidates]), candidates])])
-    ok = b.op("And", [b.op("Equal", [remainder, b.i64(0, f"{axis}_zero")]), b.op("LessOrEqual", [candidates, limit])])
-    chosen = b.op("Where", [ok, candidates, b.i64(1, f"{axis}_one")])
+    zero, one = b.i64(0, f"{axis}_zero"), b.i64(1, f"{axis}_one")
+    # 0/1 integers, no bool: divides = [remainder == 0] (remainder >= 0), within = [candidate <= limit]
+    divides = b.op("Sub", [one, _step(b, remainder, zero, one)])
+    within = b.op("Sub", [one, _step(b, b.op("Sub", [candidates, limit]), zero, one)])
+    chosen = _choose(b, b.op("Mul", [divides, within]), candidates, one, one)
     return b.op("ReduceMax", [chosen], f"{axis}_factor", keepdims=0)
 
 

@@ -17,7 +17,7 @@ from rada_export.errors import RadaError
 from rada_export.runtimes.engine_layout import ENGINES_DIR, meta_path
 from rada_export.runtimes.manifest import TEXT_ENCODER
 from rada_export.runtimes.trt_environment import (
-    TENSORRT_FIX, Missing, diagnose_cuda, parse_version, tensorrt_cuda_major,
+    TENSORRT_FIX, Missing, diagnose_cuda, parse_version, tensorrt_cuda_major, tensorrt_fix,
 )
 
 from .dla import dla_build_mode, is_jetson
@@ -69,7 +69,7 @@ def survey_device(plan: BuildPlan, jetson: Callable[[], bool] = is_jetson) -> tu
     missing: list[Missing] = []
     present, trt_version = installed_tensorrt()
     if not present:
-        missing.append(Missing("TensorRT", "TensorRT's Python module `tensorrt` is not installed", TENSORRT_FIX))
+        missing.append(Missing("TensorRT", "TensorRT's Python module `tensorrt` is not installed", tensorrt_fix()))
     elif trt_version is not None and parse_version(trt_version)[:1] < (10,):
         missing.append(Missing("TensorRT", f"TensorRT {trt_version} is too old: rada-export needs 10 or newer", TENSORRT_FIX))
     else:
@@ -130,6 +130,9 @@ def dry_run(request: BuildRequest, jetson: Callable[[], bool] = is_jetson) -> Dr
     The plan is made as the build makes it; a ``dla_core`` request is planned as on a Jetson (the
     Jetson itself is listed as missing here when this is not one).
     """
+    from .lint import require_onnx
+
+    require_onnx("a dry run, which runs the build's TensorRT check of the graph,")  # a device install without onnx: one clear error
     result = DryRun()
     try:
         plan = plan_build(replace(request), jetson=lambda: True)

@@ -431,6 +431,18 @@ def _size_rules(model, graph_name: str, path: Path | None) -> list[Finding]:
     return findings
 
 
+ONNX_FIX = ("pip install onnx, or the extra that brings it: pip install 'rada-export[jetson]' on a Jetson "
+            "(JetPack's TensorRT stays as it is), 'rada-export[trt]' elsewhere")
+
+
+def require_onnx(purpose: str = "the TensorRT check of a bundle's graphs") -> None:
+    """One RadaError naming onnx and the extra when the onnx package is missing (a device install may lack it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise RadaError(f"{purpose} reads the ONNX graphs with the onnx package, which is not installed", ONNX_FIX)
+
+
 def lint_model(
     model_or_path: Any,
     graph_name: str = "graph",
@@ -483,6 +495,7 @@ def lint_bundle(bundle: str | os.PathLike, trt_version: str = DEFAULT_TARGET, gr
     bundle = Path(bundle)
     if not bundle.is_dir():
         raise RadaError(f"bundle {bundle} does not exist", "pass the folder written by `rada-export onnx --out`")
+    require_onnx()
     manifest = read_manifest(bundle)
     report = LintReport(target=trt_version)
     supported = load_supported_ops()
@@ -499,4 +512,4 @@ def lint_bundle(bundle: str | os.PathLike, trt_version: str = DEFAULT_TARGET, gr
     return report
 
 
-__all__ = ["Finding", "LintReport", "PROFILE_DIMS", "RULES", "lint_bundle", "lint_model"]
+__all__ = ["Finding", "LintReport", "ONNX_FIX", "PROFILE_DIMS", "RULES", "lint_bundle", "lint_model", "require_onnx"]

@@ -18,7 +18,7 @@ from rada_export.errors import RadaError
 from rada_export.runtimes.engine_layout import ENGINES_DIR, META_FORMAT, engine_file_name
 from rada_export.runtimes.manifest import FUSED, GRAPH_NAMES, IMAGE_ENCODER, GraphEntry, Manifest, read_manifest
 
-from .dla import is_jetson
+from .dla import DLA_INT8_FIX, DLA_INT8_PROBLEM, is_jetson
 
 PRECISIONS = ("fp16", "int8", "fp32")
 VARIANT_GRAPHS = (FUSED, IMAGE_ENCODER)  # graphs that get .fp16 / .int8 variants
@@ -198,6 +198,8 @@ def plan_build(request: BuildRequest, *, jetson: Callable[[], bool] | None = Non
         raise RadaError(f"graph {graph!r} is unknown", f"use {_one_of('graph', GRAPH_NAMES)}", field="graph")
     if precision not in PRECISIONS:
         raise RadaError(f"precision {precision!r} is unknown", f"use {_one_of('precision', PRECISIONS)}", field="precision")
+    if req.dla_core is not None and precision == "int8":
+        raise RadaError(DLA_INT8_PROBLEM, DLA_INT8_FIX, field="dla_core")
     bundle = Path(req.bundle)
     if not bundle.exists():
         raise RadaError(f"bundle {bundle} does not exist", "pass the folder written by `rada-export onnx --out`", field="bundle")

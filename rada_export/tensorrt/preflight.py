@@ -70,12 +70,15 @@ def missing_tools(plan: BuildPlan, verify: bool) -> list[Missing]:
     """What the build needs besides TensorRT and CUDA and is missing here: onnx, onnxruntime, calibration code."""
     missing: list[Missing] = []
     if importlib.util.find_spec("onnx") is None:
-        missing.append(Missing("onnx", "the static check of the graph needs the onnx package", "pip install onnx"))
+        from .lint import ONNX_FIX
+
+        missing.append(Missing("onnx", "the static check of the graph needs the onnx package", ONNX_FIX))
     if verify:
         problem = import_problem("onnxruntime")
         if problem:
             missing.append(Missing("onnxruntime", f"the parity check needs ONNX Runtime ({problem})",
-                                   "pip install onnxruntime (on a Jetson: NVIDIA's onnxruntime-gpu wheel for JetPack), or pass verify=False"))
+                                   "pip install onnxruntime (on a Jetson: pip install 'rada-export[jetson]', or NVIDIA's "
+                                   "onnxruntime-gpu wheel for the JetPack), or pass verify=False"))
     if plan.needs_calibration:
         for module in ("rada_export.calibration.bundle", "onnxruntime.quantization"):
             problem = import_problem(module)

@@ -14,8 +14,11 @@ TensorRT 10 vs 11, the code paths that differ:
   in 10.x (weak typing from 10.12) and removed in 11.x. They are used in one place only: DLA
   on 10.0-10.7 (JetPack 6.1/6.2 = 10.3), whose DLA takes FP16/INT8 only through these flags,
   which a strongly typed network rejects; strongly typed DLA arrived in 11.4.1. There the
-  network is weakly typed with FP16 (and INT8) set, as ``trtexec --useDLACore=0 --fp16
-  --allowGPUFallback`` does on 10.x.
+  network is weakly typed with FP16 set, as ``trtexec --useDLACore=0 --fp16
+  --allowGPUFallback`` does on 10.x, plus ``OBEY_PRECISION_CONSTRAINTS`` with every layer the
+  graph types FP32 pinned to FP32 (:func:`pin_fp32_layers`), so that the FP16 flag does not
+  lower the graph's FP32 islands (``trtexec --precisionConstraints=obey --layerPrecisions``).
+  INT8 with a DLA core is refused before the build (:data:`~rada_export.tensorrt.dla.DLA_INT8_PROBLEM`).
 - INT8 calibrators (``IInt8EntropyCalibrator2``, ``config.int8_calibrator``): deprecated in 10.1,
   removed in 11.x. Not used: INT8 is only the Q/DQ graph (explicit quantization).
 - ``BuilderFlag.TF32`` exists on both and is on by default; FP32 builds clear it.
@@ -132,7 +135,7 @@ def serialize_engine(env: TensorRTEnvironment, plan: BuildPlan, reporter: Report
 
     shapes = _add_profile(builder, network, config, plan, logger)
     cache_reused = _use_timing_cache(config, plan, warnings)
-    dla_fallback = _target_dla(trt, builder, network, config, plan, dla) if plan.dla_core is not None else {}
+    dla_fallback, pinned = _target_dla(trt, builder, network, config, plan, dla) if plan.dla_core is not None else ({}, None)
 
     reporter.log(f"building the {plan.precision} {plan.graph} engine with TensorRT {trt.__version__} on {env.device.name} "
                  "(minutes on a Jetson) ...")
@@ -155,6 +158,8 @@ def serialize_engine(env: TensorRTEnvironment, plan: BuildPlan, reporter: Report
         "network_flags": flags,
         "dla_mode": dla.reason if dla is not None else None,
         "dla_gpu_layers": dla_fallback if plan.dla_core is not None else None,
+        # weakly typed DLA (10.x): OBEY_PRECISION_CONSTRAINTS, this many FP32-typed layers pinned to FP32
+        "dla_fp32_pinned_layers": pinned,
     }
     return SerializedEngine(serialized, shapes, build_flags, seconds, timing_cache)
 
@@ -190,8 +195,9 @@ def _use_timing_cache(config, plan: BuildPlan, warnings: list[str]) -> bool:
     return bool(blob)
 
 
-def _target_dla(trt, builder, network, config, plan: BuildPlan, mode: DlaMode | None) -> dict[str, int]:
-    """Sends the build to the plan's DLA core; returns the layers left to the GPU, counted per layer type."""
+def _target_dla(trt, builder, network, config, plan: BuildPlan, mode: DlaMode | None) -> tuple[dict[str, int], int | None]:
+    """Sends the build to the plan's DLA core; returns the layers left to the GPU, counted per layer type,
+    and how many layers were pinned to FP32 (None: not a weakly typed build)."""
     dla_device = getattr(getattr(trt, "DeviceType", None), "DLA", None)
     if dla_device is None:
         raise RadaError(f"TensorRT {trt.__version__} has no DLA support here", "build for the GPU instead (no DLA core)",
@@ -204,6 +210,7 @@ def _target_dla(trt, builder, network, config, plan: BuildPlan, mode: DlaMode | 
     config.DLA_core = plan.dla_core
     for name in (mode.precision_flags if mode is not None else ()):
         config.set_flag(getattr(trt.BuilderFlag, name))
+    pinned = pin_fp32_layers(trt, network, config) if mode is not None and mode.pin_fp32_layers else None
     if plan.gpu_fallback:
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
     # Which layers the DLA cannot take (they run on the GPU with gpu_fallback, else the build fails).
@@ -220,4 +227,36 @@ def _target_dla(trt, builder, network, config, plan: BuildPlan, mode: DlaMode | 
         raise RadaError(f"{sum(on_gpu.values())} layers of the {plan.graph} graph cannot run on the DLA ({counts})",
                         "pass gpu_fallback=True to run them on the GPU (a ViT's attention and LayerNorm always need it)",
                         field="gpu_fallback")
-    return on_gpu
+    return on_gpu, pinned
+
+
+# Layers whose output type is their job (a Cast) or that carry no float computation.
+UNPINNED_LAYERS = ("CAST", "SHAPE", "ASSERTION", "CONDITION", "CONDITIONAL_INPUT", "CONDITIONAL_OUTPUT")
+
+
+def pin_fp32_layers(trt, network, config) -> int:
+    """Weakly typed DLA builds (10.x): keeps every layer whose outputs the graph types FP32 in FP32.
+
+    The FP16 builder flag lets TensorRT run any layer of a weakly typed network in FP16, the FP16
+    graph's FP32 islands included (LayerNorm, Softmax, the L2 norms, the head): ViTs lose accuracy
+    there. OBEY_PRECISION_CONSTRAINTS makes the precision and output types set on a layer binding
+    (``layer.precision``, ``layer.set_output_type``: TensorRT 10 Python API, ILayer). Returns how many
+    layers were pinned.
+    """
+    obey = getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None)
+    if obey is None:  # 11.x removed it, and weak typing with it: this path is 10.x only
+        raise RadaError(f"TensorRT {trt.__version__} has no OBEY_PRECISION_CONSTRAINTS flag for a weakly typed DLA build",
+                        "use JetPack 6.1/6.2 (TensorRT 10.3) for DLA, or build for the GPU (no DLA core)", field="dla_core")
+    config.set_flag(obey)
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if str(layer.type).split(".")[-1] in UNPINNED_LAYERS or layer.num_outputs == 0:
+            continue
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if all(t is not None and t.dtype == trt.float32 for t in outputs):
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            pinned += 1
+    return pinned
