@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from .clip_source import OFFLINE_HINT, ClipSource, resolve_source
+from .hub_access import check_fetchable
 from .errors import RadaError
 from .progress import quiet_root_logger
 
@@ -200,6 +201,9 @@ def load_clip(
     source = resolve_source(model_name, pretrained, pretrained_cfg)  # validates local-dir: folders first
     check_requirements(model_name)
     resolved = source.open_clip_pretrained
+    if not source.schema:  # before open_clip's download retries, which offline cost most of a minute
+        tag = resolved if resolved is not None and not Path(resolved).is_file() else None
+        check_fetchable(model_name, tag, OFFLINE_HINT)
     try:
         # Random weights come from a fixed seed, so that a later `verify` rebuilds the same model.
         with torch.random.fork_rng(devices=[]), quiet_root_logger():  # open_clip warns for every model built without weights
@@ -212,7 +216,7 @@ def load_clip(
                 image_resize_mode=source.force_preprocess.get("resize_mode"),
             )
     except Exception as err:  # a bad weights file raises whatever its loader raises (SafetensorError, UnpicklingError...)
-        reason = (str(err).splitlines() or [type(err).__name__])[0][:300]
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         if source.schema == "hf-hub":
             raise RadaError(f"could not load {model_name}: {reason}", OFFLINE_HINT) from err
         if resolved is not None and not Path(resolved).is_file():
@@ -229,7 +233,12 @@ def load_clip(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    tokenizer = open_clip.get_tokenizer(model_name)
+    try:
+        tokenizer = open_clip.get_tokenizer(model_name)
+    except OSError as err:  # transformers' AutoTokenizer: a tokenizer the hub or the cache could not give
+        raise RadaError(f"could not load the tokenizer of {model_name}: {str(err).strip().splitlines()[0]}",
+                        "fill the Hugging Face cache on a machine with network (HF_HOME points at it), or use "
+                        "`--model local-dir:/path` with the tokenizer files beside open_clip_config.json") from err
     embed_dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None else None
     if embed_dim is None:
         embed_dim = int(open_clip.get_model_config(model_name)["embed_dim"])

@@ -69,3 +69,32 @@ def test_siglip_tokenizer_in_the_cache_passes(empty_cache):
 def test_models_without_downloads_ask_nothing(empty_cache):
     assert hub_access.tokenizer_file("ViT-B-32") is None
     assert hub_access.weights_file("ViT-B-32", "not-a-tag") is None
+
+
+def test_train_with_its_default_model_fails_in_seconds_offline(empty_cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from rada_export.cli.app import app
+    from rada_export.synthetic import make_image_folder
+
+    make_image_folder(tmp_path / "data", images_per_class=2, num_classes=2, size=32)
+    start = time.perf_counter()
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "h.safetensors")])
+    assert result.exit_code == 2, result.output
+    assert time.perf_counter() - start < 20
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[0].startswith("error: --pretrained: no copy of the weights of") and "does not answer" in lines[0]
+    assert "--pretrained none" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "h.safetensors").exists()
+
+
+def test_siglip_export_offline_names_the_missing_tokenizer(empty_cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from rada_export.cli.app import app
+
+    result = CliRunner().invoke(app, ["onnx", "--model", "ViT-B-16-SigLIP", "--pretrained", "none", "--classes", "a,b",
+                                      "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2, result.output
+    assert "tokenizer of ViT-B-16-SigLIP (timm/ViT-B-16-SigLIP)" in result.output and "local-dir:" in result.output
+    assert not (tmp_path / "b").exists()
