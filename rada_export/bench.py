@@ -8,6 +8,7 @@ the same model is the baseline whenever torch and open_clip are installed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import statistics
@@ -27,6 +28,11 @@ from .timing import time_calls
 PYTORCH = "pytorch-eager"
 OPENVINO = "openvino"
 BENCH_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", OPENVINO, "tensorrt", PYTORCH)
+# The runtime's backend names (`predict --backend`, load_bundle) mean every bench backend they cover.
+BACKEND_ALIASES = {"onnxruntime": ("onnxruntime-cpu", "onnxruntime-cuda")}
+# A tail percentile needs enough runs to exist: the p-th percentile of fewer than 100 / (100 - p)
+# runs is only the slowest run, so it is reported as null and the table shows the maximum instead.
+TAIL_PERCENTILES = (90, 99)
 # The load_bundle precision behind each OpenVINO bench precision: "bf16" is the default's bf16 compute.
 OPENVINO_REQUESTS = {"fp32": "fp32", "bf16": "auto", "int8": "int8"}
 
@@ -43,11 +49,29 @@ class BenchResult:
     precision: str
     batch: int
     p50_ms: float  # latency of one batch, median
-    p90_ms: float
-    p99_ms: float
+    p90_ms: float | None  # None when fewer than 10 runs were timed
+    p99_ms: float | None  # None when fewer than 100 runs were timed
     throughput: float  # images per second at p50
     peak_rss_mb: float  # peak resident memory of the process that ran this backend
     repeats: int
+    max_ms: float = 0.0  # the slowest timed run
+
+
+def tail_latency(times_ms: Sequence[float], percentile: float) -> float | None:
+    """The percentile of the timed runs, or None when there are too few runs for it to mean more than the maximum."""
+    if len(times_ms) < math.ceil(100 / (100 - percentile) - 1e-9):
+        return None
+    return float(np.percentile(times_ms, percentile))
+
+
+def expand_backends(backends: Sequence[str]) -> list[str]:
+    """Bench backend names, with the runtime's names (``onnxruntime``) expanded to the ones they cover."""
+    out: list[str] = []
+    for name in backends:
+        for one in BACKEND_ALIASES.get(name, (name,)):
+            if one not in out:
+                out.append(one)
+    return out
 
 
 def available_targets(bundle: Path, backends: Sequence[str] | None = None) -> list[BenchTarget]:
@@ -77,11 +101,21 @@ def available_targets(bundle: Path, backends: Sequence[str] | None = None) -> li
     if _has_torch():
         targets.append(BenchTarget(PYTORCH, "fp32"))
     if backends:
-        unknown = set(backends) - set(BENCH_BACKENDS)
+        unknown = set(backends) - set(BENCH_BACKENDS) - set(BACKEND_ALIASES)
         if unknown:
-            raise RadaError(f"unknown backend(s) {sorted(unknown)}", f"use {', '.join(BENCH_BACKENDS[:-1])} or {BENCH_BACKENDS[-1]}",
+            raise RadaError(f"unknown backend(s) {sorted(unknown)}",
+                            f"use {', '.join(BENCH_BACKENDS)} or {', '.join(BACKEND_ALIASES)} (all its devices here)",
                             field="backends")
-        missing = set(backends) - {t.backend for t in targets}
+        aliases = [b for b in backends if b in BACKEND_ALIASES]
+        backends = [b for b in backends if b not in BACKEND_ALIASES]
+        available = {t.backend for t in targets}
+        for alias in aliases:
+            covered = [b for b in BACKEND_ALIASES[alias] if b in available]
+            if not covered:
+                raise RadaError(f"backend {alias!r} is not available here", "install onnxruntime (the `cpu` or `gpu` extra)",
+                                field="backends")
+            backends += covered
+        missing = set(backends) - available
         if missing:
             raise RadaError(f"backend(s) {sorted(missing)} not available for this bundle here",
                             "install the runtime (onnxruntime-gpu, openvino, tensorrt), build engines with `rada-export trt`, "
@@ -168,9 +202,9 @@ def bench_in_process(bundle: Path, target: BenchTarget, batches: Sequence[int], 
         data = make_input(batch)
         times = [1000 * t for t in time_calls(lambda: run(data), repeats, warmup)]
         p50 = statistics.median(times)
-        q = np.percentile(times, [90, 99])
-        results.append(BenchResult(target.backend, target.precision, batch, p50, float(q[0]), float(q[1]),
-                                   1000 * batch / p50, peak_rss_mb(), repeats))
+        p90, p99 = (tail_latency(times, q) for q in TAIL_PERCENTILES)
+        results.append(BenchResult(target.backend, target.precision, batch, p50, p90, p99,
+                                   1000 * batch / p50, peak_rss_mb(), repeats, max(times)))
     return results
 
 
