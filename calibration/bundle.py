@@ -10,7 +10,9 @@ bundle's own folder is never written into.
 
 Nothing is deleted that calibrate did not make: the only files of the old bundle left out of the
 new one are earlier INT8 graphs of ours (``<graph>.int8.onnx`` and its ``.data``) that the new
-ones replace.
+ones replace. Every other entry is carried over (hard links), and the bundle's tree is read with
+the bundle owner's ``scan_tree``, which refuses a folder it cannot list instead of leaving its
+files out of the new bundle.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import numpy as np
 
 from rada_export.errors import RadaError, VerificationError
 from rada_export.progress import SILENT, Reporter
-from rada_export.runtimes import manifest as mf
-from rada_export.runtimes import replace
+from rada_export.runtimes.bundle import layout
+from rada_export.runtimes.bundle import manifest as mf
+from rada_export.runtimes.bundle import swap as replace
+from rada_export.runtimes.bundle.ownership import DIR, FILE, LINK, Tree, scan_tree
 
 from .dataset import DEFAULT_HOLDOUT, DEFAULT_SAMPLES, CalibrationSet, build_calibration_set
 from . import int8_fp16
@@ -35,7 +39,7 @@ from .report import AccuracyReport, CalibrationReport, accuracy_report
 
 GRAPH_CHOICES = ("model", "image_encoder", "all")
 _GRAPHS = {"model": (mf.FUSED,), "image_encoder": (mf.IMAGE_ENCODER,), "all": (mf.FUSED, mf.IMAGE_ENCODER)}
-TEXT_FEATURES = "text_features.npy"
+TEXT_FEATURES = layout.TEXT_FEATURES
 SCRATCH = ".rada-int8-scratch"  # inside the staging folder, gone before the swap
 
 
@@ -107,6 +111,9 @@ def _check_request(req: CalibrateRequest) -> None:
     if req.batch_size < 1:
         raise RadaError(f"the calibration batch size must be at least 1, got {req.batch_size}", "use the default of 8",
                         field="batch_size")
+    if req.cache_dir is not None and Path(req.cache_dir).exists() and not Path(req.cache_dir).is_dir():
+        raise RadaError(f"the calibration cache folder {req.cache_dir} is a file", "give a folder (it is created if missing), "
+                        "or leave cache_dir out for ~/.cache/rada-export/calibration", field="cache_dir")
     if not 0 < req.percentile <= 100:
         raise RadaError(f"the percentile must lie in (0, 100], got {req.percentile}", "use the default of 99.999",
                         field="percentile")
@@ -161,6 +168,7 @@ def calibrate_bundle(req: CalibrateRequest, reporter: Reporter = SILENT) -> Cali
     bundle = Path(req.bundle)
     replace.recover(bundle)  # leftovers of a killed run
     manifest = mf.read_manifest(bundle)
+    _carried_tree(bundle)  # an unreadable folder or a FIFO inside: refused before any work
     sources = source_entries(bundle, manifest, req.graph)
     text_features, head_path = _report_inputs(bundle, manifest)
     if text_features is None and mf.IMAGE_ENCODER in sources:
@@ -211,7 +219,7 @@ def calibrate_bundle(req: CalibrateRequest, reporter: Reporter = SILENT) -> Cali
         if not full.passed:
             notes.append(f"written despite failing the thresholds (--accept-degraded): {full.describe()}")
         updated = _updated_manifest(manifest, sources, scratch, staged, outcomes, data, recipe, req)
-        _assemble(bundle, staging, scratch, staged, manifest, updated)
+        _assemble(bundle, _carried_tree(bundle), staging, scratch, staged, manifest, updated)
         replace.replace_dir(staging, bundle)
     except OSError as err:  # disk full or permissions while staging: the bundle itself is untouched
         replace.discard(staging)
@@ -269,31 +277,37 @@ def _updated_manifest(
 
 def _own_int8_names() -> set[str]:
     """The only names calibrate ever writes, and so the only old files it may leave out."""
-    return {f"{g}.{suffix}.onnx{ext}" for g in mf.GRAPH_NAMES for suffix in ("int8", int8_fp16.SUFFIX) for ext in ("", ".data")}
+    return {name for g in mf.GRAPH_NAMES for variant in layout.INT8_VARIANTS
+            for name in (layout.graph_file(g, variant), layout.external_data_name(layout.graph_file(g, variant)))}
 
 
-def _assemble(bundle: Path, staging: Path, scratch: Path, staged: dict[str, QuantizedGraph], old: mf.Manifest,
-              new: mf.Manifest) -> None:
-    """The new bundle in ``staging``: every file of the old one (hard links, so nothing is copied or
+def _carried_tree(bundle: Path) -> Tree:
+    """Every entry of the bundle, to carry into the new one; RadaError for a folder that cannot be
+    listed (its files would be lost) or an entry that is neither file, folder nor link."""
+    tree = scan_tree(bundle, engine_dirs=())
+    odd = [e.rel for e in tree.entries if e.kind not in (FILE, DIR, LINK)]
+    if odd:
+        raise RadaError(f"bundle {bundle} holds {', '.join(odd[:3])}, which is neither a file, a folder nor a link",
+                        "move it out of the bundle, then rerun")
+    return tree
+
+
+def _assemble(bundle: Path, tree: Tree, staging: Path, scratch: Path, staged: dict[str, QuantizedGraph],
+              old: mf.Manifest, new: mf.Manifest) -> None:
+    """The new bundle in ``staging``: every entry of the old one (hard links, so nothing is copied or
     lost: engines and anything else the user keeps there come along), the staged INT8 files, and
     the new manifest. Old INT8 files of ours that the new manifest no longer lists stay behind."""
     fresh = {name for q in staged.values() for name in _staged_files(q)}
     dropped = {rel for rel in _own_int8_names() if rel in old.files and rel not in new.files}
-    for folder, dirs, files in os.walk(bundle):
-        rel_dir = Path(folder).relative_to(bundle)
-        for name in dirs:
-            if os.path.islink(os.path.join(folder, name)):
-                os.symlink(os.readlink(os.path.join(folder, name)), staging / rel_dir / name)
-            else:
-                (staging / rel_dir / name).mkdir()
-        for name in files:
-            rel = (rel_dir / name).as_posix()
-            if rel == mf.MANIFEST_NAME or rel in fresh or rel in dropped:
-                continue
-            src, dst = os.path.join(folder, name), staging / rel_dir / name
-            if os.path.islink(src):
-                os.symlink(os.readlink(src), dst)
-                continue
+    for entry in tree.entries:  # sorted by path: a folder comes before what it holds
+        src, dst = bundle / entry.rel, staging / entry.rel
+        if entry.rel in (mf.MANIFEST_NAME, SCRATCH) or entry.rel in fresh or entry.rel in dropped:
+            continue
+        if entry.kind == LINK:
+            os.symlink(os.readlink(src), dst)
+        elif entry.kind == DIR:
+            dst.mkdir()
+        else:
             try:
                 os.link(src, dst)
             except OSError:  # a filesystem without hard links

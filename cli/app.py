@@ -49,8 +49,36 @@ app.command("bench")(bench_cmd.bench)
 
 
 def main() -> None:
-    app()
+    """The console script. Usage errors (an unknown option, a value Click refuses) print as Click
+    prints them; with ``--json`` anywhere on the line they also print a JSON error on stdout, as
+    every other error does (cli/common.py), so a caller that parses stdout always gets JSON."""
+    import sys
 
+    from .common import print_json
+
+    args = sys.argv[1:]
+    try:
+        code = app(args=args, prog_name="rada-export", standalone_mode=False)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    except Exception as err:
+        # Click's own errors (Typer vendors Click, so they are matched by what they carry): a usage
+        # error has exit code 2 and shows itself.
+        show, exit_code = getattr(err, "show", None), getattr(err, "exit_code", None)
+        if show is None or not isinstance(exit_code, int):
+            raise
+        if exit_code == 2 and "--json" in args:
+            print_json({"error": err.format_message(), "fix": "see `rada-export --help` (or COMMAND --help)",
+                        "exit_code": exit_code})
+        try:
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(err)  # as Typer shows it when it handles the error itself
+        except ImportError:
+            show()
+        sys.exit(exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
+from dataclasses import asdict, is_dataclass
 from typing import Any, Callable, Mapping
 
 import typer
@@ -65,13 +67,29 @@ def reporter(quiet: bool = False) -> Reporter:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(finite_json(data), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def print_json_line(data: Any) -> None:
     """One compact JSON object on one line, flushed: a reading process gets it at once."""
-    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.write(json.dumps(finite_json(data), default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def finite_json(data: Any) -> Any:
+    """``data`` with every non-finite float as null: JSON has no NaN or Infinity, and a reader's
+    parser would refuse the whole document for one of them."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    if is_dataclass(data) and not isinstance(data, type):
+        return finite_json(asdict(data))
+    if hasattr(data, "dtype") and hasattr(data, "tolist"):  # numpy scalars and arrays
+        return finite_json(data.tolist())
+    return data
 
 
 def make_table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:

@@ -8,7 +8,7 @@ test-time adaptation, and sums it all up: files, sizes, parity, accuracy, latenc
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +18,20 @@ import numpy as np
 from .errors import RadaError
 from .images import scan_image_folder, split_holdout
 from .progress import SILENT, Reporter
+from .runtimes.bundle import swap
+from .runtimes.bundle.json_io import read_json_file
+from .runtimes.bundle.layout import ENGINES_DIR, HEAD_FILE
+from .runtimes.bundle.ownership import judge, manifest_listing, scan_tree
 from .timing import median_ms
 
-# The demo's folder carries this file with our signature; a re-run replaces only a folder that has
-# it, and only the entries the demo makes (a user's own files in it make the demo refuse).
+# The demo's folder carries this file with our signature and the list of files the demo made; a
+# re-run replaces only a folder that has it, and only if every file in it, at any depth, is one the
+# demo made (the marker's list, the bundle's manifest, engines `trt` recorded): the bundle owner's
+# judgement (runtimes/bundle/ownership.py). A user's own file anywhere in it makes the demo refuse.
 MARKER = ".rada-export-demo.json"
 SIGNATURE = "rada-export demo folder v1"
-DEMO_ENTRIES = ("images", "head.safetensors", "bundle")
+IMAGES, BUNDLE = "images", "bundle"
+DEMO_ENTRIES = (IMAGES, HEAD_FILE, BUNDLE)
 
 
 @dataclass
@@ -66,40 +73,71 @@ class DemoSummary:
     seconds: float = 0.0
 
 
-def _is_demo_folder(out: Path) -> bool:
+def _marker(out: Path) -> dict | None:
+    """The demo's marker record when the folder carries ours, else None."""
     marker = out / MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return None
     try:
-        if marker.is_symlink() or marker.stat().st_size > 4096:
-            return False
-        return json.loads(marker.read_text(encoding="utf-8")).get("signature") == SIGNATURE
-    except (OSError, ValueError, AttributeError):
-        return False
+        record = read_json_file(marker, str(marker), "", max_bytes=16 << 20)
+    except RadaError:
+        return None
+    return record if isinstance(record, dict) and record.get("signature") == SIGNATURE else None
 
 
-def _ours(name: str) -> bool:
-    # The bundle's own staging folders and their markers (runtimes/replace.py) belong to the demo too.
-    return name in DEMO_ENTRIES or name == MARKER or name.startswith(".bundle.rada-")
+def _demo_listing(out: Path, record: dict) -> set[str]:
+    """Every file the demo made in ``out``: its marker's list, and the bundle's manifest listing."""
+    made = record.get("files")
+    listed = {MARKER} | ({rel for rel in made if isinstance(rel, str)} if isinstance(made, list) else set())
+    bundle = manifest_listing(out / BUNDLE) or set()
+    return listed | {f"{BUNDLE}/{rel}" for rel in bundle}
 
 
 def _prepare_out(out: Path, config: "DemoConfig") -> None:
     if out.exists() and not out.is_dir():
         raise RadaError(f"output folder {out} is a file", "give a folder for the demo's output", field="out")
     if out.is_dir() and any(out.iterdir()):
-        if not _is_demo_folder(out):
+        record = _marker(out)
+        if record is None:
             raise RadaError(f"output folder {out} exists, is not empty and was not made by the demo",
                             "choose another output folder (the demo replaces only folders it made itself)", field="out")
-        foreign = sorted(p.name for p in out.iterdir() if not _ours(p.name))
-        if foreign:
-            raise RadaError(f"output folder {out} was made by the demo but now also holds {', '.join(foreign[:5])}",
-                            "move those files out of the folder, or choose another output folder", field="out")
-        for entry in sorted(out.iterdir(), key=lambda p: p.name == MARKER):  # the marker goes last
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        swap.recover(out / BUNDLE)  # a bundle swap killed half-way: finish it before judging the folder
+        engines = (f"{BUNDLE}/{ENGINES_DIR}",)
+        verdict = judge(scan_tree(out, engines), _demo_listing(out, record), engines)
+        if not verdict.replaceable:
+            raise RadaError(f"output folder {out} was made by the demo but now also holds files the demo did not make "
+                            f"({verdict.describe()})", "move those files out of the folder, or choose another output folder",
+                            field="out")
+        _remove_ours(out, verdict.ours)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text(json.dumps({"signature": SIGNATURE, "model": config.model,
-                                          "pretrained": config.pretrained}) + "\n", encoding="utf-8")
+    _write_marker(out, config, [])
+
+
+def _remove_ours(out: Path, ours: tuple[str, ...]) -> None:
+    """Deletes exactly the files judged ours, then the folders they leave empty; the marker last."""
+    for rel in sorted(ours, key=lambda r: (r == MARKER, -r.count("/"), r)):
+        path = out / rel
+        if path.is_dir() and not path.is_symlink():
+            try:
+                path.rmdir()
+            except OSError:
+                pass  # not empty: something else is in it, which stays
+        elif rel != MARKER:
+            path.unlink(missing_ok=True)
+    (out / MARKER).unlink(missing_ok=True)
+
+
+def _write_marker(out: Path, config: "DemoConfig", files: list[str]) -> None:
+    """The marker, written atomically, listing the files the demo made so far (a run stopped half-way
+    leaves a folder the next run may still replace)."""
+    record = {"signature": SIGNATURE, "model": config.model, "pretrained": config.pretrained, "files": sorted(files)}
+    tmp = out / (MARKER + ".tmp")
+    tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    os.replace(tmp, out / MARKER)
+
+
+def _made_under(out: Path, folder: str) -> list[str]:
+    return [p.relative_to(out).as_posix() for p in sorted((out / folder).rglob("*")) if p.is_file() and not p.is_symlink()]
 
 
 def run_demo(config: DemoConfig, reporter: Reporter = SILENT) -> DemoSummary:
@@ -116,22 +154,29 @@ def run_demo(config: DemoConfig, reporter: Reporter = SILENT) -> DemoSummary:
     per_class = min(config.images_per_class, 8) if config.quick else config.images_per_class
     notes = []
 
-    reporter.log(f"[bold]1/6[/bold] generating a labelled image set in {out / 'images'}")
-    make_image_folder(out / "images", images_per_class=per_class, seed=config.seed)
+    reporter.log(f"[bold]1/6[/bold] generating a labelled image set in {out / IMAGES}")
+    made: list[str] = []
+    try:
+        make_image_folder(out / IMAGES, images_per_class=per_class, seed=config.seed)
+    finally:
+        made += _made_under(out, IMAGES)
+        _write_marker(out, config, made)
 
     reporter.log(f"[bold]2/6[/bold] training a RAda head on frozen {model} features")
     train = run_train_job(TrainJob(
-        data=out / "images", out=out / "head.safetensors", model=model, pretrained=config.pretrained,
+        data=out / IMAGES, out=out / HEAD_FILE, model=model, pretrained=config.pretrained,
         val_fraction=0.25, aug_copies=2, config=TrainConfig(epochs=5 if config.quick else config.epochs, seed=config.seed),
     ), reporter)
+    made.append(HEAD_FILE)
+    _write_marker(out, config, made)
 
     reporter.log("[bold]3/6[/bold] exporting and verifying the ONNX bundle (FP32 and FP16)")
-    bundle = out / "bundle"
-    exported = export_bundle(ExportRequest(out=bundle, ckpt=out / "head.safetensors", fp16=True, max_batch=32), reporter)
+    bundle = out / BUNDLE
+    exported = export_bundle(ExportRequest(out=bundle, ckpt=out / HEAD_FILE, fp16=True, max_batch=32), reporter)
     parity = [r.to_dict() for r in exported.report.results]
 
     reporter.log("[bold]4/6[/bold] calibrating INT8 (explicit Q/DQ) on the training images")
-    calibrated = _calibrate(bundle, out / "images", 64, config.seed, reporter, notes)
+    calibrated = _calibrate(bundle, out / IMAGES, 64, config.seed, reporter, notes)
     if calibrated is not None:
         parity += calibrated
 
@@ -139,11 +184,11 @@ def run_demo(config: DemoConfig, reporter: Reporter = SILENT) -> DemoSummary:
     tensorrt = _tensorrt(bundle, reporter, notes)
 
     reporter.log("[bold]6/6[/bold] running the device runtime, with and without test-time adaptation")
-    val = split_holdout(scan_image_folder(out / "images"), 0.25, config.seed)[1]
+    val = split_holdout(scan_image_folder(out / IMAGES), 0.25, config.seed)[1]
     rows = _evaluate(bundle, val, tensorrt.startswith("built"), config.quick, config.seed)
 
     files = sorted((p.relative_to(out).as_posix(), p.stat().st_size) for p in bundle.rglob("*") if p.is_file())
-    files.append(("head.safetensors", (out / "head.safetensors").stat().st_size))
+    files.append((HEAD_FILE, (out / HEAD_FILE).stat().st_size))
     return DemoSummary(
         out=out, model=model, pretrained=config.pretrained, random_weights=config.pretrained == "none", files=files,
         parity=parity, zero_shot_accuracy=train.zero_shot_accuracy, trained_accuracy=train.trained_accuracy, rows=rows,

@@ -6,6 +6,10 @@ where the bundle has one (``rada-export trt`` builds ``--graph model`` by defaul
 makes the choice as a pure function of the manifest, the engines folder and this device. Where the
 graphs would run on the CPU and OpenVINO is installed, ``auto`` runs them all on OpenVINO instead
 (runtimes/openvino_backend.py): same graphs, faster on CPUs.
+
+Given a ``VerifiedBundle`` (what ``load_bundle`` holds), a runner is made from the graph's verified
+bytes (runtimes/bundle/verified.py), never from the path. Every backend failure while running
+becomes one RadaError line (a renamed output, an allocation the device refuses...).
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import numpy as np
 
 from rada_export.errors import RadaError
 
-from .manifest import Manifest
+from .bundle.verified import VerifiedBundle
+from .manifest import GraphEntry, Manifest
 from .openvino_backend import INSTALL as OPENVINO_INSTALL
 from .openvino_backend import OPENVINO, OpenVinoPlan, cpu_info, openvino_installed, plan_openvino
-from .ort_session import available_providers, create_session
+from .ort_session import available_providers, create_session, in_memory_external_data
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
 
@@ -34,27 +39,47 @@ class GraphRunner(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+def backend_error(name: str, err: BaseException) -> RadaError:
+    """A backend's failure while running a graph, as one line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return RadaError(f"{name} failed while running: {type(err).__name__}: {(lines[0] if lines else '')[:300]}",
+                     "check that the bundle's graphs are the ones it was exported with (re-export it), and that the "
+                     "device has the memory the batch needs (use a smaller batch_size)")
+
+
 class OrtRunner:
-    def __init__(self, path: Path, device: str, precision: str):
-        self.session = create_session(path, device, precision)
+    def __init__(self, path: Path, device: str, precision: str, *, model: bytes | None = None,
+                 external_data: dict | None = None):
+        self.path = Path(path)
+        self.session = create_session(path, device, precision, model=model, external_data=external_data)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(None, feeds)))
+        try:
+            outputs = self.session.run(None, feeds)
+        except Exception as err:  # onnxruntime raises its own exception types (Fail, RuntimeException...)
+            raise backend_error(f"ONNX Runtime on {self.path.name}", err) from None
+        return dict(zip(self.output_names, outputs))
 
 
 class TrtRunner:
     def __init__(self, engine_path: Path, manifest: Manifest | None = None):
         from .tensorrt_engine import TensorRTEngine
 
+        self.path = Path(engine_path)
         self.engine = TensorRTEngine(engine_path, manifest)
         self.input_names = list(self.engine.input_names)
         self.output_names = list(self.engine.output_names)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.engine.run(feeds)
+        try:
+            return self.engine.run(feeds)
+        except RadaError:
+            raise
+        except Exception as err:  # TensorRT and CUDA raise their own types
+            raise backend_error(f"TensorRT on {self.path.name}", err) from None
 
 
 @dataclass(frozen=True)
@@ -146,7 +171,13 @@ def _placements(bundle: Path, manifest: Manifest, precision: str) -> dict:
     from .engine_layout import scan_engines
     from .engine_selection import select_engines
 
-    engines = scan_engines(bundle)
+    try:
+        engines = scan_engines(bundle)
+    except (ValueError, RecursionError) as err:
+        # engines/*/*.json is not covered by the manifest's checksums: a description Python's json
+        # cannot take (an integer of thousands of digits, deep nesting) leaves TensorRT unused.
+        return select_engines(manifest, {}, None, precision, f"an engine description in {bundle / 'engines'} is unreadable "
+                              f"({type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''})")
     if not engines:
         return select_engines(manifest, {}, None, precision, f"no engines in {bundle / 'engines'}")
     try:
@@ -159,13 +190,15 @@ def _placements(bundle: Path, manifest: Manifest, precision: str) -> dict:
 
 
 def make_runner(choice: BackendChoice, bundle: Path, manifest: Manifest, graph: str, precision: str) -> GraphRunner:
+    """The runner of ``graph`` in ``precision``. ``bundle``: a VerifiedBundle (graphs from verified
+    bytes) or a folder (graphs opened from their paths, for tools that checked the files themselves)."""
     engine = choice.engines.get(graph)
     if engine is not None:
-        return TrtRunner(bundle / engine, manifest)
+        return TrtRunner(Path(bundle) / engine, manifest)
     if choice.name == "tensorrt":  # an explicit TensorRT-only choice (rada-export bench): this graph's engine or an error
         from .engine_selection import find_engine
 
-        path = find_engine(bundle, graph, precision)
+        path = find_engine(Path(bundle), graph, precision)
         if path is None:
             raise RadaError(f"no {graph}.{precision} engine for this GPU in {bundle / 'engines'}",
                             f"run `rada-export trt --bundle {bundle} --graph {graph} --precision {precision}` on this device")
@@ -174,7 +207,32 @@ def make_runner(choice: BackendChoice, bundle: Path, manifest: Manifest, graph: 
         return _openvino_runner(choice, bundle, manifest, graph, precision)
     entry = manifest.graph(graph, precision)
     ort = choice.onnxruntime or choice.name
-    return OrtRunner(bundle / entry.file, "cuda" if ort == "onnxruntime-cuda" else "cpu", entry.precision)
+    return ort_runner(bundle, entry, "cuda" if ort == "onnxruntime-cuda" else "cpu")
+
+
+def ort_runner(bundle: Path | VerifiedBundle, entry: GraphEntry, device: str) -> OrtRunner:
+    """An ONNX Runtime runner, from verified bytes where ``bundle`` is a VerifiedBundle.
+
+    An ONNX Runtime too old to take external data from memory (before 1.19) opens the graph from its
+    path instead, and the files at the path must be the very files pinned at load (same inodes)
+    before and after the session reads them: a replaced bundle is then refused, not run.
+    """
+    path = Path(bundle) / entry.file
+    if not isinstance(bundle, VerifiedBundle):
+        return OrtRunner(path, device, entry.precision)
+    model, external = bundle.graph_bytes(entry.file)
+    if not external or in_memory_external_data():
+        return OrtRunner(path, device, entry.precision, model=model, external_data=external)
+    rels = [entry.file] + [(Path(entry.file).parent / loc).as_posix() for loc in external]
+    runner = OrtRunner(path, device, entry.precision) if bundle.still_pinned(rels) else None
+    if runner is None or not bundle.still_pinned(rels):
+        raise bundle_changed(bundle)
+    return runner
+
+
+def bundle_changed(bundle: VerifiedBundle) -> RadaError:
+    return RadaError(f"bundle {bundle.path} was replaced after it was loaded, and this graph could not be read from "
+                     "the files that were verified", "load the bundle again (load_bundle) to use the new one")
 
 
 def _openvino_runner(choice: BackendChoice, bundle: Path, manifest: Manifest, graph: str, precision: str) -> GraphRunner:
@@ -185,11 +243,10 @@ def _openvino_runner(choice: BackendChoice, bundle: Path, manifest: Manifest, gr
     cache = cache_folder(plan.cache_root, manifest, entry, plan.cpu.version) if plan.cache_root else None
     probe = probe_feeds(manifest, entry) if entry.precision == "int8" else None
     try:
-        return OpenVinoRunner(bundle / entry.file, entry, plan, cache, probe)
+        return OpenVinoRunner(Path(bundle) / entry.file, entry, plan, cache, probe, source=bundle)
     except OpenVinoRefusal as err:
         if not choice.picked_by_auto:
             raise
         # Chosen by `auto`, not by the user: a graph OpenVINO cannot take still runs, on ONNX Runtime.
         warnings.warn(f"{err.problem}; ONNX Runtime runs the {graph} graph instead", stacklevel=3)
-        entry = manifest.graph(graph, precision)
-        return OrtRunner(bundle / entry.file, "cpu", entry.precision)
+        return ort_runner(bundle, manifest.graph(graph, precision), "cpu")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,12 @@ import numpy as np
 
 from rada_export.errors import RadaError
 
-from .manifest import HeadConfig, read_manifest, verify_checksums
+from .bundle.layout import HEAD_FILE, TEXT_FEATURES
+from .bundle.verified import VerifiedBundle
+from .manifest import HeadConfig
 
-HEAD_FILE = "head.safetensors"
-TEXT_FEATURES_FILE = "text_features.npy"
+TEXT_FEATURES_FILE = TEXT_FEATURES
+__all__ = ["HEAD_FILE", "TEXT_FEATURES_FILE", "HeadBundle", "read_head_bundle"]
 
 
 @dataclass(frozen=True)
@@ -27,33 +30,30 @@ class HeadBundle:
     config: HeadConfig
 
 
-def read_head_bundle(path: Union[str, os.PathLike]) -> HeadBundle:
+def read_head_bundle(path: Union[str, os.PathLike, VerifiedBundle]) -> HeadBundle:
     """Reads ``head.safetensors``, ``text_features.npy`` and the manifest's head settings and class names.
 
-    The two files are checked against the manifest's checksums when it lists them.
+    Both files are parsed from their verified bytes (runtimes/bundle/verified.py): ``path`` may be the
+    VerifiedBundle a runtime holds; a folder is opened and pinned here.
     """
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
-    bundle = Path(path)
-    manifest = read_manifest(bundle)
-    listed = [rel for rel in (HEAD_FILE, TEXT_FEATURES_FILE) if rel in manifest.files]
-    if listed:
-        verify_checksums(bundle, manifest, only=listed)
+    bundle = path if isinstance(path, VerifiedBundle) else VerifiedBundle.open(Path(path), check_graphs=False)
+    manifest = bundle.manifest
     for rel in (HEAD_FILE, TEXT_FEATURES_FILE):
-        if not (bundle / rel).is_file():
-            raise RadaError(f"bundle {bundle} has no {rel}", "re-export the bundle with its head")
+        if rel not in manifest.files:
+            raise RadaError(f"bundle {bundle.path} lists no {rel} in its manifest", "re-export the bundle with its head")
+    head_bytes, text_bytes = bundle.read(HEAD_FILE), bundle.read(TEXT_FEATURES_FILE)
     try:
-        weights = load_file(str(bundle / HEAD_FILE))
+        weights = load(head_bytes)
     except Exception as err:
-        raise RadaError(
-            f"{bundle / HEAD_FILE} is not a readable safetensors file ({err})", "re-export the bundle"
-        ) from err
+        raise RadaError(f"{bundle.path / HEAD_FILE} is not a readable safetensors file ({str(err)[:200]})",
+                        "re-export the bundle") from None
     # The head checkpoint may carry its own copy of the text features; the .npy file rules.
     weights.pop("text_features", None)
     try:
-        text = np.load(bundle / TEXT_FEATURES_FILE, allow_pickle=False)
+        text = np.load(io.BytesIO(text_bytes), allow_pickle=False)
     except Exception as err:
-        raise RadaError(
-            f"{bundle / TEXT_FEATURES_FILE} is not a readable .npy file ({err})", "re-export the bundle"
-        ) from err
+        raise RadaError(f"{bundle.path / TEXT_FEATURES_FILE} is not a readable .npy file ({str(err)[:200]})",
+                        "re-export the bundle") from None
     return HeadBundle(weights, text, tuple(manifest.class_names), manifest.head)

@@ -9,7 +9,7 @@ the file's post-processor, truncation to the context length and padding with the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +17,34 @@ import numpy as np
 
 from rada_export.errors import RadaError
 
+from .bundle.tokenizers import KIND_HF, MAX_TOKENIZER_JSON_BYTES
 from .text_input import CLEANERS, as_text_list, check_context_length
 
-KIND_HF = "hf_tokenizers"
+__all__ = ["HFTokenizer", "KIND_HF"]
 
 
-def _confined(bundle: Path, rel: Any) -> Path:
-    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
-        raise RadaError(f"the manifest's tokenizer file {rel!r} is not a path inside the bundle", "re-export the bundle")
-    path = (bundle / rel).resolve()
-    if not path.is_relative_to(bundle.resolve()) or not path.is_file():
-        raise RadaError(f"the bundle's tokenizer file {rel} is missing or points outside the bundle", "re-export the bundle")
-    return path
+def _guarded(what: str, call: Callable[[], Any]) -> Any:
+    """``call()`` with the tokenizers library's failures as one RadaError: a malformed file raises a
+    plain Exception, and a regex that panics in Rust raises PanicException, a BaseException."""
+    try:
+        return call()
+    except RadaError:
+        raise
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as err:  # noqa: B036 - pyo3's PanicException is not an Exception
+        raise RadaError(f"{what} ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})",
+                        "re-export the bundle with `rada-export onnx`") from None
 
 
 class HFTokenizer:
     """Text -> int64 token ids (K x context_length), as open_clip's HFTokenizer gives them."""
 
     def __init__(self, path: str | Path, context_length: int, clean: str = "whitespace", pad_id: int = 0,
-                 pad_token: str | None = None, strip_sep_token: bool = False, sep_id: int | None = None):
+                 pad_token: str | None = None, strip_sep_token: bool = False, sep_id: int | None = None, *,
+                 content: bytes | None = None):
+        """``content``: the tokenizer.json's bytes, already read (and verified) by the caller; else
+        ``path`` is read."""
         try:
             from tokenizers import Tokenizer
         except ImportError as err:
@@ -48,12 +57,15 @@ class HFTokenizer:
         self.pad_id = int(pad_id)
         self.pad_token = pad_token
         try:
-            self._json = Path(path).read_text(encoding="utf-8")
-            self._tokenizer = self._configured(self.context_length)
-        except RadaError:
-            raise
-        except Exception as err:  # tokenizers raises a plain Exception for a malformed file
-            raise RadaError(f"{path} is not a readable tokenizer.json ({str(err)[:200]})", "re-export the bundle") from err
+            if content is None:
+                with open(path, "rb") as fh:
+                    content = fh.read(MAX_TOKENIZER_JSON_BYTES + 1)
+            if len(content) > MAX_TOKENIZER_JSON_BYTES:
+                raise ValueError(f"larger than {MAX_TOKENIZER_JSON_BYTES >> 20} MiB")
+            self._json = content.decode("utf-8")
+        except (OSError, ValueError) as err:
+            raise RadaError(f"{path} is not a readable tokenizer.json ({str(err)[:200]})", "re-export the bundle") from None
+        self._tokenizer = _guarded(f"{path} is not a usable tokenizer.json", lambda: self._configured(self.context_length))
         self.strip_sep_token = strip_sep_token
         self.sep_id = sep_id
 
@@ -70,18 +82,27 @@ class HFTokenizer:
 
     @classmethod
     def from_manifest_entry(cls, bundle_path: str | Path, entry: dict[str, Any]) -> "HFTokenizer":
-        bundle = Path(bundle_path)
+        """From a bundle folder (its files read confined to it): the same as ``load_tokenizer``."""
+        from .tokenizer import load_tokenizer
+
+        return load_tokenizer(bundle_path, entry)
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any], read: Callable[[str], bytes]) -> "HFTokenizer":
+        """The registry's reader (bundle/tokenizers.py): the entry is checked, ``read`` gives verified bytes."""
         return cls(
-            _confined(bundle, entry.get("file")), context_length=entry.get("context_length"),
-            clean=entry.get("clean", "whitespace"), pad_id=entry.get("pad_id", 0), pad_token=entry.get("pad_token"),
-            strip_sep_token=bool(entry.get("strip_sep_token", False)), sep_id=entry.get("sep_id"),
+            entry["file"], context_length=entry["context_length"], clean=entry.get("clean", "whitespace"),
+            pad_id=entry.get("pad_id", 0), pad_token=entry.get("pad_token"),
+            strip_sep_token=bool(entry.get("strip_sep_token", False)), sep_id=entry.get("sep_id"), content=read(entry["file"]),
         )
 
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> np.ndarray:
         length = self.context_length if context_length is None else check_context_length(context_length)
         batch = [self._clean_fn(t) for t in as_text_list(texts)]
-        tok = self._tokenizer if length == self.context_length else self._configured(length)
-        out = np.array([enc.ids for enc in tok.encode_batch(batch)], dtype=np.int64).reshape(len(batch), length)
+        tok = self._tokenizer if length == self.context_length else _guarded(
+            "the bundle's tokenizer.json", lambda: self._configured(length))
+        encoded = _guarded("the bundle's tokenizer.json failed on this text", lambda: tok.encode_batch(batch))
+        out = np.array([enc.ids for enc in encoded], dtype=np.int64).reshape(len(batch), length)
         if self.strip_sep_token and self.sep_id is not None:
             out[out == self.sep_id] = 0
         return out

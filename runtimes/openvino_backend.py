@@ -24,6 +24,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -198,9 +199,11 @@ class OpenVinoRunner:
     """
 
     def __init__(self, path: Path, entry: GraphEntry, plan: OpenVinoPlan, cache_dir: Path | None = None,
-                 probe: dict[str, np.ndarray] | None = None):
+                 probe: dict[str, np.ndarray] | None = None, source: Any = None):
+        """``source``: the VerifiedBundle the graph comes from (runtimes/bundle/verified.py), whose
+        verified bytes OpenVINO reads from memory; None (a path only) for tools that checked the file."""
         path = Path(path)
-        if not path.is_file():
+        if source is None and not path.is_file():
             raise RadaError(f"ONNX graph {path} does not exist", "re-export the bundle")
         config = {"INFERENCE_PRECISION_HINT": plan.inference_precision}
         if free_dimensions(entry):
@@ -212,7 +215,8 @@ class OpenVinoRunner:
                 raise RadaError(f"cannot make the OpenVINO cache folder {cache_dir}: {err.strerror}",
                                 f"set {CACHE_ENV} to a writable folder, or unset it", field="cache") from err
             config["CACHE_DIR"] = str(cache_dir)
-        self.compiled = _compile(path, config)
+        self.compiled = _compile_verified(source, entry, path, config) if source is not None and hasattr(source, "graph_bytes") \
+            else _compile(path, config)
         self.snippets = config.get(SNIPPETS) != "DISABLE"
         self.path = path
         self.input_names = list(entry.inputs)
@@ -277,13 +281,30 @@ def free_dimensions(entry: GraphEntry) -> list[str]:
     return [name for name in dict.fromkeys(names) if name != batch]
 
 
-def _compile(path: Path, config: dict):
+def _compile_verified(source: Any, entry: GraphEntry, path: Path, config: dict):
+    """Compiles the graph from its verified bytes. OpenVINO reads an ONNX graph's external data from
+    files only, so a graph that has some is compiled from its path, and the files at the path must be
+    the very files pinned and verified at load (same inodes) before and after the compilation."""
+    model, external = source.graph_bytes(entry.file)
+    if not external:
+        return _compile(path, config, model)
+    rels = [entry.file] + [(Path(entry.file).parent / loc).as_posix() for loc in external]
+    compiled = _compile(path, config) if source.still_pinned(rels) else None
+    if compiled is None or not source.still_pinned(rels):
+        raise RadaError(f"bundle {source.path} was replaced after it was loaded, and {entry.file} could not be read from "
+                        "the files that were verified", "load the bundle again (load_bundle) to use the new one")
+    return compiled
+
+
+def _compile(path: Path, config: dict, model: bytes | None = None):
     core = shared_core()
     try:
+        if model is not None:
+            return core.compile_model(core.read_model(model), "CPU", config)
         return core.compile_model(str(path), "CPU", config)
     except Exception as err:  # openvino raises its own exception types
         if SNIPPETS in config and SNIPPETS in str(err):  # an OpenVINO without the (internal) setting
-            return _compile(path, {k: v for k, v in config.items() if k != SNIPPETS})
+            return _compile(path, {k: v for k, v in config.items() if k != SNIPPETS}, model)
         raise OpenVinoRefusal(f"OpenVINO cannot compile {path.name}: {_first_line(err)}",
                               "use backend='onnxruntime' for this bundle") from err
 

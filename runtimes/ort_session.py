@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Mapping
 
 from rada_export.errors import RadaError
 
@@ -41,13 +42,28 @@ def resolve_providers(device: str = "cpu") -> list[str]:
     raise RadaError(f"unknown device {device!r}", "use 'cpu', 'cuda' or 'auto'", field="device")
 
 
-def create_session(path: str | os.PathLike, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
-    """An InferenceSession for one graph (external data is read from beside the file)."""
+def in_memory_external_data() -> bool:
+    """Whether this ONNX Runtime takes external-data files from memory (1.19 and newer)."""
+    return hasattr(import_onnxruntime().SessionOptions, "add_external_initializers_from_files_in_memory")
+
+
+def create_session(path: str | os.PathLike, device: str = "cpu", precision: str = "fp32", threads: int | None = None, *,
+                   model: bytes | None = None, external_data: Mapping[str, Any] | None = None):
+    """An InferenceSession for one graph (external data is read from beside the file).
+
+    ``model``: the graph's bytes, already read (and verified) by the caller; ``path`` then only names
+    it in messages. ``external_data``: location (as the graph names it) -> that file's bytes, given to
+    ONNX Runtime from memory, so that nothing is read from the folder.
+    """
     ort = import_onnxruntime()
     path = Path(path)
-    if not path.is_file():
+    if model is None and not path.is_file():
         raise RadaError(f"ONNX graph {path} does not exist", "re-export the bundle")
     options = ort.SessionOptions()
+    if external_data:
+        names = list(external_data)
+        options.add_external_initializers_from_files_in_memory(
+            names, [external_data[n] for n in names], [len(external_data[n]) for n in names])
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
@@ -59,6 +75,7 @@ def create_session(path: str | os.PathLike, device: str = "cpu", precision: str 
     # it has nothing to do in an FP16 graph (it rewrites FP32 Conv and pooling layouts).
     disabled = ["NchwcTransformer"] if precision == "fp16" else []
     try:
-        return ort.InferenceSession(str(path), options, providers=resolve_providers(device), disabled_optimizers=disabled)
+        return ort.InferenceSession(model if model is not None else str(path), options, providers=resolve_providers(device),
+                                    disabled_optimizers=disabled)
     except Exception as err:  # onnxruntime raises its own exception types
         raise RadaError(f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0][:300]}", "re-export the bundle") from err

@@ -4,6 +4,11 @@ Images go through the manifest's preprocessing and the image encoder (ONNX Runti
 the RAda head runs in numpy, because it is the part that adapts at test time and that takes new
 classes. Without adaptation and with the bundle's own classes, the fused graph (encoder and head in
 one) is used instead: one call per batch.
+
+What runs is what was verified: ``load_bundle`` pins the bundle's files and checks their checksums
+(runtimes/bundle/verified.py), and every graph, the head, the text features and the tokenizer are
+read from those pinned, verified bytes, so a bundle replaced at its path after loading changes
+nothing here. Every graph's outputs are checked on every run (names, rows, width, finite values).
 """
 
 from __future__ import annotations
@@ -23,13 +28,17 @@ from rada_export.errors import RadaError
 from . import preprocess as pp
 from .augment import random_views
 from .backends import BackendChoice, GraphRunner, choose_backend, make_runner
+from .bundle.layout import PRECISIONS as LAYOUT_PRECISIONS
+from .bundle.outputs import check_outputs, check_prediction
+from .bundle.verified import VerifiedBundle
+from .class_names import check_class_names
 from .head import Head
 from .head_snapshot import HeadSnapshot
-from .manifest import FUSED, IMAGE_ENCODER, TEXT_ENCODER, Manifest, read_manifest, verify_checksums
+from .manifest import FUSED, IMAGE_ENCODER, TEXT_ENCODER, Manifest
 from .stream import FrameStream, StreamOptions
 from .tta import TTAConfig
 
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
+PRECISIONS = ("auto",) + LAYOUT_PRECISIONS
 
 
 @dataclass
@@ -80,15 +89,17 @@ class Runtime:
       the old or the new class list and weights, never a mix; ``last_episode`` is per thread.
     """
 
-    def __init__(self, bundle: Path, manifest: Manifest, choice: BackendChoice, precision: str, tta: TTAConfig | None,
-                 seed: int = 0, host_frame_reduction: bool | None = None):
-        self.bundle = bundle
+    def __init__(self, bundle: Path | VerifiedBundle, manifest: Manifest, choice: BackendChoice, precision: str,
+                 tta: TTAConfig | None, seed: int = 0, host_frame_reduction: bool | None = None):
+        # Everything is read from the verified bundle (files pinned at load), never from the path again.
+        self.verified = bundle if isinstance(bundle, VerifiedBundle) else VerifiedBundle.open(bundle)
+        self.bundle = self.verified.path
         self.manifest = manifest
         self.backend = choice.name
         self.backend_reason = choice.reason
         self.precision = precision
         self.tta = tta
-        self.head = Head.from_bundle(bundle, tta=tta)  # owns the class set: names and text features
+        self.head = Head.from_bundle(self.verified, tta=tta)  # owns the class set: names and text features
         self._choice = choice
         self._encoder: GraphRunner | None = None  # made on first use: a fused-only deployment never loads it
         self._fused: GraphRunner | None = None
@@ -198,7 +209,7 @@ class Runtime:
             frames = pp.reduce_for_graph(frames, self.manifest.preprocess, self.manifest.frames)
         runner = self.fused_runner()
         name = runner.input_names[0]
-        outs = [runner.run({name: frames[i : i + batch_size]}) for i in range(0, len(frames), batch_size)]
+        outs = [self._run(runner, FUSED, {name: frames[i : i + batch_size]}, classes) for i in range(0, len(frames), batch_size)]
         if len(outs) == 1:
             return self._prediction(outs[0]["logits"], outs[0]["image_features"], classes)
         return self._prediction(np.concatenate([o["logits"] for o in outs]),
@@ -214,7 +225,7 @@ class Runtime:
         if self._fused is None:
             with self._make_lock:
                 if self._fused is None:
-                    self._fused = make_runner(self._choice, self.bundle, self.manifest, FUSED, self._variant(FUSED))
+                    self._fused = make_runner(self._choice, self.verified, self.manifest, FUSED, self._variant(FUSED))
         return self._fused
 
     def _features_of(self, items, bgr: bool) -> np.ndarray:
@@ -231,7 +242,7 @@ class Runtime:
                     feed = np.ascontiguousarray(feed[..., ::-1])
             else:
                 feed = items if preprocessed else pp.preprocess(items, self.manifest.preprocess, bgr, fast=True)
-            out = runner.run({runner.input_names[0]: feed})
+            out = self._run(runner, FUSED, {runner.input_names[0]: feed}, snapshot.class_names)
             return out["logits"], out["image_features"]
         features = self._features_of(items, bgr)
         return self.head.logits(features, snapshot=snapshot), features
@@ -241,10 +252,18 @@ class Runtime:
         if self._encoder is None:
             with self._make_lock:
                 if self._encoder is None:
-                    self._encoder = make_runner(self._choice, self.bundle, self.manifest, IMAGE_ENCODER,
+                    self._encoder = make_runner(self._choice, self.verified, self.manifest, IMAGE_ENCODER,
                                                 self._variant(IMAGE_ENCODER))
-        out = self._encoder.run({"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})
+        out = self._run(self._encoder, IMAGE_ENCODER, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32)})
         return out["image_features"]
+
+    def _run(self, runner: GraphRunner, graph: str, feeds: dict[str, np.ndarray], classes: Sequence[str] = ()) -> dict:
+        """One graph run, its outputs checked: the names the graph must return, one row per input row,
+        one logit column per class, embed_dim features, finite values."""
+        out = runner.run(feeds)
+        rows = len(next(iter(feeds.values())))
+        check_outputs(graph, out, rows, len(classes), self.manifest.embed_dim, getattr(runner, "path", graph))
+        return out
 
     def _predict_episodic(self, images: Any, bgr: bool) -> Prediction:
         if isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):
@@ -269,6 +288,7 @@ class Runtime:
 
     def _prediction(self, logits: np.ndarray, features: np.ndarray, classes: list[str]) -> Prediction:
         logits = np.asarray(logits, dtype=np.float32)
+        check_prediction(logits, features, len(classes))
         labels = logits.argmax(axis=1)
         return Prediction(labels=labels, class_names=[classes[i] for i in labels], probabilities=self._probabilities(logits),
                           logits=logits, image_features=np.asarray(features, dtype=np.float32), classes=classes)
@@ -293,13 +313,15 @@ class Runtime:
             if self._tokenizer is None:
                 from .tokenizer import load_tokenizer
 
-                self._tokenizer = load_tokenizer(self.bundle, self.manifest.tokenizer)
+                self._tokenizer = load_tokenizer(self.verified, self.manifest.tokenizer)
             if self._text is None:
-                self._text = make_runner(self._choice, self.bundle, self.manifest, TEXT_ENCODER, "fp32")
+                self._text = make_runner(self._choice, self.verified, self.manifest, TEXT_ENCODER, "fp32")
         prompts = [t.format(n) for n in names for t in templates]
         tokens = self._tokenizer(prompts).astype(np.int64)
+        _check_token_width(self.manifest, tokens.shape[1])
         validate.distinct_prompts(names, tokens, len(templates), tokens.shape[1])
-        chunks = [self._text.run({"token_ids": tokens[i : i + 256]})["text_features"] for i in range(0, len(tokens), 256)]
+        chunks = [self._run(self._text, TEXT_ENCODER, {"token_ids": tokens[i : i + 256]})["text_features"]
+                  for i in range(0, len(tokens), 256)]
         per_prompt = np.concatenate(chunks).reshape(len(names), len(templates), -1)
         mean = per_prompt.mean(axis=1)
         return (mean / np.linalg.norm(mean, axis=1, keepdims=True)).astype(np.float32)
@@ -324,19 +346,18 @@ def _fused_on_cpu(choice: BackendChoice) -> bool:
     return choice.openvino is not None or (choice.onnxruntime or choice.name) == "onnxruntime-cpu"
 
 
+def _check_token_width(manifest: Manifest, width: int) -> None:
+    """The tokenizer's rows against the text graph's fixed token axis (a mismatch would fail inside the backend)."""
+    entry = manifest.graphs.get(TEXT_ENCODER)
+    dims = entry.inputs.get("token_ids", []) if entry is not None else []
+    if len(dims) == 2 and isinstance(dims[1], int) and dims[1] != width:
+        raise RadaError(f"the bundle's tokenizer makes rows of {width} tokens, but its text graph takes {dims[1]}",
+                        "re-export the bundle with `rada-export onnx`")
+
+
 def _check_names(names: Sequence[str]) -> list[str]:
-    if isinstance(names, str):
-        names = [names]
-    names = [str(n).strip() for n in names]
-    if not names or not all(names):
-        raise RadaError("the class list is empty or holds an empty name", "pass at least two non-empty class names")
-    if len(names) < 2:
-        raise RadaError(f"only one class name given ({names[0][:60]!r}): a classifier needs at least two classes",
-                        "pass at least two class names")
-    dupes = validate.duplicates(names)
-    if dupes:
-        raise RadaError(f"duplicate class names: {', '.join(dupes)}", "each class must appear once")
-    return names
+    """The one class-name check (runtimes/class_names.py), as for the exporter and the manifest."""
+    return check_class_names(names, minimum=2, field="classes")
 
 
 def load_bundle(path: str | os.PathLike, backend: str = "auto", device: str = "auto", tta: TTAConfig | None = None,
@@ -352,9 +373,6 @@ def load_bundle(path: str | os.PathLike, backend: str = "auto", device: str = "a
     whether the host does the graph's integer box reduction first (OpenCV); ``None``: on CPU backends
     only. Features stay those of the graph alone to within uint8 rounding (docs/runtime.md).
     """
-    bundle = Path(path)
-    manifest = read_manifest(bundle)  # types, cross-checks, and every path confined to the bundle
-    verify_checksums(bundle, manifest)
     if precision not in PRECISIONS:
         raise RadaError(f"unknown precision {precision!r}", f"use one of {', '.join(PRECISIONS)}")
     if host_frame_reduction not in (None, True, False):
@@ -362,9 +380,14 @@ def load_bundle(path: str | os.PathLike, backend: str = "auto", device: str = "a
                         "pass None (on CPU backends only), True or False", field="host_frame_reduction")
     if tta is not None and not isinstance(tta, TTAConfig):
         raise RadaError(f"tta must be a TTAConfig or None, got {type(tta).__name__}", "pass TTAConfig(mode='continual')")
-    choice = choose_backend(bundle, manifest, backend, device, precision)
+    # The manifest read once (types, bounds, every path confined), every file it lists pinned open
+    # and checked: what the runtime later reads are these files' verified bytes.
+    verified = VerifiedBundle.open(Path(path))
+    verified.verify()
+    manifest = verified.manifest
+    choice = choose_backend(verified.path, manifest, backend, device, precision)
     ran, note = _precision_run(manifest, choice, "fp32" if precision == "auto" else precision)
-    runtime = Runtime(bundle, manifest, choice, ran, tta, seed, host_frame_reduction)
+    runtime = Runtime(verified, manifest, choice, ran, tta, seed, host_frame_reduction)
     runtime.requested_precision = precision
     runtime.precision_note = note
     return runtime

@@ -16,6 +16,8 @@ import numpy as np
 
 from rada_export.errors import RadaError
 
+from .bundle.tokenizers import MAX_CONTEXT_LENGTH
+
 CLEAN_MODES = ("lower", "whitespace", "canonicalize")
 
 _PUNCTUATION_TABLE = str.maketrans("", "", string.punctuation)
@@ -45,10 +47,12 @@ CLEANERS: dict[str, Callable[[str], str]] = {
 
 
 def check_context_length(value: Any) -> int:
-    """The context length as an int, at least 2 (room for the start and end tokens)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 2:
+    """The context length as an int, from 2 (room for the start and end tokens) to MAX_CONTEXT_LENGTH
+    (every tokenized text is a row of that many ids: a huge value would exhaust memory)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 2 <= int(value) <= MAX_CONTEXT_LENGTH:
         raise RadaError(
-            f"context_length must be an integer of at least 2 (room for the start and end tokens), got {value!r}",
+            f"context_length must be an integer from 2 (room for the start and end tokens) to {MAX_CONTEXT_LENGTH}, "
+            f"got {str(value)[:40]!r}",
             "use the model's context length, 77 for CLIP",
         )
     return int(value)

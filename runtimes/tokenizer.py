@@ -9,7 +9,9 @@ Needs numpy, regex (for the Unicode classes ``\\p{L}`` / ``\\p{N}``) and ftfy.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Sequence
+import io
+import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,14 @@ import regex
 
 from rada_export.errors import RadaError
 
+from .bundle.tokenizers import KIND_CLIP_BPE, KIND_HF, MAX_VOCAB_TEXT_BYTES
+from .bundle.tokenizers import load as load_kind
 from .text_input import CLEAN_MODES, CLEANERS, as_text_list, check_context_length
 
 SOT = "<start_of_text>"
 EOT = "<end_of_text>"
 DEFAULT_CONTEXT_LENGTH = 77
-KIND_CLIP_BPE = "clip_bpe"
+__all__ = ["ClipTokenizer", "KIND_CLIP_BPE", "KIND_HF", "byte_symbols", "load_tokenizer"]
 
 # The vocabulary is 256 byte symbols, the same 256 with "</w>", the merges, and the two special
 # tokens: 49408 ids. The merges file has a version line first and more merges than CLIP kept.
@@ -58,7 +62,10 @@ def _vocab_order(symbols: list[str]) -> list[str]:
 class ClipTokenizer:
     """Text -> int64 token ids (K x context_length), as open_clip's SimpleTokenizer."""
 
-    def __init__(self, vocab_path: str | Path, context_length: int = DEFAULT_CONTEXT_LENGTH, clean: str = "lower"):
+    def __init__(self, vocab_path: str | Path, context_length: int = DEFAULT_CONTEXT_LENGTH, clean: str = "lower", *,
+                 vocab_bytes: bytes | None = None):
+        """``vocab_bytes``: the gzip file's content, already read (and verified) by the caller; else
+        ``vocab_path`` is read."""
         self.vocab_path = Path(vocab_path)
         self.context_length = check_context_length(context_length)
         if clean not in CLEANERS:
@@ -69,7 +76,7 @@ class ClipTokenizer:
         self.clean = clean
         self._clean_fn = CLEANERS[clean]
 
-        merges = _read_merges(self.vocab_path)
+        merges = _read_merges(self.vocab_path, vocab_bytes)
         symbols = byte_symbols()
         self._byte_symbol = symbols
         base = _vocab_order(symbols)
@@ -94,32 +101,16 @@ class ClipTokenizer:
 
     @classmethod
     def from_manifest_entry(cls, bundle_path: str | Path, entry: dict[str, Any]) -> "ClipTokenizer":
-        """The tokenizer a bundle's manifest describes (its ``tokenizer`` section)."""
-        if not isinstance(entry, dict) or not entry:
-            raise RadaError(
-                f"the bundle's manifest has no usable tokenizer entry (got {entry!r})",
-                "re-export the bundle with a rada-export that records the tokenizer",
-            )
-        kind = entry.get("kind")
-        if kind != KIND_CLIP_BPE:
-            raise RadaError(
-                f"tokenizer kind {kind!r} is not supported by the torch-free runtime yet "
-                f"(it runs only {KIND_CLIP_BPE!r}, the OpenAI CLIP BPE; Hugging Face and SentencePiece "
-                "tokenizers of other model families, e.g. SigLIP, are not implemented)",
-                "compute the class text features at export time (`rada-export onnx` stores them in the bundle), "
-                "or change classes on a machine with open_clip",
-            )
-        vocab = entry.get("vocab")
-        if not isinstance(vocab, str) or not vocab:
-            raise RadaError(
-                f"the manifest's tokenizer entry names no vocabulary file (got {vocab!r})",
-                'expected e.g. "vocab": "tokenizer/bpe_simple_vocab_16e6.txt.gz"; re-export the bundle',
-            )
-        return cls(
-            Path(bundle_path) / vocab,
-            context_length=entry.get("context_length", DEFAULT_CONTEXT_LENGTH),
-            clean=entry.get("clean", "lower"),
-        )
+        """The tokenizer a bundle's manifest describes (its ``tokenizer`` section), read from the folder
+        (any registered kind: the same as ``load_tokenizer``)."""
+        return load_tokenizer(bundle_path, entry)
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any], read: Callable[[str], bytes]) -> "ClipTokenizer":
+        """The registry's reader (bundle/tokenizers.py): the entry is checked, ``read`` gives verified bytes."""
+        vocab = entry["vocab"]
+        return cls(vocab, context_length=entry["context_length"], clean=entry.get("clean", "lower"),
+                   vocab_bytes=read(vocab))
 
     def bpe(self, word: str) -> tuple[int, ...]:
         """Ids of one pre-tokenized word (already mapped to byte symbols)."""
@@ -192,16 +183,24 @@ class ClipTokenizer:
         return f"ClipTokenizer({str(self.vocab_path)!r}, context_length={self.context_length}, clean={self.clean!r})"
 
 
-def _read_merges(path: Path) -> list[tuple[str, str]]:
-    if not path.is_file():
+def _gunzip_bounded(fh, limit: int) -> bytes:
+    """At most ``limit`` expanded bytes: a small file that expands to gigabytes is refused, not read."""
+    data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"it expands to more than {limit >> 20} MiB")
+    return data
+
+
+def _read_merges(path: Path, content: bytes | None = None) -> list[tuple[str, str]]:
+    if content is None and not path.is_file():
         raise RadaError(
             f"the BPE vocabulary file {path} does not exist",
             "copy the bundle again in full (it ships tokenizer/bpe_simple_vocab_16e6.txt.gz), or re-export it",
         )
     try:
-        with gzip.open(path, "rb") as fh:
-            lines = fh.read().decode("utf-8").split("\n")
-    except (OSError, EOFError, UnicodeDecodeError) as err:
+        with gzip.open(io.BytesIO(content) if content is not None else path, "rb") as fh:
+            lines = _gunzip_bounded(fh, MAX_VOCAB_TEXT_BYTES).decode("utf-8").split("\n")
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, zlib.error) as err:
         raise RadaError(
             f"the BPE vocabulary file {path} is not a readable gzip text file ({err})",
             "expected open_clip's bpe_simple_vocab_16e6.txt.gz; copy the bundle again or re-export it",
@@ -224,10 +223,37 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
     return merges
 
 
-def load_tokenizer(bundle_path: str | Path, entry: dict[str, Any]):
-    """The tokenizer a bundle's manifest names: CLIP's BPE, or a Hugging Face tokenizer.json (SigLIP...)."""
-    if isinstance(entry, dict) and entry.get("kind") == "hf_tokenizers":
-        from .hf_tokenizer import HFTokenizer
+def load_tokenizer(bundle_path: str | Path | Any, entry: dict[str, Any]):
+    """The tokenizer a bundle's manifest names (any kind of bundle/tokenizers.py: CLIP's BPE, a Hugging
+    Face tokenizer.json...). ``bundle_path``: a folder, whose files are read confined to it, or a
+    VerifiedBundle (bundle/verified.py), whose files are read as verified bytes."""
+    read = getattr(bundle_path, "read", None)
+    if read is None:
+        read = _folder_reader(Path(bundle_path))
+    return load_kind(entry, read)
 
-        return HFTokenizer.from_manifest_entry(bundle_path, entry)
-    return ClipTokenizer.from_manifest_entry(bundle_path, entry)
+
+def _folder_reader(bundle: Path) -> Callable[[str, int], bytes]:
+    from .bundle.paths import confine
+
+    def read(rel: str, max_bytes: int) -> bytes:
+        try:
+            path = confine(bundle, rel, "the tokenizer's file")
+        except RadaError as err:
+            raise RadaError(f"the manifest's tokenizer file {str(rel)[:120]!r} is not a path inside the bundle "
+                            f"({err.problem})", err.fix) from None
+        if not path.is_file():
+            raise RadaError(f"the tokenizer file {path} does not exist",
+                            "copy the bundle again in full (it ships its tokenizer/ folder), or re-export it")
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(max_bytes + 1)
+        except OSError as err:
+            raise RadaError(f"the bundle's tokenizer file {rel} cannot be read ({err.strerror or err})",
+                            "copy the bundle again in full, or re-export it") from None
+        if len(data) > max_bytes:
+            raise RadaError(f"the bundle's tokenizer file {rel} is larger than {max_bytes >> 20} MiB",
+                            "re-export the bundle with `rada-export onnx`")
+        return data
+
+    return read

@@ -233,3 +233,43 @@ def test_import_leaves_torch_out():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_context_length_is_bounded(vocab_path):
+    from rada_export.runtimes.bundle.tokenizers import MAX_CONTEXT_LENGTH
+
+    assert ClipTokenizer(vocab_path, context_length=MAX_CONTEXT_LENGTH).context_length == MAX_CONTEXT_LENGTH
+    with pytest.raises(RadaError, match=f"to {MAX_CONTEXT_LENGTH}"):
+        ClipTokenizer(vocab_path, context_length=10 ** 9)
+
+
+def test_a_vocabulary_that_expands_past_its_bound_is_refused(tmp_path):
+    bomb = tmp_path / "bomb.txt.gz"
+    bomb.write_bytes(gzip.compress(b"\n" * (65 << 20), compresslevel=1))
+    with pytest.raises(RadaError, match="expands to more than 64 MiB"):
+        ClipTokenizer(bomb)
+
+
+@pytest.mark.parametrize("entry,needle", [
+    ({"kind": "clip_bpe", "vocab": VOCAB_REL, "context_length": "77"}, "'context_length' must be int"),
+    ({"kind": "clip_bpe", "vocab": 3, "context_length": 77}, "'vocab' must be str"),
+    ({"kind": "clip_bpe", "vocab": VOCAB_REL, "context_length": True}, "'context_length' must be int"),
+    ({"kind": "clip_bpe", "vocab": VOCAB_REL, "context_length": 5000}, "outside [2, 4096]"),
+    ({"kind": "hf_tokenizers", "file": "tokenizer/tokenizer.json", "context_length": 64, "pad_id": -1}, "pad_id is -1"),
+    ({"kind": "hf_tokenizers", "context_length": 64}, "names no tokenizer file"),
+])
+def test_the_registry_checks_each_kinds_fields(tmp_path, entry, needle):
+    from rada_export.runtimes.tokenizer import load_tokenizer
+
+    with pytest.raises(RadaError) as err:
+        load_tokenizer(tmp_path, entry)
+    assert needle in str(err.value)
+
+
+def test_one_constant_per_kind():
+    from rada_export.export import hf_tokenizer as export_hf
+    from rada_export.runtimes import hf_tokenizer, tokenizer
+    from rada_export.runtimes.bundle import tokenizers
+
+    assert export_hf.KIND_HF is tokenizers.KIND_HF is hf_tokenizer.KIND_HF
+    assert tokenizer.KIND_CLIP_BPE is tokenizers.KIND_CLIP_BPE and set(tokenizers.KINDS) == {"clip_bpe", "hf_tokenizers"}

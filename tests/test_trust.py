@@ -350,7 +350,7 @@ def test_onnx_force_replaces_only_a_bundle(tmp_path, pristine, kind):
 
 
 def test_demo_replaces_only_its_own_folder(tmp_path):
-    from rada_export.demo import MARKER, DemoConfig, _prepare_out
+    from rada_export.demo import MARKER, DemoConfig, _prepare_out, _write_marker
 
     out = _user_folder(tmp_path / "out")
     (out / "demo.json").write_text('{"model": "ViT-B-32"}')  # looks like the old marker: not ours any more
@@ -363,10 +363,11 @@ def test_demo_replaces_only_its_own_folder(tmp_path):
     _prepare_out(ours, DemoConfig(out=ours))
     (ours / "images").mkdir()
     (ours / "images" / "x.png").write_bytes(b"x")
+    _write_marker(ours, DemoConfig(out=ours), ["images/x.png"])  # as the demo records what it made
     (ours / "src").mkdir()  # the user's, added later
     before = snapshot(ours)
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(ours)])
-    assert_refused(result, "also holds src")
+    assert_refused(result, "files the demo did not make (src/)")
     assert snapshot(ours) == before
 
     shutil.rmtree(ours / "src")
@@ -397,12 +398,23 @@ def _leftovers(bundle: Path) -> list[str]:
 
 
 def _after_crash(bundle: Path, step: str, image: Path, expect_classes: list[str]) -> None:
-    """The bundle at the path loads (the loader finishes an interrupted swap), and the next run
-    leaves nothing behind."""
-    rt = load_bundle(bundle, backend="onnxruntime", device="cpu")
-    assert rt.classes == expect_classes
-    result = CliRunner().invoke(app, ["predict", "--bundle", str(bundle), str(image)])
-    assert result.exit_code == 0, result.output
+    """The bundle at the path loads and predicts without changing anything (readers never recover:
+    where the path is empty they say which command finishes the swap); the next writer finishes the
+    swap and leaves nothing behind."""
+    from rada_export.runtimes.bundle import swap
+
+    before = (_leftovers(bundle), snapshot(bundle) if bundle.exists() else None)
+    if bundle.exists():
+        rt = load_bundle(bundle, backend="onnxruntime", device="cpu")
+        assert rt.classes == expect_classes
+        result = CliRunner().invoke(app, ["predict", "--bundle", str(bundle), str(image)])
+        assert result.exit_code == 0, result.output
+    else:  # the two-rename path killed between its renames
+        result = CliRunner().invoke(app, ["predict", "--bundle", str(bundle), str(image)])
+        assert_refused(result, "a replacement of it was stopped half-way", "rerun the command that was replacing it")
+    assert (_leftovers(bundle), snapshot(bundle) if bundle.exists() else None) == before
+    swap.recover(bundle)  # what every writer (onnx, calibrate, demo) does first
+    assert load_bundle(bundle, backend="onnxruntime", device="cpu").classes == expect_classes
     assert _leftovers(bundle) == []
 
 

@@ -6,7 +6,6 @@ export leaves nothing half-written.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,11 @@ from ..errors import RadaError, VerificationError
 from ..head import RAdaHead
 from ..progress import SILENT, Reporter
 from ..prompts import parse_class_names, text_features, validate_templates
-from ..runtimes import manifest as mf
-from ..runtimes import replace
+from ..runtimes.bundle import layout
+from ..runtimes.bundle import manifest as mf
+from ..runtimes.bundle import swap as replace
+from ..runtimes.bundle.ownership import bundle_verdict
+from ..runtimes.bundle.tokenizers import CLIP_BPE_VOCAB, KIND_CLIP_BPE
 from ..runtimes.parity import ParityReport
 from . import fp16 as fp16_mod
 from .frames import CHANNEL_ORDERS, FramesConfig, prepend_frames
@@ -31,7 +33,7 @@ from .modules import FusedModel, HeadGraph, ImageEncoder, TextEncoder
 from .onnx_io import DEFAULT_OPSET, TWO_GB, GraphSpec, export_module, graph_io, load_graph, save_graph, check_graph
 from .verify import verify_bundle
 
-ENGINES_DIR = "engines"  # TensorRT engines built into a bundle (rada-export trt)
+ENGINES_DIR = layout.ENGINES_DIR  # TensorRT engines built into a bundle (rada-export trt)
 MAX_FRAME_SIDE = mf.MAX_FRAME_SIDE
 
 
@@ -85,30 +87,18 @@ def _check_request(req: ExportRequest) -> None:
 
 
 def check_replaceable(out: Path) -> None:
-    """``force`` replaces a bundle and nothing else: a folder with our manifest that holds only
-    the files that manifest lists (plus engines/). Anything else in it is the user's."""
-    not_ours = RadaError(f"output folder {out} is not a rada-export bundle (no {mf.MANIFEST_NAME} of ours), "
-                         "so force=True will not replace it",
-                         "choose another output folder; force=True only replaces a bundle folder that an export wrote",
-                         field="out")
-    try:
-        manifest = json.loads((out / mf.MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise not_ours from None
-    if not (isinstance(manifest, dict) and "schema_version" in manifest and isinstance(manifest.get("files"), dict)
-            and isinstance(manifest.get("graphs"), dict)):
-        raise not_ours
-    ours = {mf.MANIFEST_NAME, ENGINES_DIR}
-    for rel in manifest["files"]:
-        try:
-            ours.add(mf.check_relative(rel, "files entry").parts[0])
-        except RadaError:
-            continue
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise RadaError(f"output folder {out} holds files that are not part of its bundle ({shown}), so force=True will "
-                        "not replace it", "move those files out of the folder, or choose another output folder", field="out")
+    """``force`` replaces a bundle and nothing else: the bundle owner's verdict (runtimes/bundle/
+    ownership.py) must find only the files its manifest lists and engines ``trt`` recorded, at any depth."""
+    verdict = bundle_verdict(out)
+    if verdict is None:
+        raise RadaError(f"output folder {out} is not a rada-export bundle (no {mf.MANIFEST_NAME} of ours), "
+                        "so force=True will not replace it",
+                        "choose another output folder; force=True only replaces a bundle folder that an export wrote",
+                        field="out")
+    if not verdict.replaceable:
+        raise RadaError(f"output folder {out} holds files that are not part of its bundle ({verdict.describe()}), so "
+                        "force=True will not replace it", "move those files out of the folder, or choose another output folder",
+                        field="out")
 
 
 def _check_frames(req: ExportRequest) -> None:
@@ -209,7 +199,7 @@ def _export_graphs(
     steps = len(jobs) + (2 if req.fp16 else 0)
     with reporter.task("exporting ONNX graphs", steps) as advance:
         for name, module, args, spec in jobs:
-            path = root / f"{name}.onnx"
+            path = root / layout.graph_file(name)
             data = export_module(module.eval(), args, path, spec, req.opset, req.exporter, req.external_data_threshold)
             if name == mf.FUSED and req.embed_preprocess:
                 frames = FramesConfig(req.channel_order, req.frame_size)
@@ -219,10 +209,10 @@ def _export_graphs(
             advance(1)
         if req.fp16:
             for name in (mf.FUSED, mf.IMAGE_ENCODER):
-                path16 = root / f"{name}.fp16.onnx"
-                data = save_graph(fp16_mod.to_fp16(load_graph(root / f"{name}.onnx")), path16, req.external_data_threshold)
+                path16 = root / layout.graph_file(name, "fp16")
+                data = save_graph(fp16_mod.to_fp16(load_graph(root / layout.graph_file(name))), path16, req.external_data_threshold)
                 check_graph(path16)
-                entries[f"{name}.fp16"] = _graph_entry(
+                entries[layout.graph_key(name, "fp16")] = _graph_entry(
                     path16, root, "fp16", data,
                     notes=fp16_mod.FP16_NOTES)
                 advance(1)
@@ -233,10 +223,10 @@ def _copy_tokenizer(clip: LoadedClip, root: Path) -> dict:
     import open_clip
 
     if isinstance(clip.tokenizer, open_clip.tokenizer.SimpleTokenizer):
-        target = root / "tokenizer" / "bpe_simple_vocab_16e6.txt.gz"
+        target = root / CLIP_BPE_VOCAB
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(open_clip.tokenizer.default_bpe(), target)
-        return {"kind": "clip_bpe", "vocab": target.relative_to(root).as_posix(), "context_length": clip.context_length}
+        return {"kind": KIND_CLIP_BPE, "vocab": CLIP_BPE_VOCAB, "context_length": clip.context_length}
     if isinstance(clip.tokenizer, open_clip.tokenizer.HFTokenizer):
         from .hf_tokenizer import write_hf_tokenizer
 
@@ -288,9 +278,9 @@ def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedC
         with torch.no_grad():
             text = text_features(clip, class_names, templates)
         entries = _export_graphs(clip, head, text, req, tmp, reporter)
-        np.save(tmp / "text_features.npy", text.numpy().astype(np.float32))
-        (tmp / "classes.txt").write_text("\n".join(class_names) + "\n", encoding="utf-8")
-        save_head(tmp / "head.safetensors", head, HeadMetadata(
+        np.save(tmp / layout.TEXT_FEATURES, text.numpy().astype(np.float32))
+        (tmp / layout.CLASSES_FILE).write_text("\n".join(class_names) + "\n", encoding="utf-8")
+        save_head(tmp / layout.HEAD_FILE, head, HeadMetadata(
             **{**meta.__dict__, "model": model_name, "pretrained": clip.pretrained, "pretrained_cfg": clip.pretrained_cfg,
                "resolved": clip.resolved(), "class_names": class_names,
                "templates": templates, "logit_scale": clip.logit_scale}))
@@ -316,8 +306,22 @@ def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedC
             if not report.passed:
                 raise VerificationError(report)
         replace.replace_dir(tmp, out)
-    except BaseException:
+    except Exception as err:
+        replace.discard(tmp)
+        if not _write_failure(err):
+            raise
+        # disk full (ENOSPC), a file too large for the filesystem (EFBIG), permissions
+        raise RadaError(f"could not write the bundle beside {out} ({getattr(err, 'strerror', None) or str(err)[:200]})",
+                        "free disk space (or pick a filesystem that takes files over 4 GB) and rerun; "
+                        "nothing was replaced", field="out") from None
+    except BaseException:  # Ctrl-C: nothing half-written stays
         replace.discard(tmp)
         raise
     return ExportResult(bundle=out, manifest=manifest, report=report, warnings=warnings)
 
+
+
+def _write_failure(err: BaseException) -> bool:
+    """An error of the filesystem under the staging folder: OSError, or safetensors' own error type,
+    which carries the OS error only in its message."""
+    return isinstance(err, OSError) or (type(err).__name__ == "SafetensorError" and "Os {" in str(err))

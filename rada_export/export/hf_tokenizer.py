@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RadaError
+from ..runtimes.bundle.tokenizers import HF_TOKENIZER_FILE as FILE
+from ..runtimes.bundle.tokenizers import KIND_HF
 
-KIND_HF = "hf_tokenizers"
-FILE = "tokenizer/tokenizer.json"
+__all__ = ["FILE", "KIND_HF", "write_hf_tokenizer"]
 
 
 def _clean_mode(model_name: str) -> str:

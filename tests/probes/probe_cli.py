@@ -3,13 +3,20 @@
 Not a test (pytest does not collect it): a tool to look for that class of fault (a traceback or an unclear error).
 Run: python tests/probes/probe_cli.py [--bundle BUNDLE] [--only SUBSTRING]
 It builds a tiny bundle (rada-tiny-ViT, random weights) unless --bundle is given, and prints one
-line per probe: OK (exit 2, no traceback) or the fault found.
+line per probe: OK (exit 2, or 0 where a probe expects a run, with no traceback) or the fault found.
+Besides bad option values it probes tampered copies of the bundle (tampered_bundles): every number,
+string and file of a bundle bounded, every graph output checked, the user's files in folders that
+onnx --force, demo and calibrate would replace.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,7 +138,142 @@ def probes(work: Path, bundle: Path) -> list[tuple[str, list[str]]]:
         ("demo --out file", ["demo", "--out", str(img), "--quick"]),
         ("demo --images-per-class 0", ["demo", "--images-per-class", "0", "--out", str(work / "d2")]),
         ("demo --pretrained missing", ["demo", "--pretrained", str(work / "nope.bin"), "--out", str(work / "d3"), "--quick"]),
+        # usage errors: with --json, stdout must hold JSON too (checked in main)
+        ("predict --top 0 --json", p + ["--top", "0", "--json"]),
+        ("predict --no-such-option --json", p + ["--no-such-option", "--json"]),
+    ] + tampered_probes(work, bundle, img)
+
+
+# -- tampered bundles: each a copy of the probe bundle with one thing changed ---------------------------
+
+EXPECT_RUN = {"predict engine json 5000 digits"}  # probes where a clean run (exit 0) is the right answer
+
+
+def _edit(bundle: Path, change) -> None:
+    path = bundle / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data).replace('"BIG"', "9" * 5000))
+
+
+def _rechecksum(bundle: Path, rel: str) -> None:
+    _edit(bundle, lambda m: m["files"].update({rel: hashlib.sha256((bundle / rel).read_bytes()).hexdigest()}))
+
+
+def _deep(levels: int):
+    value: object = 1
+    for _ in range(levels):
+        value = {"x": value}
+    return value
+
+
+def _logits(bundle: Path, how: str) -> None:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(bundle / "model.onnx")
+    for node in model.graph.node:
+        node.output[:] = ["raw" if o == "logits" else o for o in node.output]
+    out = next(o for o in model.graph.output if o.name == "logits")
+    out.type.tensor_type.shape.dim[1].dim_param = "k"
+    if how == "columns":
+        model.graph.initializer.extend([numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("s0", [0]), ("s1", [2]), ("ax", [1]))])
+        model.graph.node.append(helper.make_node("Slice", ["raw", "s0", "s1", "ax"], ["logits"]))
+    elif how == "nan":
+        model.graph.initializer.append(numpy_helper.from_array(np.array(np.nan, np.float32), "bad"))
+        model.graph.node.append(helper.make_node("Mul", ["raw", "bad"], ["logits"]))
+    elif how == "run fails":
+        model.graph.initializer.append(numpy_helper.from_array(np.array([7, 7, 7], np.int64), "shape"))
+        model.graph.node.append(helper.make_node("Reshape", ["raw", "shape"], ["logits"]))
+    else:  # renamed
+        model.graph.node.append(helper.make_node("Identity", ["raw"], ["scores"]))
+        out.name = "scores"
+    onnx.save(model, bundle / "model.onnx")
+    _rechecksum(bundle, "model.onnx")
+
+
+def _panicking_tokenizer(bundle: Path) -> None:
+    """A Hugging Face tokenizer.json whose normalizer makes the tokenizers library panic in Rust."""
+    spec = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "pre_tokenizer": None,
+            "post_processor": None, "decoder": None, "normalizer": {"type": "Precompiled", "precompiled_charsmap": "AAAA"},
+            "model": {"type": "WordLevel", "vocab": {"a": 0, "[UNK]": 1}, "unk_token": "[UNK]"}}
+    (bundle / "tokenizer" / "tokenizer.json").write_text(json.dumps(spec))
+    _rechecksum(bundle, "tokenizer/tokenizer.json")
+    _edit(bundle, lambda m: m.update(tokenizer={"kind": "hf_tokenizers", "file": "tokenizer/tokenizer.json",
+                                                "context_length": m["context_length"], "pad_id": 0}))
+
+
+def _engine(bundle: Path, description: str) -> None:
+    env = bundle / "engines" / "gpu-sm87-trt10.3.0"
+    env.mkdir(parents=True)
+    (env / "model.fp16.engine").write_bytes(b"engine")
+    (env / "model.fp16.json").write_text(description)
+
+
+def tampered_bundles(work: Path, bundle: Path) -> dict[str, Path]:
+    """name -> a copy of ``bundle`` with one change (made once per run)."""
+    changes = {
+        "integer of 5000 digits": lambda b: _edit(b, lambda m: m.update(max_batch="BIG")),
+        "resolved nested 200 deep": lambda b: _edit(b, lambda m: m.update(resolved=_deep(200))),
+        "model name 100 KB": lambda b: _edit(b, lambda m: m.update(model="x" * 100_000)),
+        "tokenizer context 1e9": lambda b: _edit(b, lambda m: m["tokenizer"].update(context_length=10 ** 9)),
+        "tokenizer context a string": lambda b: _edit(b, lambda m: m["tokenizer"].update(context_length="77")),
+        "tokenizer context not the graph's": lambda b: _edit(b, lambda m: m["tokenizer"].update(context_length=64)),
+        "vocab gzip bomb": lambda b: ((b / "tokenizer/bpe_simple_vocab_16e6.txt.gz").write_bytes(gzip.compress(b"\n" * (80 << 20), 1)),
+                                      _rechecksum(b, "tokenizer/bpe_simple_vocab_16e6.txt.gz")),
+        "tokenizer.json that panics in Rust": _panicking_tokenizer,
+        "logits 2 columns": lambda b: _logits(b, "columns"),
+        "logits nan": lambda b: _logits(b, "nan"),
+        "session.run fails": lambda b: _logits(b, "run fails"),
+        "logits renamed": lambda b: _logits(b, "renamed"),
+        "engine json 5000 digits": lambda b: _engine(b, '{"format": ' + "9" * 5000 + "}"),
+        "user file in tokenizer/": lambda b: (b / "tokenizer" / "notes.txt").write_text("mine"),
+        "user engine in engines/": lambda b: _engine(b, '{"made": "by trtexec"}'),
+    }
+    out = {}
+    for name, change in changes.items():
+        copy = work / "tampered" / name.replace(" ", "_").replace("/", "").replace("'", "")
+        if not copy.exists():
+            shutil.copytree(bundle, copy)
+            change(copy)
+        out[name] = copy
+    return out
+
+
+def tampered_probes(work: Path, bundle: Path, img: Path) -> list[tuple[str, list[str]]]:
+    t = tampered_bundles(work, bundle)
+    newclasses = ["--classes", "pear,plum"]
+    probes = [(f"predict {name}", ["predict", str(img), str(img), "--bundle", str(t[name]), "--device", "cpu", *newclasses])
+              for name in ("integer of 5000 digits", "model name 100 KB", "tokenizer context 1e9", "tokenizer.json that panics in Rust",
+                           "tokenizer context a string", "tokenizer context not the graph's", "vocab gzip bomb")]
+    probes += [(f"predict --json {name}", ["predict", str(img), str(img), "--bundle", str(t[name]), "--backend", "onnxruntime",
+                                           "--device", "cpu", "--json"])
+               for name in ("logits 2 columns", "logits nan", "session.run fails", "logits renamed")]
+    probes += [
+        ("predict engine json 5000 digits", ["predict", str(img), "--bundle", str(t["engine json 5000 digits"])]),
+        ("calibrate resolved nested 200 deep", ["calibrate", "--bundle", str(t["resolved nested 200 deep"]), "--images",
+                                                str(work / "folder")]),
+        ("onnx --force user file in tokenizer/", ["onnx", "--model", "rada-tiny-ViT", "--pretrained", "none", "--classes", "a,b",
+                                                  "--no-verify", "--force", "--out", str(t["user file in tokenizer/"])]),
+        ("onnx --force user engine in engines/", ["onnx", "--model", "rada-tiny-ViT", "--pretrained", "none", "--classes", "a,b",
+                                                  "--no-verify", "--force", "--out", str(t["user engine in engines/"])]),
+        ("demo rerun user file in images/x/", ["demo", "--quick", "--out", str(demo_with_user_file(work, bundle))]),
     ]
+    return probes
+
+
+def demo_with_user_file(work: Path, bundle: Path) -> Path:
+    """A folder the demo made (its marker lists what it made), with a user's photo in a class folder."""
+    out = work / "demo-made"
+    if not out.exists():
+        (out / "images" / "circle").mkdir(parents=True)
+        (out / "images" / "circle" / "000.png").write_bytes((work / "img.png").read_bytes())
+        shutil.copytree(bundle, out / "bundle")
+        (out / ".rada-export-demo.json").write_text(json.dumps({"signature": "rada-export demo folder v1", "model": "x",
+                                                                 "pretrained": "none", "files": ["images/circle/000.png"]}))
+        (out / "images" / "my_class").mkdir()
+        (out / "images" / "my_class" / "photo.jpg").write_bytes(b"mine")
+    return out
 
 
 def setup(work: Path) -> None:
@@ -145,6 +287,14 @@ def setup(work: Path) -> None:
             Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(work / "data" / cls / f"{i}.png")
     for i in range(3):
         (work / "folder" / f"{i}.png").write_bytes((work / "img.png").read_bytes())
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+        return True
+    except ValueError:
+        return False
 
 
 def main() -> int:
@@ -175,8 +325,13 @@ def main() -> int:
             continue
         err = run.stderr.strip().splitlines()
         first = next((line for line in err if line.startswith("error:")), next((line for line in err if line.strip()), ""))
+        json_broken = "--json" in argv and run.returncode == 2 and not _is_json(run.stdout)
         if "Traceback" in run.stderr:
             verdict = "FAULT traceback: " + (err[-1][:150] if err else "")
+        elif json_broken:
+            verdict = "FAULT --json printed no JSON on stdout: " + first[:120]
+        elif name in EXPECT_RUN and run.returncode == 0:
+            verdict = "OK    ran (exit 0)"
         elif run.returncode == 2 and first:
             verdict = "OK    " + first[:150]
         else:
