@@ -36,7 +36,7 @@ def onnx(
     template: Optional[List[str]] = typer.Option(None, "--template", help="Prompt template(s) with '{}'."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write FP16 variants of the fused and image-encoder graphs."),
     embed_preprocess: bool = typer.Option(False, "--embed-preprocess", help="The fused graph takes raw uint8 camera frames of any size (N x H x W x C) and resizes, crops and normalises them itself."),
-    frame_size: Optional[str] = typer.Option(None, "--frame-size", help="With --embed-preprocess: the camera's frame size WxH (e.g. 1920x1080), fixed in the TensorRT profile (default: any up to 4096x4096)."),
+    frame_size: Optional[str] = typer.Option(None, "--frame-size", help="With --embed-preprocess: the camera's frame size WxH (e.g. 1920x1080), fixed in the TensorRT profile (default: up to 3840x2160 WxH, so 4K landscape and 1080p portrait; optimised for 1920x1080)."),
     channel_order: str = typer.Option("rgb", "--channel-order", help="With --embed-preprocess: rgb, or bgr for OpenCV/GStreamer BGR(x) frames."),
     max_batch: int = typer.Option(32, "--max-batch", help="Largest batch for engine profiles (recorded in the manifest)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)."),

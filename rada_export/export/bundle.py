@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import HeadCheckpoint, HeadMetadata, load_head, save_head, tool_versions
-from ..clip import LoadedClip, check_rebuild, load_clip
+from ..checkpoint import HeadCheckpoint, HeadMetadata, load_clip_for_checkpoint, load_head, save_head, tool_versions
+from ..clip import LoadedClip, check_rebuild
 from ..errors import RadaError, VerificationError
 from ..head import RAdaHead
 from ..progress import SILENT, Reporter
@@ -247,7 +247,8 @@ def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedC
     class_names = _class_names(req, ckpt)
     templates = validate_templates(req.templates or (ckpt.metadata.templates if ckpt else None))
     if clip is None:
-        clip = load_clip(model_name, pretrained, pretrained_cfg=pretrained_cfg)
+        # A fine-tuned checkpoint's own image encoder, else the open_clip build (load_clip).
+        clip = load_clip_for_checkpoint(ckpt, model_name, pretrained, pretrained_cfg=pretrained_cfg, origin=f"checkpoint {req.ckpt}")
     if ckpt is not None and ckpt.metadata.resolved and req.pretrained is None:
         check_rebuild(clip, ckpt.metadata.resolved, f"checkpoint {req.ckpt}")
     if ckpt is not None and ckpt.head.embed_dim != clip.embed_dim:

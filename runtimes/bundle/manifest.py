@@ -77,8 +77,8 @@ class Frames:
     """
 
     channel_order: str = "rgb"  # rgb or bgr: the order the graph expects (fixed at export)
-    height: list[int] = field(default_factory=lambda: [1, 1080, 4096])
-    width: list[int] = field(default_factory=lambda: [1, 1920, 4096])
+    height: list[int] = field(default_factory=lambda: [1, 1080, 2160])
+    width: list[int] = field(default_factory=lambda: [1, 1920, 3840])
     channels: list[int] = field(default_factory=lambda: [1, 3, 4])  # grey, RGB/BGR, RGBA/BGRA
     reducing_gap: int = 2  # the in-graph box reduction (see rada_export/export/frames.py)
 
