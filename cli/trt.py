@@ -35,6 +35,7 @@ def trt(
     check: bool = typer.Option(False, "--check", help="Only lint every graph against TensorRT's parser rules (no TensorRT or GPU needed); exit 2 when one would be rejected."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the build's plan (profiles, flags, lint, parity inputs, engine path, its JSON) without TensorRT: TensorRT, the GPU and DLA cores missing here are listed, not fatal; exit 2 only when the build would not start for another reason."),
     trt_version: Optional[str] = typer.Option(None, "--trt-version", help="With --check: the TensorRT release to check against (default 10.3, JetPack 6.1/6.2)."),
+    trust_engine: Optional[Path] = typer.Option(None, "--trust-engine", help="Only record ENGINE (with its JSON) as one this device may load: an engine you built yourself on an identical device and copied here. Engines are executable code: the runtime loads only those built here or recorded so."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -61,6 +62,8 @@ def trt(
     """
     from rada_export.errors import RadaError
 
+    if trust_engine is not None:
+        return _trust(trust_engine, json_out)
     if check:
         if dry_run:
             raise RadaError("--check and --dry-run are two different reports", "pass one of them")
@@ -152,7 +155,7 @@ def _print_engine(result, flags: CommandFlags) -> None:
 
 def _finish(bundle: Path, precision: str, results, failed, flags: CommandFlags, json_out: bool, notes: list[str]) -> None:
     """After the builds: the runtime paths still on ONNX Runtime, and the lines that use the engines."""
-    from rada_export.runtimes.engine_layout import EngineEnvironment, scan_engines
+    from rada_export.runtimes.engine_layout import EngineEnvironment, is_trusted_engine, scan_engines
     from rada_export.runtimes.engine_selection import paths_without_engine, select_engines
     from rada_export.runtimes.manifest import read_manifest
     from rada_export.tensorrt.graphs import usage_lines
@@ -161,7 +164,7 @@ def _finish(bundle: Path, precision: str, results, failed, flags: CommandFlags, 
     if results:
         meta = results[0].meta
         here = EngineEnvironment(str(meta["tensorrt_version"]), str(meta["gpu_name"]), str(meta["compute_capability"]))
-        placements = select_engines(read_manifest(bundle), scan_engines(bundle), here, precision)
+        placements = select_engines(read_manifest(bundle), scan_engines(bundle), here, precision, trusted=is_trusted_engine)
         uncovered = paths_without_engine(placements)
     predict_line, load_line = usage_lines(bundle, precision)
     if json_out:
@@ -188,6 +191,17 @@ def precision_label(precision: str, build_flags: dict) -> str:
     else:
         typing = "weakly typed"
     return f"{precision} ({typing}{', TF32' if build_flags.get('tf32') else ''})"
+
+
+def _trust(engine: Path, json_out: bool) -> None:
+    from rada_export.runtimes.engine_layout import trust_engine_file
+
+    digest, where = trust_engine_file(engine)
+    if json_out:
+        print_json({"engine": str(engine), "sha256": digest, "trusted_engines": str(where)})
+    else:
+        console.print(f"recorded {escape(str(engine))} (sha256 {digest[:12]}...) in {escape(str(where))}: this device may load it",
+                      soft_wrap=True)
 
 
 def _check(bundle: Path, trt_version: Optional[str], json_out: bool) -> None:

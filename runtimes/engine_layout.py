@@ -7,9 +7,11 @@ came from. Pure file and dictionary work: nothing here loads TensorRT or CUDA.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,6 +19,10 @@ from typing import Any, Mapping
 from rada_export.errors import RadaError
 
 ENGINES_DIR = "engines"
+# The device's own list of the engines `rada-export trt` built on it (one sha256 a line), outside every bundle.
+TRUSTED_ENGINES_ENV = "RADA_EXPORT_TRUSTED_ENGINES"  # its path, when not the default
+TRUSTED_ENGINES_MAX_BYTES = 4 * 2**20
+META_MAX_BYTES = 2**20  # an engine's JSON is a few KB
 ENGINE_SUFFIX = ".engine"
 META_FORMAT = 1
 REQUIRED_META = ("tensorrt_version", "gpu_name", "compute_capability", "graph", "precision")
@@ -73,9 +79,16 @@ def read_engine_meta(engine_path: str | os.PathLike) -> dict[str, Any]:
             "rebuild it with `rada-export trt`, which writes both files",
         )
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RadaError(f"{path} is not a readable engine description ({err})", "rebuild the engine with `rada-export trt`") from None
+        with open(path, "rb") as fh:
+            raw = fh.read(META_MAX_BYTES + 1)
+        if len(raw) > META_MAX_BYTES:
+            raise ValueError(f"larger than {META_MAX_BYTES} bytes")
+        meta = json.loads(raw.decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        # ValueError: JSON errors, and integers past Python's digit limit; RecursionError: deep nesting.
+        # The description sits in a bundle, which is untrusted input.
+        raise RadaError(f"{path} is not a readable engine description ({type(err).__name__}: {str(err)[:160]})",
+                        "rebuild the engine with `rada-export trt`") from None
     return validate_meta(meta, path)
 
 
@@ -162,3 +175,89 @@ def scan_engines(bundle: str | os.PathLike) -> dict[str, dict[str, Any] | None]:
             continue
         found[path.relative_to(bundle).as_posix()] = meta
     return found
+
+
+# Trust. A serialized engine is executable code: "Deserializing an engine from an untrusted source is
+# equivalent to running untrusted native code on the GPU and host ... Deserialize only engines you built
+# yourself, or engines received over a trusted, authenticated channel" (TensorRT, "Security Considerations",
+# docs.nvidia.com/deeplearning/tensorrt/latest/reference/security.html). A bundle is untrusted input, and an
+# engine's JSON travels in the same bundle, so the sha256 it records proves nothing about where the engine
+# came from. The device therefore keeps its own list of the engines it built, and the runtime deserializes
+# only those (or one its caller vouches for).
+
+
+def trusted_engines_file() -> Path:
+    """``$RADA_EXPORT_TRUSTED_ENGINES``, else ``$XDG_STATE_HOME/rada-export/trusted-engines.txt`` (~/.local/state)."""
+    override = os.environ.get(TRUSTED_ENGINES_ENV)
+    if override:
+        return Path(override)
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "rada-export" / "trusted-engines.txt"
+
+
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def trusted_engines(path: str | os.PathLike | None = None) -> frozenset[str]:
+    """The sha256 of every engine this device built (empty when the list does not exist yet)."""
+    path = Path(path) if path is not None else trusted_engines_file()
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read(TRUSTED_ENGINES_MAX_BYTES).decode("ascii", errors="replace")
+    except FileNotFoundError:
+        return frozenset()
+    except OSError as err:
+        raise RadaError(f"cannot read the list of engines built on this device, {path} ({err.strerror or err})",
+                        f"make it readable, or point {TRUSTED_ENGINES_ENV} at a readable file") from None
+    return frozenset(line.strip() for line in text.splitlines() if _is_sha256(line.strip()))
+
+
+def is_trusted_engine(sha256: str | None) -> bool:
+    """Whether an engine with this sha256 was built on this device (or registered by its owner)."""
+    return bool(sha256) and str(sha256) in trusted_engines()
+
+
+def trust_engine(sha256: str, path: str | os.PathLike | None = None) -> Path:
+    """Adds an engine's sha256 to the device's list (atomically, under a lock); returns the list's path."""
+    sha256 = str(sha256).lower()
+    if not _is_sha256(sha256):
+        raise RadaError(f"{sha256!r} is not a sha256", "pass the 64 hex digits of the engine file's sha256")
+    path = Path(path) if path is not None else trusted_engines_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            try:
+                import fcntl
+
+                fcntl.flock(lock, fcntl.LOCK_EX)  # two builds at once must not drop each other's line
+            except ImportError:  # not POSIX: no lock, the rename below still keeps the file whole
+                pass
+            known = trusted_engines(path)
+            if sha256 not in known:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+                with os.fdopen(fd, "w", encoding="ascii") as fh:
+                    fh.write("".join(f"{line}\n" for line in sorted(known | {sha256})))
+                os.replace(tmp, path)
+    except OSError as err:
+        raise RadaError(f"cannot record the engine in {path} ({err.strerror or err})",
+                        f"make {path.parent} writable, or point {TRUSTED_ENGINES_ENV} at a writable file") from None
+    return path
+
+
+def trust_engine_file(engine: str | os.PathLike) -> tuple[str, Path]:
+    """Registers an engine file its owner vouches for (built by them on an identical device): (sha256, list path).
+
+    The file must match the sha256 its JSON records, so that the JSON describes what is registered.
+    """
+    engine = Path(engine)
+    meta = read_engine_meta(engine)
+    digest = hashlib.sha256(engine.read_bytes()).hexdigest()
+    if meta.get("engine_sha256") != digest:
+        raise RadaError(f"{engine} does not match the sha256 its {meta_path(engine).name} records",
+                        "register only an engine you built, with the JSON written beside it by `rada-export trt`")
+    return digest, trust_engine(digest)
+
+
+UNTRUSTED_FIX = ("rebuild it on this device with `rada-export trt` (which records what it builds); an engine you built "
+                 "yourself on an identical device and copied over can be registered with `rada-export trt --trust-engine ENGINE`")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from rada_export.errors import RadaError
 
@@ -47,7 +47,8 @@ class Placement:
     engine: str | None = None
 
 
-def _engine_problem(meta: Mapping[str, Any] | None, manifest: Any, current: EngineEnvironment) -> str | None:
+def _engine_problem(meta: Mapping[str, Any] | None, manifest: Any, current: EngineEnvironment,
+                    trusted: Callable[[str], bool] | None = None) -> str | None:
     if meta is None:
         return "its description (.json) is missing or unreadable"
     built = (str(meta.get("tensorrt_version")), str(meta.get("gpu_name")), str(meta.get("compute_capability")))
@@ -59,6 +60,8 @@ def _engine_problem(meta: Mapping[str, Any] | None, manifest: Any, current: Engi
     verification = meta.get("verification")
     if isinstance(verification, Mapping) and verification.get("passed") is False:
         return "it failed the parity check when it was built"
+    if trusted is not None and not trusted(str(meta.get("engine_sha256") or "")):
+        return "it was not built on this device by `rada-export trt` (an engine is executable code; one that came with a bundle is not loaded)"
     return None
 
 
@@ -83,13 +86,16 @@ def select_engines(
     current: EngineEnvironment | None,
     precision: str = "auto",
     unavailable: str | None = None,
+    trusted: Callable[[str], bool] | None = None,
 ) -> dict[str, Placement]:
     """Per graph of the bundle: the engine to run it with, or ONNX Runtime, and why. A pure function.
 
     ``engines`` is :func:`scan_engines`' answer (engine path -> description), ``current`` the GPU and
     TensorRT version here (None when TensorRT cannot run: ``unavailable`` says why). An engine fits
     when it was built on this GPU with this TensorRT version, from this bundle's ONNX file (same
-    sha256), and did not fail parity.
+    sha256), and did not fail parity; with ``trusted`` (engine sha256 -> bool, the runtime passes
+    :func:`~rada_export.runtimes.engine_layout.is_trusted_engine`), only engines it accepts: those this
+    device built. Without it, trust is left to the load (:class:`~rada_export.runtimes.tensorrt_engine.TensorRTEngine`).
 
     ``precision="auto"``: per graph, the best engine that fits in the order of :data:`AUTO_ORDER`
     (INT8 only where its parity check passed, then FP16, then FP32), else ONNX Runtime in FP32.
@@ -114,7 +120,7 @@ def select_engines(
                     continue
                 if meta is None and name != engine_file_name(graph, want):
                     continue
-                problem = _engine_problem(meta, manifest, current)
+                problem = _engine_problem(meta, manifest, current, trusted)
                 if problem is None and precision == "auto" and want == "int8" and not _parity_passed(meta):
                     problem = "precision auto takes an INT8 engine only where its parity check passed (this one was not checked)"
                 if problem is None:

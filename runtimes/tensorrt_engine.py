@@ -1,7 +1,8 @@
 """Running a TensorRT engine on the device: :class:`TensorRTEngine`, numpy arrays in and out.
 
-:class:`TensorRTEngine` refuses an engine whose JSON names another TensorRT version or another GPU
-(:mod:`rada_export.runtimes.engine_layout`) before TensorRT sees the file.
+:class:`TensorRTEngine` refuses, before TensorRT sees the file, an engine this device did not build
+(an engine is executable code: :func:`~rada_export.runtimes.engine_layout.trusted_engines`) and one
+whose JSON names another TensorRT version or another GPU (:mod:`rada_export.runtimes.engine_layout`).
 
 TensorRT API used here: the name-based I/O of TensorRT 10 (``num_io_tensors``, ``get_tensor_name``,
 ``get_tensor_mode``, ``get_tensor_dtype``, ``set_input_shape``, ``set_tensor_address``,
@@ -32,25 +33,41 @@ from rada_export.errors import RadaError
 
 from . import cuda_memory as cm
 from .batch_chunks import plan_chunks, take_rows
-from .engine_layout import check_engine_compat, check_engine_matches_bundle, read_engine_meta, validate_meta
+from .engine_layout import (
+    UNTRUSTED_FIX, check_engine_compat, check_engine_matches_bundle, is_trusted_engine, read_engine_meta,
+    trusted_engines_file, validate_meta,
+)
 from .trt_environment import TensorRTEnvironment, require_environment
-from .trt_logging import bullet_list, make_logger
+from .trt_logging import bullet_list, shared_logger
 
-__all__ = ["TensorRTEngine", "numpy_dtype"]
+__all__ = ["NUMPY_TYPES", "TensorRTEngine", "numpy_dtype", "numpy_dtype_of"]
 
 
 def _dims(shape) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
-def numpy_dtype(trt, trt_dtype) -> np.dtype:
-    try:
-        return np.dtype(trt.nptype(trt_dtype))
-    except Exception:
+# TensorRT DataType member names -> numpy. Not trt.nptype: its table gained INT64 only in later
+# releases (older ones raise TypeError for it), and the text encoder's token ids are INT64, which
+# TensorRT binds as INT64 since 9.0 (onnx-tensorrt docs/Changelog.md, "TensorRT 9.0 EA": "ONNX models
+# with INT64 I/O require INT64 bindings"). BF16, FP8, INT4 and FP4 have no numpy type.
+NUMPY_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+               "BOOL": np.bool_, "UINT8": np.uint8}
+
+
+def numpy_dtype_of(type_name: str) -> np.dtype:
+    """The numpy dtype of a TensorRT DataType named ``type_name`` ("FLOAT", "DataType.INT64", ...)."""
+    name = str(type_name).rsplit(".", 1)[-1].upper()
+    if name not in NUMPY_TYPES:
         raise RadaError(
-            f"the engine has an input or output of type {trt_dtype}, which numpy cannot hold",
-            "build engines with float32/float16/int32/int64/uint8 inputs and outputs (rada-export's graphs do)",
-        ) from None
+            f"the engine has an input or output of type {name}, which numpy cannot hold",
+            "build engines with float32/float16/int32/int64/uint8/bool inputs and outputs (rada-export's graphs have them)",
+        )
+    return np.dtype(NUMPY_TYPES[name])
+
+
+def numpy_dtype(trt, trt_dtype) -> np.dtype:
+    return numpy_dtype_of(getattr(trt_dtype, "name", str(trt_dtype)))
 
 
 def _coerce(value: Any, dtype: np.dtype, name: str) -> np.ndarray:
@@ -84,47 +101,56 @@ class TensorRTEngine:
         environment: TensorRTEnvironment | None = None,
         meta: Mapping[str, Any] | None = None,
         verify_file: bool = True,
+        trusted: bool = False,
     ):
         self.path = Path(engine_path)
         self._closed = True
         if not self.path.is_file():
             raise RadaError(f"TensorRT engine {self.path} does not exist", "build it with `rada-export trt --bundle <bundle>`")
         self.meta = validate_meta(dict(meta), self.path) if meta is not None else read_engine_meta(self.path)
+        data = self.path.read_bytes()  # read once: the bytes checked are the bytes TensorRT gets
+        if self.meta.get("engine_size") is not None and len(data) != int(self.meta["engine_size"]):
+            raise RadaError(
+                f"{self.path} has {len(data)} bytes, its description says {self.meta['engine_size']} (truncated or replaced)",
+                "rebuild the engine with `rada-export trt`",
+            )
+        digest = hashlib.sha256(data).hexdigest() if verify_file or not trusted else None
+        if verify_file and self.meta.get("engine_sha256") and digest != self.meta["engine_sha256"]:
+            raise RadaError(f"{self.path} does not match the checksum in its description (corrupt or replaced)",
+                            "rebuild the engine with `rada-export trt`")
+        # An engine is executable code: only those this device built (engine_layout.trusted_engines) are
+        # deserialized, unless the caller vouches for this one (trusted=True: the build that just wrote it).
+        if not trusted and not is_trusted_engine(digest):
+            raise RadaError(f"{self.path} was not built on this device by `rada-export trt` (its sha256 is not in "
+                            f"{trusted_engines_file()}); a TensorRT engine is executable code, so one that came with "
+                            "a bundle is not loaded", UNTRUSTED_FIX)
         env = environment if environment is not None else require_environment()
         # Checked before TensorRT sees the file: a foreign engine is refused with both sides named,
         # instead of TensorRT's own "serialization version" or "platform" error.
         check_engine_compat(self.meta, env.engine_environment, self.path)
         if bundle_manifest is not None:
             check_engine_matches_bundle(self.meta, bundle_manifest)
-        data = self.path.read_bytes()
-        if self.meta.get("engine_size") is not None and len(data) != int(self.meta["engine_size"]):
-            raise RadaError(
-                f"{self.path} has {len(data)} bytes, its description says {self.meta['engine_size']} (truncated or replaced)",
-                "rebuild the engine with `rada-export trt`",
-            )
-        if verify_file and self.meta.get("engine_sha256") and hashlib.sha256(data).hexdigest() != self.meta["engine_sha256"]:
-            raise RadaError(f"{self.path} does not match the checksum in its description (corrupt or replaced)",
-                            "rebuild the engine with `rada-export trt`")
 
         self._env = env
         trt, cudart = env.trt, env.cudart
         self._trt, self._cudart = trt, cudart
-        self._logger = make_logger(trt)
-        self._runtime = trt.Runtime(self._logger)
-        if self.meta.get("dla_core") is not None:
-            # A DLA engine must be deserialized by a runtime set to the same DLA core.
-            self._runtime.DLA_core = int(self.meta["dla_core"])
-        self._engine = self._runtime.deserialize_cuda_engine(data)
-        del data
-        if self._engine is None:
-            raise RadaError(f"TensorRT could not load {self.path}" + bullet_list(self._logger.errors()),
-                            "rebuild the engine on this device with `rada-export trt`")
-        self._context = self._engine.create_execution_context()
-        if self._context is None:
-            raise RadaError(f"TensorRT could not create an execution context for {self.path} (out of GPU memory?)"
-                            + bullet_list(self._logger.errors()),
-                            "close other GPU programs, or rebuild the engine with a smaller max batch "
-                            "(`rada-export trt --max-batch N`)")
+        self._logger = shared_logger(trt)  # one per process: TensorRT keeps the first logger it is given
+        with self._logger.capture() as log:
+            self._runtime = trt.Runtime(self._logger)
+            if self.meta.get("dla_core") is not None:
+                # A DLA engine must be deserialized by a runtime set to the same DLA core.
+                self._runtime.DLA_core = int(self.meta["dla_core"])
+            self._engine = self._runtime.deserialize_cuda_engine(data)
+            del data
+            if self._engine is None:
+                raise RadaError(f"TensorRT could not load {self.path}" + bullet_list(log.errors()),
+                                "rebuild the engine on this device with `rada-export trt`")
+            self._context = self._engine.create_execution_context()
+            if self._context is None:
+                raise RadaError(f"TensorRT could not create an execution context for {self.path} (out of GPU memory?)"
+                                + bullet_list(log.errors()),
+                                "close other GPU programs, or rebuild the engine with a smaller max batch "
+                                "(`rada-export trt --max-batch N`)")
         self._stream = cm.Stream(cudart)
         self._lock = threading.Lock()
         self._closed = False
@@ -230,12 +256,13 @@ class TensorRTEngine:
         with self._lock:
             if self._closed:
                 raise RadaError("this TensorRT engine was closed", "create a new TensorRTEngine")
-            return self._run_once(arrays)
+            with self._logger.capture() as log:
+                return self._run_once(arrays, log)
 
-    def _run_once(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_once(self, arrays: dict[str, np.ndarray], log) -> dict[str, np.ndarray]:
         for name, arr in arrays.items():
             if not self._context.set_input_shape(name, tuple(arr.shape)):
-                raise RadaError(f"TensorRT rejected shape {tuple(arr.shape)} for input {name!r}" + bullet_list(self._logger.errors()),
+                raise RadaError(f"TensorRT rejected shape {tuple(arr.shape)} for input {name!r}" + bullet_list(log.errors()),
                                 "pass a shape within the engine's optimisation profile")
         outputs = {}
         for name in self.output_names:
@@ -246,14 +273,13 @@ class TensorRTEngine:
         for name, arr in list(arrays.items()) + list(outputs.items()):
             ptr = self._buffers[name].ensure(arr.nbytes)
             if not self._context.set_tensor_address(name, ptr):  # False: the engine has no such tensor
-                raise RadaError(f"TensorRT refused the device address of {name!r}" + bullet_list(self._logger.errors()),
+                raise RadaError(f"TensorRT refused the device address of {name!r}" + bullet_list(log.errors()),
                                 "rebuild the engine from this bundle with `rada-export trt`")
         for name, arr in arrays.items():
             cm.copy_to_device(self._cudart, self._buffers[name].ptr, arr, self._stream)
-        self._logger.clear()
         if not self._context.execute_async_v3(self._stream.handle):
             self._stream.synchronize()
-            raise RadaError("TensorRT failed to run the engine" + bullet_list(self._logger.errors()), "check the inputs; rebuild the engine if this persists")
+            raise RadaError("TensorRT failed to run the engine" + bullet_list(log.errors()), "check the inputs; rebuild the engine if this persists")
         for name, arr in outputs.items():
             cm.copy_to_host(self._cudart, arr, self._buffers[name].ptr, self._stream)
         self._stream.synchronize()  # also keeps `arrays` alive until the copies are done

@@ -251,3 +251,92 @@ def test_an_unusable_profile_is_refused():
         plan_chunks(4, 0, 2)
     with pytest.raises(RadaError):
         plan_chunks(4, 3, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trust: an engine is executable code; the device loads only the engines it built
+
+
+@pytest.fixture
+def trust_list(tmp_path, monkeypatch) -> Path:
+    """This test's own list of trusted engines (never the user's)."""
+    path = tmp_path / "state" / "trusted-engines.txt"
+    monkeypatch.setenv(layout.TRUSTED_ENGINES_ENV, str(path))
+    return path
+
+
+def _engine_files(folder: Path, payload: bytes, **over) -> Path:
+    import hashlib
+
+    engine = folder / "model.fp16.engine"
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    engine.write_bytes(payload)
+    meta = _meta(engine_size=len(payload), engine_sha256=hashlib.sha256(payload).hexdigest(), **over)
+    layout.meta_path(engine).write_text(json.dumps(meta))
+    return engine
+
+
+def test_the_trusted_engine_list_is_kept_outside_bundles_and_survives_damage(trust_list):
+    assert layout.trusted_engines_file() == trust_list and layout.trusted_engines() == frozenset()
+    first, second = "a" * 64, "b" * 64
+    assert layout.trust_engine(first) == trust_list and layout.trust_engine(second) == trust_list
+    layout.trust_engine(first)  # recorded once
+    assert trust_list.read_text().splitlines() == [first, second]
+    with open(trust_list, "a") as fh:
+        fh.write("not a digest\n" + "C" * 64 + "\n")  # damaged or foreign lines are ignored
+    assert layout.trusted_engines() == {first, second}
+    assert layout.is_trusted_engine(first) and not layout.is_trusted_engine("c" * 64) and not layout.is_trusted_engine(None)
+    with pytest.raises(RadaError, match="is not a sha256"):
+        layout.trust_engine("../../etc/passwd")
+
+
+def test_an_engine_that_came_with_a_bundle_is_not_loaded(tmp_path, trust_list):
+    """Refused before TensorRT (or a GPU) is asked: its bytes are never deserialized."""
+    from rada_export.runtimes.tensorrt_engine import TensorRTEngine
+
+    engine = _engine_files(tmp_path / "bundle" / "engines" / "orin-sm87-trt10.3.0", b"\x00engine bytes" * 100)
+    with pytest.raises(RadaError) as err:
+        TensorRTEngine(engine)
+    assert "was not built on this device by `rada-export trt`" in err.value.problem and str(trust_list) in err.value.problem
+    assert "rada-export trt --trust-engine ENGINE" in err.value.fix
+    # its owner vouches for it: recorded, the load goes on to the next check (TensorRT, missing here)
+    digest, where = layout.trust_engine_file(engine)
+    assert where == trust_list and layout.is_trusted_engine(digest)
+    with pytest.raises(RadaError) as err:
+        TensorRTEngine(engine)
+    assert "was not built on this device" not in err.value.problem
+    # a JSON that does not describe the file is not registered
+    engine.write_bytes(b"other bytes")
+    with pytest.raises(RadaError, match="does not match the sha256"):
+        layout.trust_engine_file(engine)
+
+
+def test_selection_passes_over_engines_this_device_did_not_build(tiny_bundle, trust_list):
+    manifest = read_manifest(tiny_bundle)
+    meta = _engine_meta(manifest, "model", "fp16", engine_sha256="d" * 64)
+    engines = {f"engines/{HERE.dir_name}/model.fp16.engine": meta}
+    placement = selection.select_engines(manifest, engines, HERE, "fp16", trusted=layout.is_trusted_engine)["model"]
+    assert placement.backend == "onnxruntime" and "not built on this device" in placement.reason
+    layout.trust_engine("d" * 64)
+    assert selection.select_engines(manifest, engines, HERE, "fp16", trusted=layout.is_trusted_engine)["model"].backend == "tensorrt"
+
+
+def test_trt_trust_engine_records_an_engine_from_the_cli(tmp_path, trust_list, monkeypatch):
+    from trt_cli import run_trt_without_tensorrt
+
+    engine = _engine_files(tmp_path / "engines" / "orin-sm87-trt10.3.0", b"engine" * 50)
+    code, out = run_trt_without_tensorrt(["--bundle", tmp_path, "--trust-engine", engine], monkeypatch)
+    assert code == 0 and "this device may load it" in out, out
+    assert layout.trusted_engines() == {json.loads(layout.meta_path(engine).read_text())["engine_sha256"]}
+
+
+@pytest.mark.parametrize("text", ['{"tensorrt_version": ' + "9" * 5000 + "}", "[" * 100000 + "]" * 100000,
+                                  '{"graph": "' + "x" * (2**20 + 10) + '"}', "\xff\xfe"])
+def test_a_hostile_engine_description_is_an_unreadable_one(tmp_path, text):
+    engine = tmp_path / "engines" / "gpu-sm87-trt10.3.0" / "model.fp16.engine"
+    engine.parent.mkdir(parents=True)
+    engine.write_bytes(b"x")
+    layout.meta_path(engine).write_bytes(text.encode("latin-1"))
+    with pytest.raises(RadaError, match="is not a readable engine description"):
+        layout.read_engine_meta(engine)
+    assert layout.scan_engines(tmp_path) == {"engines/gpu-sm87-trt10.3.0/model.fp16.engine": None}

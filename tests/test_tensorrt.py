@@ -27,7 +27,8 @@ import pytest
 from rada_export.errors import RadaError
 from rada_export.runtimes import cuda_memory as cm
 from rada_export.runtimes import trt_environment as trtenv
-from rada_export.runtimes.tensorrt_engine import TensorRTEngine
+from rada_export.runtimes.tensorrt_engine import TensorRTEngine, numpy_dtype, numpy_dtype_of
+from rada_export.runtimes.trt_logging import LogRouter, shared_logger
 from rada_export.runtimes.manifest import read_manifest, sha256_file, write_manifest
 
 from conftest import calibrate_for_tests
@@ -381,11 +382,18 @@ def test_the_cli_names_the_typing_each_engine_was_built_with():
 
 
 @pytest.fixture(scope="module")
-def trt_env():
+def trt_env(tmp_path_factory):
     try:
-        return trtenv.require_environment()
+        env = trtenv.require_environment()
     except RadaError as err:
         pytest.skip(f"needs TensorRT and an NVIDIA GPU: {err.problem}")
+    # the engines these tests build are recorded in a list of their own, not the user's
+    from rada_export.runtimes.engine_layout import TRUSTED_ENGINES_ENV
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv(TRUSTED_ENGINES_ENV, str(tmp_path_factory.mktemp("state") / "trusted-engines.txt"))
+    yield env
+    mp.undo()
 
 
 def _build_and_check(bundle: Path, precision: str, env, tmp_path: Path):
@@ -436,6 +444,19 @@ def test_real_engine_from_another_version_or_gpu_is_refused(bundle, trt_env):
         result.meta_path.write_text(json.dumps({**original, **change}))
         with pytest.raises(RadaError, match="rebuild it on this device"):
             TensorRTEngine(result.engine_path, environment=trt_env)
+
+
+@pytest.mark.tensorrt
+def test_real_engine_is_loaded_only_where_this_device_recorded_it(bundle, trt_env, tmp_path, monkeypatch):
+    from rada_export.runtimes.engine_layout import TRUSTED_ENGINES_ENV, is_trusted_engine
+    from rada_export.tensorrt.build import BuildRequest, build_engine
+
+    result = build_engine(BuildRequest(bundle, "model", "fp16", max_batch=2, verify=False), environment=trt_env)
+    assert is_trusted_engine(result.meta["engine_sha256"])  # the build recorded it
+    TensorRTEngine(result.engine_path, environment=trt_env).close()
+    monkeypatch.setenv(TRUSTED_ENGINES_ENV, str(tmp_path / "another-device.txt"))  # as on a device that did not build it
+    with pytest.raises(RadaError, match="was not built on this device"):
+        TensorRTEngine(result.engine_path, environment=trt_env)
 
 
 @pytest.mark.tensorrt
@@ -516,6 +537,85 @@ def test_real_engine_splits_batches_above_its_profile(bundle, trt_env):
     np.testing.assert_array_equal(whole, by_hand)
 
 
+def test_tensorrt_log_goes_to_the_call_that_caused_it_across_threads():
+    """One logger per process (TensorRT keeps only the first): each call captures its own thread's messages."""
+    import threading
+
+    router = LogRouter(keep=3)
+    ready, done = threading.Barrier(2), []
+
+    def camera(index: int) -> None:
+        with router.capture() as log:
+            ready.wait()
+            router.record(1, f"error of camera {index}")
+            router.record(2, f"warning of camera {index}")
+            router.record(3, "info is not kept")
+            ready.wait()
+            done.append((index, log.errors(), log.warnings()))
+
+    threads = [threading.Thread(target=camera, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(done) == [(0, ["error of camera 0"], ["warning of camera 0"]),
+                            (1, ["error of camera 1"], ["warning of camera 1"])]
+    with router.capture() as log:
+        # a message from a thread with no capture open (TensorRT's own workers) reaches every open capture
+        worker = threading.Thread(target=router.record, args=(0, "internal error from a worker"))
+        worker.start()
+        worker.join()
+        assert log.errors() == ["internal error from a worker"]
+        for i in range(5):
+            router.record(2, f"w{i}")
+        assert log.errors() == [] and log.warnings() == ["w2", "w3", "w4"]  # the newest `keep` only
+    router.record(1, "after the capture closed")
+    assert log.errors() == [] and "after the capture closed" not in str(log.messages)
+
+
+@pytest.mark.parametrize("name, dtype", [("FLOAT", np.float32), ("DataType.HALF", np.float16), ("INT64", np.int64),
+                                         ("DataType.INT32", np.int32), ("UINT8", np.uint8), ("BOOL", np.bool_)])
+def test_engine_io_types_map_to_numpy_int64_included(name, dtype):
+    assert numpy_dtype_of(name) == np.dtype(dtype)
+
+
+def test_engine_io_types_numpy_cannot_hold_are_refused_by_name():
+    with pytest.raises(RadaError) as err:
+        numpy_dtype_of("DataType.BF16")
+    assert "type BF16, which numpy cannot hold" in err.value.problem
+
+
+@pytest.mark.tensorrt
+def test_real_tensorrt_types_and_one_logger(trt_env):
+    trt = trt_env.trt
+    for member, dtype in ((trt.float32, np.float32), (trt.float16, np.float16), (trt.int32, np.int32),
+                          (trt.int64, np.int64), (trt.uint8, np.uint8), (trt.bool, np.bool_)):
+        assert numpy_dtype(trt, member) == np.dtype(dtype) and np.dtype(dtype).itemsize == member.itemsize
+    assert shared_logger(trt) is shared_logger(trt)
+    with shared_logger(trt).capture() as log:
+        assert trt.Runtime(shared_logger(trt)).deserialize_cuda_engine(b"not an engine" * 64) is None
+    assert log.errors(), "TensorRT's reason for refusing the bytes reaches the capture"
+
+
+@pytest.mark.tensorrt
+def test_real_second_engine_runs_and_reports_after_the_first_is_closed(bundle, trt_env):
+    """Engines share TensorRT's one logger: closing one must leave the others running and reporting."""
+    import gc
+
+    from rada_export.tensorrt.build import BuildRequest, build_engine
+
+    result = build_engine(BuildRequest(bundle, "image_encoder", "fp16", max_batch=2, verify=False), environment=trt_env)
+    pixels = np.random.default_rng(2).standard_normal((2, 3, *read_manifest(bundle).preprocess.size)).astype(np.float32)
+    first = TensorRTEngine(result.engine_path, read_manifest(bundle), environment=trt_env)
+    second = TensorRTEngine(result.engine_path, read_manifest(bundle), environment=trt_env)
+    expected = first.run({"pixels": pixels})["image_features"]
+    first.close()
+    del first
+    gc.collect()
+    np.testing.assert_array_equal(second.run({"pixels": pixels})["image_features"], expected)
+    second.close()
+
+
 @pytest.mark.tensorrt
 def test_real_environment_records_cuda_and_the_driver_fits(trt_env):
     assert trt_env.cudart.driver_version() // 1000 >= trt_env.cudart.major
@@ -532,7 +632,7 @@ def test_real_weakly_typed_network_keeps_the_fp16_graphs_fp32_layers_in_fp32(bun
     trt = trt_env.trt
     if getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None) is None:
         pytest.skip(f"TensorRT {trt.__version__} has no weakly typed networks (11.x): strong typing does this")
-    logger = trt.Logger(trt.Logger.ERROR)
+    logger = shared_logger(trt)  # the process's one logger, as the build uses
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # weakly typed, as for the DLA on 10.x
     parser = trt.OnnxParser(network, logger)
@@ -595,8 +695,15 @@ def test_trt_extras_match_their_cuda_major_and_every_advised_extra_exists():
         opt_in = " ".join(extras[f"trt11-cu{major}"])  # TensorRT 11.x only when asked for
         assert f"tensorrt-cu{major}>=11.0,<12" in opt_in and re.search(rf"{runtime}>={major}\.0,<{major + 1}\b", opt_in)
     assert extras["trt"] == ["rada-export[trt-cu12]"]
-    advice = " ".join([trtenv.TENSORRT_FIX, cm.CUDART_FIX, cm.driver_fix(12040), cm.driver_fix(13000), cm.driver_fix(11000)])
+    from rada_export.tensorrt.lint import ONNX_FIX
+    from rada_export.tensorrt.preflight import CALIBRATION_FIX
+
+    advice = " ".join([trtenv.TENSORRT_FIX, cm.CUDART_FIX, cm.driver_fix(12040), cm.driver_fix(13000), cm.driver_fix(11000),
+                       ONNX_FIX, CALIBRATION_FIX])
     assert set(re.findall(r"rada-export\[([\w-]+)\]", advice)) <= set(extras)
+    # calibration on the device needs onnx and onnxruntime: the extra it names must bring both
+    assert "'rada-export[jetson]'" in CALIBRATION_FIX
+    assert {re.split(r"[<>=;\[ ]", d)[0] for d in extras["jetson"]} >= {"onnx", "onnxruntime"}
 
 
 def _real_cudart_with_gpu():

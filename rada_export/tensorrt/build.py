@@ -26,7 +26,7 @@ from typing import Any
 from rada_export.errors import RadaError, VerificationError
 from rada_export.progress import SILENT, Reporter
 from rada_export.runtimes import cuda_memory as cm
-from rada_export.runtimes.engine_layout import ENGINES_DIR, META_FORMAT, engine_file_name, meta_path
+from rada_export.runtimes.engine_layout import ENGINES_DIR, engine_file_name, meta_path, trust_engine
 from rada_export.runtimes.manifest import FUSED
 from rada_export.runtimes.parity import ParityReport
 from rada_export.runtimes.tensorrt_engine import TensorRTEngine
@@ -100,6 +100,10 @@ def build_engine(request: BuildRequest, *, reporter: Reporter = SILENT,
     if built.timing_cache is not None:
         _write_atomic(plan.timing_cache, built.timing_cache)
     size, sha256 = _write_engine(final, built.data)
+    try:  # the device's own record of the engines it built: the runtime loads only those (engine_layout)
+        trust_engine(sha256)
+    except RadaError as err:
+        warnings.append(f"{err.problem}: the runtime will refuse this engine until it is recorded ({err.fix})")
     built.data = built.timing_cache = None  # an engine can take gigabytes: free it before parity loads it again
     meta = engine_description(plan, env, built, final.name, size, sha256)
     reason = "the parity check did not finish" if request.verify else "skipped: verify=False"
@@ -140,7 +144,7 @@ def _check_parity(plan: BuildPlan, env: TensorRTEnvironment, final: Path, meta: 
                   warnings: list[str]) -> ParityReport | None:
     """Parity against ONNX Runtime FP32, recorded in ``meta["verification"]``; None when it could not run."""
     try:
-        engine = TensorRTEngine(final, environment=env, meta=meta, verify_file=False)
+        engine = TensorRTEngine(final, environment=env, meta=meta, verify_file=False, trusted=True)  # built just now
         try:
             report = verify_engine(plan.bundle, plan.manifest, plan.graph, plan.precision, engine.run, plan.ranges,
                                    tf32=plan.tf32, seed=seed)

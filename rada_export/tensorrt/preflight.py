@@ -66,6 +66,12 @@ def check_graph_ops(plan: BuildPlan, trt_version: str | None, notes: list[str]):
     return findings
 
 
+# Calibration (rada_export.calibration) runs on onnx, onnxruntime (its quantization tools), numpy and
+# Pillow, without torch: the `jetson` extra brings the first two; elsewhere `cpu` brings onnxruntime.
+CALIBRATION_FIX = ("calibration needs onnx and onnxruntime: on a Jetson pip install 'rada-export[jetson]', elsewhere "
+                   "pip install 'rada-export[cpu]' onnx; or calibrate on the host (`rada-export calibrate`) and copy the bundle")
+
+
 def missing_tools(plan: BuildPlan, verify: bool) -> list[Missing]:
     """What the build needs besides TensorRT and CUDA and is missing here: onnx, onnxruntime, calibration code."""
     missing: list[Missing] = []
@@ -83,8 +89,7 @@ def missing_tools(plan: BuildPlan, verify: bool) -> list[Missing]:
         for module in ("rada_export.calibration.bundle", "onnxruntime.quantization"):
             problem = import_problem(module)
             if problem:
-                missing.append(Missing("calibration", f"INT8 calibration needs {module} ({problem})",
-                                       "pip install 'rada-export[calib]' and onnxruntime, or calibrate elsewhere and copy the bundle"))
+                missing.append(Missing("calibration", f"INT8 calibration needs {module} ({problem})", CALIBRATION_FIX))
                 break
     return missing
 

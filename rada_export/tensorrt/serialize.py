@@ -44,7 +44,7 @@ from rada_export.errors import RadaError
 from rada_export.progress import Reporter
 from rada_export.runtimes import cuda_memory as cm
 from rada_export.runtimes.trt_environment import TensorRTEnvironment, parse_version
-from rada_export.runtimes.trt_logging import bullet_list, make_logger
+from rada_export.runtimes.trt_logging import LogCapture, bullet_list, shared_logger
 
 from .dla import DlaMode
 from .plan import BuildPlan
@@ -98,8 +98,14 @@ def parser_errors(parser) -> list[str]:
 def serialize_engine(env: TensorRTEnvironment, plan: BuildPlan, reporter: Reporter, warnings: list[str],
                      dla: DlaMode | None = None) -> SerializedEngine:
     """Parses the graph and builds it; TensorRT's warnings are added to ``warnings``."""
+    logger = shared_logger(env.trt)  # the process's one logger (TensorRT keeps the first it is given)
+    with logger.capture() as log:
+        return _serialize(env, plan, reporter, warnings, dla, logger, log)
+
+
+def _serialize(env: TensorRTEnvironment, plan: BuildPlan, reporter: Reporter, warnings: list[str], dla: DlaMode | None,
+               logger, log: LogCapture) -> SerializedEngine:
     trt = env.trt
-    logger = make_logger(trt)
     try:
         builder = trt.Builder(logger)
     except Exception as err:
@@ -107,7 +113,7 @@ def serialize_engine(env: TensorRTEnvironment, plan: BuildPlan, reporter: Report
     else:
         reason = ""
     if builder is None:
-        raise RadaError("TensorRT could not start its builder" + (f" ({reason})" if reason else "") + bullet_list(logger.errors()),
+        raise RadaError("TensorRT could not start its builder" + (f" ({reason})" if reason else "") + bullet_list(log.errors()),
                         cm.GPU_FIX)
     if dla is not None and not dla.strongly_typed:
         flags, strongly_typed = 0, False  # DLA on 10.x: weakly typed, precision from builder flags (dla_build_mode)
@@ -117,7 +123,7 @@ def serialize_engine(env: TensorRTEnvironment, plan: BuildPlan, reporter: Report
     parser = trt.OnnxParser(network, logger)
     # parse_from_file (not parse(bytes)): the parser finds external weights (<name>.onnx.data) beside the file.
     if not parser.parse_from_file(str(plan.onnx_path)):
-        messages = parser_errors(parser) or logger.errors()
+        messages = parser_errors(parser) or log.errors()
         raise RadaError(
             f"TensorRT's ONNX parser rejected {plan.entry.file}:" + bullet_list(messages, limit=20),
             "re-export the bundle (rada-export onnx); if an operator is named, see rada_export/tensorrt/onnx_ops.txt "
@@ -133,7 +139,7 @@ def serialize_engine(env: TensorRTEnvironment, plan: BuildPlan, reporter: Report
         else:
             config.clear_flag(tf32_flag)
 
-    shapes = _add_profile(builder, network, config, plan, logger)
+    shapes = _add_profile(builder, network, config, plan, log)
     cache_reused = _use_timing_cache(config, plan, warnings)
     dla_fallback, pinned = _target_dla(trt, builder, network, config, plan, dla) if plan.dla_core is not None else ({}, None)
 
@@ -144,12 +150,12 @@ def serialize_engine(env: TensorRTEnvironment, plan: BuildPlan, reporter: Report
     seconds = time.perf_counter() - start
     if serialized is None:
         raise RadaError(
-            f"TensorRT could not build the {plan.precision} {plan.graph} engine" + bullet_list(logger.errors(), limit=12),
+            f"TensorRT could not build the {plan.precision} {plan.graph} engine" + bullet_list(log.errors(), limit=12),
             "a smaller max batch (max_batch=N) or a larger workspace (workspace_gb=N) often helps; "
             "for DLA, pass gpu_fallback=True",
         )
     timing_cache = config.get_timing_cache().serialize() if plan.timing_cache is not None else None
-    for message in logger.warnings()[-5:]:
+    for message in log.warnings()[-5:]:
         warnings.append(f"TensorRT: {message}")
     build_flags = {
         "strongly_typed": strongly_typed, "tf32": plan.tf32, "workspace_bytes": plan.workspace_bytes,
@@ -164,7 +170,7 @@ def serialize_engine(env: TensorRTEnvironment, plan: BuildPlan, reporter: Report
     return SerializedEngine(serialized, shapes, build_flags, seconds, timing_cache)
 
 
-def _add_profile(builder, network, config, plan: BuildPlan, logger) -> dict[str, dict[str, list[int]]]:
+def _add_profile(builder, network, config, plan: BuildPlan, log: LogCapture) -> dict[str, dict[str, list[int]]]:
     """One optimisation profile from the plan's ranges; returns its shapes per input (for the engine's JSON)."""
     profile = builder.create_optimization_profile()
     shapes = {}
@@ -177,7 +183,7 @@ def _add_profile(builder, network, config, plan: BuildPlan, logger) -> dict[str,
         profile.set_shape(tensor.name, low, opt, high)
         shapes[tensor.name] = {"min": list(low), "opt": list(opt), "max": list(high)}
     if config.add_optimization_profile(profile) < 0:
-        raise RadaError("TensorRT rejected the optimisation profile" + bullet_list(logger.errors()), "check the batch options")
+        raise RadaError("TensorRT rejected the optimisation profile" + bullet_list(log.errors()), "check the batch options")
     return shapes
 
 
