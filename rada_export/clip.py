@@ -238,7 +238,7 @@ def load_clip(
     except OSError as err:  # transformers' AutoTokenizer: a tokenizer the hub or the cache could not give
         raise RadaError(f"could not load the tokenizer of {model_name}: {str(err).strip().splitlines()[0]}",
                         "fill the Hugging Face cache on a machine with network (HF_HOME points at it), or use "
-                        "`--model local-dir:/path` with the tokenizer files beside open_clip_config.json") from err
+                        "model='local-dir:/path' with the tokenizer files beside open_clip_config.json") from err
     embed_dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None else None
     if embed_dim is None:
         embed_dim = int(open_clip.get_model_config(model_name)["embed_dim"])
@@ -287,7 +287,7 @@ def apply_encoder_weights(clip: LoadedClip, state: dict[str, torch.Tensor], orig
     file: they are checked before anything is copied.
     """
     own = clip.model.state_dict()
-    fix = f"pass a checkpoint fine-tuned from {clip.model_name} (rada-export train --finetune)"
+    fix = f"pass a checkpoint fine-tuned from {clip.model_name} (`rada-export train --finetune`)"
     unknown = sorted(k for k in state if k not in own)
     if unknown:
         raise RadaError(f"{origin}: encoder tensors {', '.join(unknown[:3])} are not in {clip.model_name}", fix)

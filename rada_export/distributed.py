@@ -56,7 +56,7 @@ def training_device(shard: Shard, wanted: str = "auto") -> torch.device:
     if wanted == "cuda" and not usable:
         raise RadaError("device 'cuda' was asked for, but " + ("no GPU is visible" if not torch.cuda.is_available()
                         else "this torchrun world uses gloo (fewer GPUs than ranks on a node)"),
-                        "pass --device cpu, or run one rank per GPU", field="device")
+                        "pass device='cpu', or run one rank per GPU", field="device")
     return torch.device("cuda", shard.local_rank if shard.world_size > 1 else torch.cuda.current_device()) if usable \
         else torch.device("cpu")
 

@@ -152,7 +152,7 @@ def check_fetchable(model: str, tag: Optional[str], weights_hint: str) -> None:
         raise RadaError(
             problem,
             f"fill the Hugging Face cache with {remote.repo_id} on a machine with network (HF_HOME points at it), "
-            f"or use `--model local-dir:/path` with a folder holding open_clip_config.json, the weights and "
+            f"or use model='local-dir:/path', a folder holding open_clip_config.json, the weights and "
             f"the tokenizer files ({', '.join(TOKENIZER_FILES)})",
             field="model",
         )

@@ -79,7 +79,7 @@ def _check_output(job: TrainJob) -> None:
     if job.finetune is not None:
         check_before_work(job.out, job.run, job.force)
     elif job.run.resume or job.run.stop_after_epochs is not None:
-        raise RadaError("resume and stop_after_epochs apply to fine-tuning only", "add --finetune, or leave them out",
+        raise RadaError("resume and stop_after_epochs apply to fine-tuning only", "fine-tune the encoder, or leave them out",
                         field="resume")
 
 

@@ -193,7 +193,7 @@ def test_too_little_data_to_finetune_is_refused_before_any_work(image_folder, tm
     result, out = _ft(["--data", str(image_folder), "--shots", "3"], tmp_path)
     assert result.exit_code == 2 and "too few training images to fine-tune" in result.output and not out.exists()
     text = " ".join(result.output.split())
-    assert "at least 4 training images" in text and "leave --finetune out" in text
+    assert "at least 4 training images" in text and "on frozen features (no fine-tuning)" in text
 
 
 def test_bad_finetune_options_name_their_flags(image_folder, tmp_path):

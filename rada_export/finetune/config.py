@@ -75,11 +75,11 @@ def check_data_size(train_counts: list[int], val_counts: list[int], class_names:
             f"too few training images to fine-tune the encoder: {listed} "
             f"{'has' if len(few) == 1 else 'have'} under {MIN_TRAIN_IMAGES_PER_CLASS} per class",
             f"give every class at least {MIN_TRAIN_IMAGES_PER_CLASS} training images (more than 16 is where fine-tuning "
-            "starts to pay), or train the head on frozen features: leave --finetune out", field="finetune",
+            "starts to pay), or train the head alone on frozen features (no fine-tuning)", field="finetune",
         )
     missing = [name for name, n in zip(class_names, val_counts) if n < MIN_VAL_IMAGES_PER_CLASS]
     if missing:
         raise RadaError(
             f"fine-tuning keeps the epoch with the best validation accuracy, but class {missing[0]!r} has no validation image",
-            "pass --val with images of every class, or raise --val-fraction", field="val",
+            "pass val='DIR' with images of every class, or a larger val_fraction=0.3", field="val",
         )

@@ -35,11 +35,11 @@ def check_before_work(out: Path, run: FinetuneRun, force: bool) -> None:
         validate.integer("stop_after_epochs", run.stop_after_epochs, 1)
     path = state_path(out)
     if run.resume and not path.is_file():
-        raise RadaError(f"--resume was given, but there is no resumable state at {path}",
-                        "pass the --out of the interrupted run, or leave --resume out to start", field="resume")
+        raise RadaError(f"resume=True, but there is no resumable state at {path}",
+                        "pass the out path of the interrupted run, or resume=False to start", field="resume")
     if not run.resume and path.exists() and not force:
         raise RadaError(f"a resumable fine-tuning state from an earlier run exists at {path}",
-                        "pass --resume to continue it, or --force to start again (it is replaced)", field="resume")
+                        "pass resume=True to continue it, or force=True to start again (it is replaced)", field="resume")
 
 
 def check_sizes(train: LabelledImages, val: LabelledImages) -> None:

@@ -113,7 +113,7 @@ def _check_resume(meta: dict[str, Any], control: RunControl, origin: str) -> Non
         diff = [k for k in sorted(set(recorded or {}) | set(control.fingerprint))
                 if (recorded or {}).get(k) != control.fingerprint.get(k)]
         raise RadaError(f"{origin} was written by a run with other settings ({', '.join(diff[:4])} differ)",
-                        "resume with the same data, model and options, or start again without --resume", field="resume")
+                        "resume with the same data, model and options, or start again with resume=False", field="resume")
 
 
 def finetune(inputs: FinetuneInputs, cfg: FinetuneConfig, control: RunControl, shard: Shard = Shard(),
@@ -129,7 +129,7 @@ def finetune(inputs: FinetuneInputs, cfg: FinetuneConfig, control: RunControl, s
     set_trainable(model, cfg.unfreeze_text)
     if cfg.grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
-            raise RadaError(f"{clip.model_name} offers no activation checkpointing", "leave --grad-checkpointing out",
+            raise RadaError(f"{clip.model_name} offers no activation checkpointing", "pass grad_checkpointing=False",
                             field="grad_checkpointing")
         model.set_grad_checkpointing(True)
     keys, towers = _trained_keys(model, cfg)
@@ -165,7 +165,7 @@ def finetune(inputs: FinetuneInputs, cfg: FinetuneConfig, control: RunControl, s
         state.load_optimizer(optimizer, state.take(tensors, "opt."), origin)
         best = (state.take(tensors, "best.model."), state.take(tensors, "best.head."))
         if set(best[0]) != set(keys) or set(best[1]) != set(head_keys):
-            raise RadaError(f"{origin} lacks the best epoch's weights", "start again without --resume", field="resume")
+            raise RadaError(f"{origin} lacks the best epoch's weights", "start again with resume=False", field="resume")
         history = [EpochRecord(**r) for r in meta["history"]]
         start_epoch, best_epoch, best_acc = int(meta["epoch_done"]), int(meta["best_epoch"]), float(meta["best_accuracy"])
         reporter.log(f"resuming after epoch {start_epoch} of {cfg.epochs} (best so far: epoch {best_epoch}, "

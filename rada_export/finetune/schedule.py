@@ -71,7 +71,7 @@ def param_groups(
         ids, num_blocks = layer_ids(n for n, _ in params)
         if layer_decay != 1.0 and params and not num_blocks:
             raise RadaError("layer-wise learning-rate decay needs encoder towers with numbered blocks; this model has none",
-                            "leave --layer-decay at 1.0 for this model", field="layer_decay")
+                            "use layer_decay=1.0 for this model", field="layer_decay")
         for name, p in params:
             depth = ids.get(name, num_blocks + 1)
             key = (tower_index, depth, _decays(p))

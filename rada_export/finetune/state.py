@@ -46,7 +46,7 @@ def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
     path = Path(path)
-    fix = "start without --resume (the run begins again), or pass the --out of the interrupted run"
+    fix = "start again with resume=False, or pass the out path of the interrupted run"
     if not path.is_file():
         raise RadaError(f"no resumable state at {path}", fix, field="resume")
     try:

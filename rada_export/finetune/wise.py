@@ -14,7 +14,7 @@ from ..errors import RadaError
 
 def interpolate(pretrained: dict[str, torch.Tensor], finetuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
     if not 0.0 <= alpha <= 1.0:
-        raise RadaError(f"wise alpha must lie in [0, 1], got {alpha}", "use e.g. --wise 0.5", field="wise")
+        raise RadaError(f"wise alpha must lie in [0, 1], got {alpha}", "use e.g. wise=0.5", field="wise")
     if set(pretrained) != set(finetuned):
         raise RadaError("the pretrained and fine-tuned encoders hold different tensors",
                         "ensemble an encoder with its own pretrained weights")
