@@ -133,6 +133,7 @@ def save_head(
     says how it was made (towers, WiSE alpha). Without tensors no encoder record is written, even
     when ``metadata`` carries one: the file must not claim weights it lacks.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -160,6 +161,11 @@ def save_head(
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:  # disk full (ENOSPC), a file too large for the filesystem (EFBIG)
+        reason = getattr(err, "strerror", None) or (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RadaError(f"could not write the checkpoint {path} ({reason})",
+                        "free disk space (or pick a filesystem that takes larger files) and rerun; nothing was replaced",
+                        field="out") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -25,7 +25,7 @@ from .features import encode_images
 from .head import RAdaHead
 from .images import LabelledImages, sample_shots, scan_image_folder, split_holdout
 from .progress import SILENT, Reporter
-from .prompts import text_features, validate_templates
+from .prompts import text_features, validate_class_names, validate_templates
 from .train import TrainConfig, accuracy, fit_head
 
 
@@ -124,6 +124,7 @@ def _run(job: TrainJob, reporter: Reporter, shard: Shard) -> TrainResult | None:
     _check_output(job)
     templates = validate_templates(job.templates)
     train, val = _datasets(job)
+    validate_class_names(train.class_names)  # folder names, before CLIP loads
     if job.finetune is not None:
         check_sizes(train, val)
     clip = load_clip(job.model, job.pretrained, pretrained_cfg=job.pretrained_cfg)

@@ -119,3 +119,28 @@ def test_a_safetensors_header_length_that_looks_like_a_pickle_is_still_ours(tmp_
     assert path.read_bytes()[:1] == b"\x80"
     ckpt = load_head(path)
     assert ckpt.metadata.source == "rada-export" and ckpt.metadata.class_names[1] == "b"
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_error(tmp_path):
+    """A real write limit (RLIMIT_FSIZE with SIGXFSZ ignored: writes fail with EFBIG, as on a full or
+    FAT32 disk): one RadaError naming the file, no temporary file left, nothing at the target."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, signal, sys\n"
+        "from rada_export.checkpoint import HeadMetadata, save_head\n"
+        "from rada_export.errors import RadaError\n"
+        "from rada_export.head import RAdaHead\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+        "try:\n"
+        "    save_head(sys.argv[1], RAdaHead(512), HeadMetadata(embed_dim=512))\n"
+        "except RadaError as err:\n"
+        "    print(err.problem); sys.exit(2)\n"
+    )
+    out = tmp_path / "head.safetensors"
+    run = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stdout.startswith(f"could not write the checkpoint {out}") and "Traceback" not in run.stderr
+    assert list(tmp_path.iterdir()) == []
