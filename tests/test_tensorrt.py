@@ -740,3 +740,36 @@ def test_real_cuda_memory_round_trip_through_ctypes():
     finally:
         buffer.free()
         stream.close()
+
+
+def test_a_build_never_writes_over_an_engine_it_did_not_record(tmp_path):
+    """A user's own engine (trtexec's) at the name a build would take is refused before the build;
+    an engine whose JSON of ours names its sha256 is replaceable, as is our JSON whose engine is gone."""
+    import hashlib
+    import json as json_lib
+
+    from rada_export.tensorrt.build import check_engine_replaceable
+
+    engine = tmp_path / "model.fp16.engine"
+    check_engine_replaceable(engine)  # nothing there
+    engine.write_bytes(b"trtexec output")
+    with pytest.raises(RadaError, match="not an engine rada-export trt recorded"):
+        check_engine_replaceable(engine)
+    meta = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7", "graph": "model",
+            "precision": "fp16", "engine_file": engine.name, "engine_sha256": hashlib.sha256(b"other bytes").hexdigest()}
+    (tmp_path / "model.fp16.json").write_text(json_lib.dumps(meta))
+    with pytest.raises(RadaError, match="not an engine rada-export trt recorded"):
+        check_engine_replaceable(engine)  # a JSON that names other bytes does not make the file ours
+    meta["engine_sha256"] = hashlib.sha256(b"trtexec output").hexdigest()
+    (tmp_path / "model.fp16.json").write_text(json_lib.dumps(meta))
+    check_engine_replaceable(engine)
+    engine.unlink()
+    check_engine_replaceable(engine)  # our JSON, its engine gone
+    (tmp_path / "model.fp16.json").write_text("my notes")
+    with pytest.raises(RadaError, match="model.fp16.json exists"):
+        check_engine_replaceable(engine)
+    (tmp_path / "model.fp16.json").unlink()
+    engine.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RadaError, match="not an engine rada-export trt recorded"):
+        check_engine_replaceable(engine)
+    assert engine.is_symlink()

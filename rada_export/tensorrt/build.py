@@ -26,6 +26,7 @@ from typing import Any
 from rada_export.errors import RadaError, VerificationError
 from rada_export.progress import SILENT, Reporter
 from rada_export.runtimes import cuda_memory as cm
+from rada_export.runtimes.bundle.ownership import FILE, Entry, engine_is_recorded
 from rada_export.runtimes.engine_layout import ENGINES_DIR, engine_file_name, meta_path, trust_engine
 from rada_export.runtimes.manifest import FUSED
 from rada_export.runtimes.parity import ParityReport
@@ -95,6 +96,7 @@ def build_engine(request: BuildRequest, *, reporter: Reporter = SILENT,
         raise RadaError(f"cannot create {out_dir} ({err.strerror or err})", "make the bundle folder writable") from None
     final = out_dir / engine_file_name(plan.graph, plan.precision)
     meta_file = meta_path(final)
+    check_engine_replaceable(final)  # before the minutes-long build, not after it
 
     built = serialize_engine(env, plan, reporter, warnings, dla)
     if built.timing_cache is not None:
@@ -171,6 +173,53 @@ def run_calibration(bundle: Path, images: Path, graph: str = FUSED, reporter: Re
 
     reporter.log(f"calibrating INT8 {graph} on {images} ...")
     calibrate_bundle(CalibrateRequest(bundle=Path(bundle), images=Path(images), graph=graph), reporter)
+
+
+def check_engine_replaceable(engine: Path) -> None:
+    """Refuses to write over a file at an engine's path unless ``rada-export trt`` recorded it there.
+
+    A user's own engine (trtexec's, say) may sit at the name a build would take; only an engine whose
+    JSON names its file and sha256 is ours to replace, and a JSON beside it is ours only if it parses
+    as one of our descriptions (runtimes/bundle/ownership.py judges both).
+    """
+    description = meta_path(engine)
+    engine_there = engine.exists() or engine.is_symlink()
+    if not engine_there and not (description.exists() or description.is_symlink()):
+        return
+    described = None
+    if description.is_file() and not description.is_symlink():
+        described = Entry(description.name, FILE, text=description.read_bytes())
+    if engine_there:
+        regular = engine.is_file() and not engine.is_symlink()
+        entry = Entry(engine.name, FILE if regular else "other", sha256=_file_sha256(engine) if regular else None)
+        if engine_is_recorded(entry, described):
+            return
+        culprit = engine
+    else:
+        if described is not None and _is_our_description(described):
+            return  # our JSON whose engine is gone: rewritten with the new build
+        culprit = description
+    raise RadaError(f"{culprit} exists and is not an engine rada-export trt recorded there (no description of ours names its sha256)",
+                    "move that file elsewhere (it is left untouched), then build again")
+
+
+def _is_our_description(described: Entry) -> bool:
+    from rada_export.runtimes.bundle.json_io import parse_json
+    from rada_export.runtimes.engine_layout import validate_meta
+
+    try:
+        validate_meta(parse_json(described.text, described.rel, ""), described.rel)
+    except RadaError:
+        return False
+    return True
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_engine(final: Path, data) -> tuple[int, str]:
