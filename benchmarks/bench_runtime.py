@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rada_export.timing import median_ms
+from rada_export.runtimes.bundle import layout
 
 
 
@@ -78,8 +79,8 @@ def main() -> None:
             export_bundle(ExportRequest(out=bundle, model=args.model, pretrained="none", classes=class_names(100), verify=False))
         rt = load_bundle(bundle, backend="onnxruntime", device="cpu")
         clip = load_clip(rt.manifest.model, rt.manifest.pretrained)
-        head = load_head(bundle / "head.safetensors").head.eval()
-        text = torch.from_numpy(np.load(bundle / "text_features.npy"))
+        head = load_head(bundle / layout.HEAD_FILE).head.eval()
+        text = torch.from_numpy(np.load(bundle / layout.TEXT_FEATURES))
 
         def eager(batch):
             with torch.no_grad():

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from rada_export.timing import median_ms
+from rada_export.runtimes.bundle import layout
 
 
 
@@ -49,9 +50,9 @@ def _torch_rows(bundle: Path, batches: list[int], runs: int, warmup: int) -> dic
 
     manifest = read_manifest(bundle)
     clip = load_clip(manifest.model, manifest.pretrained)
-    head = load_head(bundle / "head.safetensors").head
+    head = load_head(bundle / layout.HEAD_FILE).head
     head.logit_scale = manifest.head.logit_scale
-    text = torch.from_numpy(np.load(bundle / "text_features.npy"))
+    text = torch.from_numpy(np.load(bundle / layout.TEXT_FEATURES))
     model = FusedModel(clip.model, head, text).eval().cuda()
     height, width = manifest.preprocess.size
     rows = {}

@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import RadaError
 from .progress import SILENT, Reporter
+from .runtimes.bundle import layout
 from .timing import time_calls
 
 PYTORCH = "pytorch-eager"
@@ -161,9 +162,9 @@ def _fused_callable(bundle: Path, target: BenchTarget):
         from .export.modules import FusedModel
 
         clip = load_recorded(manifest.model, manifest.pretrained, manifest.pretrained_cfg, manifest.resolved, "the bundle")
-        text = torch.from_numpy(np.load(bundle / "text_features.npy"))
+        text = torch.from_numpy(np.load(bundle / layout.TEXT_FEATURES))
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        fused = FusedModel(clip.model, load_head(bundle / "head.safetensors").head, text).eval().to(device)
+        fused = FusedModel(clip.model, load_head(bundle / layout.HEAD_FILE).head, text).eval().to(device)
 
         def make_pixels(batch: int):
             return torch.from_numpy(rng.standard_normal((batch, 3, h, w), dtype=np.float32)).to(device)

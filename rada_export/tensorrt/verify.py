@@ -15,6 +15,7 @@ import numpy as np
 
 from rada_export.errors import RadaError
 from rada_export.runtimes.manifest import FUSED, HEAD, IMAGE_ENCODER, TEXT_ENCODER, Manifest
+from rada_export.runtimes.bundle import layout
 from rada_export.runtimes.parity import THRESHOLDS, ParityReport, Thresholds, compare
 
 EXTRA_TEXTS = ("a photo of a dog.", "an origami crane, folded from paper!", "número 42 — café")
@@ -138,7 +139,7 @@ def make_feeds(
         elif graph == TEXT_ENCODER:
             feeds[name] = parity_tokens(bundle, manifest, dims[0], dims[1], seed)[0].astype(dtype)
         elif graph == HEAD and name == "text_features":
-            text = np.load(bundle / "text_features.npy").astype(np.float32)
+            text = np.load(bundle / layout.TEXT_FEATURES).astype(np.float32)
             rows = [text[i % len(text)] for i in range(dims[0])]
             feeds[name] = np.ascontiguousarray(np.stack(rows))
         else:
