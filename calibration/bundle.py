@@ -35,12 +35,23 @@ from rada_export.runtimes.bundle.ownership import DIR, FILE, LINK, Tree, scan_tr
 from .dataset import DEFAULT_HOLDOUT, DEFAULT_SAMPLES, CalibrationSet, build_calibration_set
 from . import int8_fp16
 from .int8 import METHODS, QuantizedGraph, QuantRecipe, progress_steps, quantize_graph
-from .report import AccuracyReport, CalibrationReport, accuracy_report
+from .report import AccuracyReport, CalibrationReport, accuracy_report, head_logits
 
 GRAPH_CHOICES = ("model", "image_encoder", "all")
 _GRAPHS = {"model": (mf.FUSED,), "image_encoder": (mf.IMAGE_ENCODER,), "all": (mf.FUSED, mf.IMAGE_ENCODER)}
 TEXT_FEATURES = layout.TEXT_FEATURES
 SCRATCH = ".rada-int8-scratch"  # inside the staging folder, gone before the swap
+
+# The smallest held-out sample whose report can vouch for INT8. The top-1 gate is 95 %: each held-out
+# image weighs 100/n %, so below 20 images one disagreement already fails the gate and none passes
+# it, and the report cannot tell an INT8 graph that agrees 95 % of the time from one that agrees
+# 80 % of the time (the chance that 10 images all agree at 80 % is still 11 %).
+MIN_HELD_OUT = 20
+# The fewest classes the FP32 graph must predict on the held-out images (or all of the bundle's
+# classes, when it has fewer): on images all predicted as one class, top-1 agreement only asks
+# whether INT8 keeps that class on top, never whether it swaps two classes, which is how INT8
+# ranges fitted to a narrow sample fail.
+MIN_CLASSES = 2
 
 
 @dataclass
@@ -56,13 +67,14 @@ class CalibrateRequest:
     cache_dir: Path | None = None  # None: ~/.cache/rada-export/calibration
     batch_size: int = 8
     percentile: float = 99.999
+    force: bool = False  # replace INT8 graphs the bundle already has
 
 
 @dataclass
 class GraphOutcome:
     key: str  # manifest key, e.g. "model.int8"
     file: str  # relative to the bundle
-    layers: int  # Linear layers quantized
+    layers: int  # layers quantized (Linear, and Conv in convolutional towers)
     report: AccuracyReport
 
 
@@ -75,11 +87,13 @@ class CalibrateResult:
     manifest: mf.Manifest
     recipe: QuantRecipe
     notes: list[str] = field(default_factory=list)
+    sample: "SampleCheck | None" = None
 
     def to_dict(self) -> dict:
         return {
             "bundle": str(self.bundle),
             "calibration": dataset_summary(self.data),
+            "sample": self.sample.to_dict() if self.sample else None,
             "recipe": self.recipe.describe(),
             "graphs": {g.key: {"file": g.file, "layers": g.layers, **g.report.figures()} for g in self.graphs},
             "passed": self.report.passed,
@@ -170,6 +184,7 @@ def calibrate_bundle(req: CalibrateRequest, reporter: Reporter = SILENT) -> Cali
     manifest = mf.read_manifest(bundle)
     _carried_tree(bundle)  # an unreadable folder or a FIFO inside: refused before any work
     sources = source_entries(bundle, manifest, req.graph)
+    _check_replacing(bundle, manifest, sources, req.force)
     text_features, head_path = _report_inputs(bundle, manifest)
     if text_features is None and mf.IMAGE_ENCODER in sources:
         raise RadaError(f"bundle {bundle} has no {TEXT_FEATURES}: the image encoder's report needs it for its logits",
@@ -182,6 +197,14 @@ def calibrate_bundle(req: CalibrateRequest, reporter: Reporter = SILENT) -> Cali
                                      req.cache_dir, reporter)
         for note in data.notes:
             reporter.log(f"[yellow]note:[/yellow] {note}")
+        # Before quantizing (the long part): is the held-out sample big and varied enough to judge INT8?
+        first = next(iter(sources.values()))
+        sample = SampleCheck(held_out=len(data.holdout), classes=predicted_classes(
+            bundle / first.file, data.holdout, manifest, text_features, head_path),
+            bundle_classes=len(manifest.class_names))
+        if sample.problems and not req.accept_degraded:
+            raise RadaError(f"the held-out sample cannot vouch for INT8: {'; '.join(sample.problems)}",
+                            sample.fix(), field="images")
         recipe = QuantRecipe(method=req.method, percentile=req.percentile, batch_size=req.batch_size)
         staged: dict[str, QuantizedGraph] = {}
         outcomes = []
@@ -216,6 +239,8 @@ def calibrate_bundle(req: CalibrateRequest, reporter: Reporter = SILENT) -> Cali
         if not full.passed and not req.accept_degraded:
             raise VerificationError(full, f"INT8 below the thresholds, nothing written: {full.describe()}")
         notes = list(data.notes)
+        if sample.problems:
+            notes.append(f"written on a sample too small to judge INT8 (accepted as degraded): {'; '.join(sample.problems)}")
         if not full.passed:
             notes.append(f"written despite failing the thresholds (--accept-degraded): {full.describe()}")
         updated = _updated_manifest(manifest, sources, scratch, staged, outcomes, data, recipe, req)
@@ -229,7 +254,71 @@ def calibrate_bundle(req: CalibrateRequest, reporter: Reporter = SILENT) -> Cali
         replace.discard(staging)
         raise
     return CalibrateResult(bundle=bundle, data=data, graphs=outcomes, report=full, manifest=updated,
-                           recipe=recipe, notes=notes)
+                           recipe=recipe, notes=notes, sample=sample)
+
+
+@dataclass(frozen=True)
+class SampleCheck:
+    """How many held-out images and distinct classes (FP32 top-1) the INT8 report rests on."""
+
+    held_out: int
+    classes: int
+    bundle_classes: int
+
+    @property
+    def min_classes(self) -> int:
+        return min(MIN_CLASSES, max(1, self.bundle_classes))
+
+    @property
+    def problems(self) -> list[str]:
+        found = []
+        if self.held_out < MIN_HELD_OUT:
+            found.append(f"{self.held_out} held-out image(s), fewer than the {MIN_HELD_OUT} a 95 % top-1 gate needs")
+        if self.classes < self.min_classes:
+            found.append(f"the FP32 graph predicts {self.classes} class(es) on them, fewer than {self.min_classes}")
+        return found
+
+    def fix(self) -> str:
+        return (f"calibrate on a folder with at least {5 * MIN_HELD_OUT} images of several classes (a fifth of a small folder "
+                f"is held out; holdout={MIN_HELD_OUT} or more), or pass accept_degraded=True to write INT8 anyway")
+
+    def to_dict(self) -> dict:
+        return {"held_out": self.held_out, "classes": self.classes, "min_held_out": MIN_HELD_OUT,
+                "min_classes": self.min_classes, "problems": self.problems}
+
+
+def predicted_classes(graph: Path, frames: np.ndarray, manifest: mf.Manifest, text_features: np.ndarray | None,
+                      head_path: Path | None, batch_size: int = 8) -> int:
+    """Distinct top-1 classes of the FP32 ``graph`` on ``frames`` (the image encoder's through the head)."""
+    from rada_export.runtimes.ort_session import create_session
+
+    from .dataset import to_pixels
+
+    session = create_session(graph, "cpu", "fp32")
+    image_input = session.get_inputs()[0]
+    names = [o.name for o in session.get_outputs()]
+    wanted = "logits" if "logits" in names else "image_features"
+    outputs = []
+    for start in range(0, len(frames), batch_size):
+        chunk = frames[start:start + batch_size]
+        feed = np.ascontiguousarray(chunk) if image_input.type == "tensor(uint8)" else to_pixels(chunk, manifest.preprocess)
+        outputs.append(session.run([wanted], {image_input.name: feed})[0])
+    values = np.concatenate(outputs)
+    if wanted == "image_features":
+        if text_features is None:
+            return 0
+        values, _ = head_logits(values, text_features, head_path, manifest.logit_scale)
+    return len(set(np.argmax(values, axis=1).tolist()))
+
+
+def _check_replacing(bundle: Path, manifest: mf.Manifest, sources: dict[str, mf.GraphEntry], force: bool) -> None:
+    """INT8 graphs already in the bundle are replaced only when asked: they may rest on a better sample."""
+    existing = [key for name in sources for key in (f"{name}.int8", f"{name}.{int8_fp16.SUFFIX}") if key in manifest.graphs]
+    if existing and not force:
+        earlier = manifest.calibration.get(existing[0], {})
+        told = f" (calibrated on {earlier['samples']} images, {earlier.get('held_out', '?')} held out)" if "samples" in earlier else ""
+        raise RadaError(f"{bundle} already has INT8 graphs {', '.join(existing)}{told}",
+                        "pass force=True to replace them, or calibrate a copy of the bundle")
 
 
 def _staged_files(q: QuantizedGraph) -> list[str]:

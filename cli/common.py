@@ -7,9 +7,11 @@ import json
 import math
 import sys
 from dataclasses import asdict, is_dataclass
-from typing import Any, Callable, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import typer
+from typer.core import TyperCommand
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -113,3 +115,51 @@ def fmt(value: Any) -> str:
 
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f} %"
+
+
+def expand_folders(paths: Sequence[Path], flag: str = "--images") -> list[Path]:
+    """Each folder replaced by the images found in it (recursively); other paths are kept as given,
+    for the caller's own check of files."""
+    from rada_export.errors import RadaError
+    from rada_export.images import find_images
+
+    files: list[Path] = []
+    for item in paths:
+        if item.is_dir():
+            found = find_images(item)
+            if not found:
+                raise RadaError(f"{flag}: folder {item} holds no images", "pass a folder of JPEG/PNG/WebP/BMP files")
+            files += found
+        else:
+            files.append(item)
+    return files
+
+
+def image_files(images: Sequence[Path]) -> list[Path]:
+    """The files named, and the images found in the folders named (recursively), in that order."""
+    from rada_export.errors import RadaError
+    from rada_export.images import find_images
+
+    files: list[Path] = []
+    for item in images:
+        if item.is_dir():
+            files += find_images(item)
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise RadaError(f"image {item} does not exist", "pass existing image files or folders")
+    if not files:
+        raise RadaError("no image files found in the given folders", "pass JPEG/PNG/WebP/BMP files")
+    return files
+
+
+class Command(TyperCommand):
+    """Typer's command with its on/off switches shown without a value type: a switch takes no value,
+    and ``<bool>`` beside ``--force`` or ``--help`` reads as if it did."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and not getattr(param, "count", False) and param.metavar is None:
+                param.metavar = ""
+        return params

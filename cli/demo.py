@@ -7,18 +7,20 @@ from typing import Optional
 
 import typer
 
+from rada_export.defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
 from .common import console, handle_errors, make_table, pct, print_json, reporter
 
 
 @handle_errors
 def demo(
     out: Path = typer.Option(Path("rada-demo"), "--out", help="Folder for everything the demo makes (a folder it made is replaced on re-runs; any other non-empty folder is refused)."),
-    model: Optional[str] = typer.Option(None, "--model", help="open_clip model (default ViT-B-32; --quick uses a tiny one)."),
-    pretrained: str = typer.Option("none", "--pretrained", help="'none' (offline, random weights), an open_clip tag, or a weights file."),
+    model: Optional[str] = typer.Option(None, "--model", help=f"open_clip model (default {DEFAULT_MODEL}, every command's default; --quick uses a tiny one)."),
+    pretrained: str = typer.Option("none", "--pretrained", help=f"'none' (the default: offline, random weights), an open_clip tag such as {DEFAULT_PRETRAINED} (what train and onnx load by default), or a weights file."),
     quick: bool = typer.Option(False, "--quick", help="A tiny model and fewer images: a smoke run in under a minute."),
     images_per_class: int = typer.Option(16, "--images-per-class", min=4),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ):
     """Run the whole job offline: data, train, export, verify, INT8, TensorRT, runtime and TTA.
 
@@ -34,7 +36,7 @@ def demo(
         raise RadaError(f"--quick runs a tiny built-in model, so --model {model} would be ignored",
                         "drop --quick to run --model, or drop --model for the quick smoke run")
     validate.output_folder(out, "out")
-    summary = run_demo(DemoConfig(out=out, model=model or "ViT-B-32", pretrained=pretrained, quick=quick,
+    summary = run_demo(DemoConfig(out=out, model=model or DEFAULT_MODEL, pretrained=pretrained, quick=quick,
                                   images_per_class=images_per_class), reporter(quiet or json_out))
     if json_out:
         print_json(asdict(summary))

@@ -7,7 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, err_console, handle_errors, make_table, print_json, reporter
+from rada_export.defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
+from .common import console, err_console, expand_folders, handle_errors, make_table, print_json, reporter
 
 
 def print_report(report, title: str = "parity: ONNX Runtime (CPU) against PyTorch") -> None:
@@ -25,12 +27,23 @@ def print_report(report, title: str = "parity: ONNX Runtime (CPU) against PyTorc
         console.print(f"[yellow]note:[/yellow] {note}")
 
 
-@handle_errors(fields={"templates": "--template", "verify_images": "--verify-image", "verify=False": "--no-verify"})
+def parity_json(report) -> dict:
+    """The parity report as JSON, each result's thresholds as numbers (the text stays beside them)."""
+    from dataclasses import asdict
+
+    data = report.to_dict()
+    for record, result in zip(data["results"], report.results):
+        record["thresholds"] = {k: v for k, v in asdict(result.thresholds).items() if v is not None}
+        record["thresholds_text"] = result.thresholds.describe()
+    return data
+
+
+@handle_errors(fields={"templates": "--template", "verify_images": "--images", "verify=False": "--no-verify"})
 def onnx(
     out: Path = typer.Option(Path("bundle"), "--out", help="Bundle folder to write."),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Head checkpoint (rada-export train, or the paper's torch checkpoint). Omit for a fresh, zero-shot head."),
-    model: Optional[str] = typer.Option(None, "--model", help="open_clip model, hf-hub:org/repo or local-dir:/path (default: the checkpoint's)."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip tag, local weights file, or 'none' (default: the checkpoint's, else openai)."),
+    model: Optional[str] = typer.Option(None, "--model", help=f"open_clip model, hf-hub:org/repo or local-dir:/path (default: the checkpoint's; without --ckpt {DEFAULT_MODEL}, every command's default)."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help=f"open_clip tag, local weights file, or 'none' (default: the checkpoint's; without --ckpt {DEFAULT_PRETRAINED})."),
     pretrained_cfg: Optional[str] = typer.Option(None, "--pretrained-cfg", help="Tag whose settings apply to a weights file (default: the checkpoint's)."),
     classes: Optional[List[str]] = typer.Option(None, "--classes", help="Class names: a file (one a line) or comma-separated (default: the checkpoint's)."),
     template: Optional[List[str]] = typer.Option(None, "--template", help="Prompt template(s) with '{}'."),
@@ -41,21 +54,31 @@ def onnx(
     max_batch: int = typer.Option(32, "--max-batch", help="Largest batch for engine profiles (recorded in the manifest)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)."),
     exporter: str = typer.Option("torchscript", "--exporter", help="torch.onnx exporter: torchscript (fast) or dynamo."),
-    images: Optional[List[Path]] = typer.Option(None, "--verify-image", help="Images to add to the parity check."),
+    images: Optional[List[Path]] = typer.Option(None, "--images", help="Image files or folders to add to the parity check (repeatable)."),
+    verify_image: Optional[List[Path]] = typer.Option(None, "--verify-image", hidden=True, help="The former spelling of --images."),
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip the parity check (not recommended)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing bundle (never a folder that is not one)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no tables: one line naming the bundle."),
 ):
     """Export the encoders, the head and the fused model to a verified ONNX bundle.
 
+    Without --ckpt the head is a fresh, zero-shot one: --classes is then required, and the model is
+    the default one unless --model names another.
+
     Example: rada-export onnx --ckpt head.safetensors --out bundle/ --fp16
+
+    Example: rada-export onnx --classes cat,dog,bird --out bundle/
     """
     from rada_export.errors import VerificationError
     from rada_export.export.bundle import ExportRequest, export_bundle, parse_frame_size
 
+    given = [*(images or []), *(verify_image or [])]
+    images = expand_folders(given)
     # Every option is checked before the model loads: bad input costs nothing and writes nothing.
-    check_export_options(out, classes, template, opset, exporter, max_batch, images)
+    check_export_options(out, classes, template, opset, exporter, max_batch, images, zero_shot=ckpt is None)
+    if ckpt is None and model is None:
+        model = DEFAULT_MODEL
     req = ExportRequest(
         out=out, ckpt=ckpt, model=model, pretrained=pretrained, pretrained_cfg=pretrained_cfg, classes=classes or None, templates=template or None,
         opset=opset, max_batch=max_batch, fp16=fp16, embed_preprocess=embed_preprocess, exporter=exporter,
@@ -66,24 +89,34 @@ def onnx(
         result = export_bundle(req, reporter(quiet or json_out))
     except VerificationError as err:
         if json_out:
-            print_json(err.report.to_dict())
+            print_json(parity_json(err.report))
         else:
             print_report(err.report)
         err_console.print("[bold red]verification failed:[/bold red] the bundle was not written")
         raise typer.Exit(1) from None
     if json_out:
         print_json({"bundle": str(result.bundle), "manifest": result.manifest.to_dict(),
-                    "verification": result.report.to_dict() if result.report else None, "warnings": result.warnings})
+                    "verification": parity_json(result.report) if result.report else None, "warnings": result.warnings})
+        return
+    if quiet:
+        verdict = "not verified" if result.report is None else "parity passed" if result.report.passed else "parity failed"
+        console.print(f"wrote {result.bundle} ({len(result.manifest.graphs)} graphs, {verdict})", markup=False, highlight=False)
         return
     if result.report:
         print_report(result.report)
     rows = [[k, e.file, e.precision, f"{(result.bundle / e.file).stat().st_size / 2**20:.1f} MiB"] for k, e in sorted(result.manifest.graphs.items())]
-    console.print(make_table(f"bundle {result.bundle}", ["graph", "file", "precision", "size"], rows))
+    console.print(make_table(f"graphs written to {result.bundle}", ["graph", "file", "precision", "size"], rows))
 
 
-def check_export_options(out: Path, classes, templates, opset: int, exporter: str, max_batch: int, images) -> None:
+def check_export_options(out: Path, classes, templates, opset: int, exporter: str, max_batch: int, images,
+                         zero_shot: bool = False) -> None:
     from rada_export import validate
+    from rada_export.errors import RadaError
     from rada_export.prompts import parse_class_names, validate_templates
+
+    if zero_shot and not classes:
+        raise RadaError("no class names: a zero-shot export (no --ckpt) takes them from --classes",
+                        "pass --classes cat,dog or --classes classes.txt (one name a line), or --ckpt with a trained head")
 
     validate.opset(opset, exporter)
     validate.integer("max_batch", max_batch, 1)
@@ -98,14 +131,17 @@ def check_export_options(out: Path, classes, templates, opset: int, exporter: st
 @handle_errors
 def verify(
     bundle: Path = typer.Option(..., "--bundle", help="Bundle folder."),
-    images: Optional[List[Path]] = typer.Argument(None, help="Images to add to the seeded random inputs."),
+    images: Optional[List[Path]] = typer.Argument(None, help="Image files or folders (searched recursively) to add to the seeded random inputs."),
+    more_images: Optional[List[Path]] = typer.Option(None, "--images", help="Image files or folders, as the positional arguments (repeatable; the spelling every command shares)."),
     backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, or openvino: every graph in f32, then the FP32 and INT8 graphs in bf16 too where the CPU computes it natively."),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (thresholds as numbers)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Check every graph of a bundle against PyTorch (exit 1 below the thresholds).
 
     Example: rada-export verify --bundle bundle/ cat.jpg dog.png
+
+    Example: rada-export verify --bundle bundle/ --images photos/
 
     Example: rada-export verify --bundle bundle/ --backend openvino
     """
@@ -113,10 +149,12 @@ def verify(
     from rada_export.export.verify import BACKEND_TITLES, VERIFY_BACKENDS, verify_bundle
 
     validate.choice("backend", backend, VERIFY_BACKENDS)
-    validate.readable_images(images or (), "image")
-    report = verify_bundle(bundle, images or (), reporter=reporter(quiet or json_out), backend=backend)
+    given = [*(images or []), *(more_images or [])]
+    files = expand_folders(given)
+    validate.readable_images(files, "image")
+    report = verify_bundle(bundle, files, reporter=reporter(quiet or json_out), backend=backend)
     if json_out:
-        print_json(report.to_dict())
+        print_json(parity_json(report))
     else:
         print_report(report, f"parity: {BACKEND_TITLES[backend]} against PyTorch")
     if not report.passed:

@@ -11,7 +11,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from .common import console, err_console, handle_errors, make_table, print_json, print_json_line
+from .common import console, err_console, handle_errors, image_files, make_table, print_json_line, reporter
 
 FIELDS = {"timeout_s": "--timeout"}
 VIDEO_CODECS = {".avi": "MJPG", ".mp4": "mp4v"}
@@ -20,16 +20,18 @@ STREAM_ONLY = ("--stride", "--max-frames", "--timeout", "--save", "--save-state"
 
 @handle_errors(fields=FIELDS, json_lines=True)
 def predict(
-    images: Optional[List[Path]] = typer.Argument(None, help="Image files (or folders of images) to classify."),
+    images: Optional[List[Path]] = typer.Argument(None, help="Image files (or folders of images, searched recursively) to classify."),
     bundle: Path = typer.Option(..., "--bundle", help="Bundle folder."),
+    more_images: Optional[List[Path]] = typer.Option(None, "--images", help="Image files or folders, as the positional arguments (repeatable; the spelling calibrate, trt, onnx and verify share)."),
     backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime, openvino or tensorrt."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="auto (the FP32 graphs; bf16 on OpenVINO where the CPU has it), fp32, fp16 or int8 (where the bundle has it)."),
-    tta: str = typer.Option("off", "--tta", help="Test-time adaptation: off, episodic or continual."),
+    tta: str = typer.Option("off", "--tta", help="Test-time adaptation: off, episodic or continual (the output then shows frames, updates, skips and resets)."),
     views: Optional[int] = typer.Option(None, "--views", help="Episodic TTA: augmented views per image (default 16)."),
     top: int = typer.Option(3, "--top", min=1, help="Classes shown per image."),
     classes: List[str] = typer.Option(None, "--classes", help="Replace the bundle's classes (comma-separated or a file)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the predictions as JSON (with --source: one object per frame and line)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON lines as results come: one object per image (or frame), one per unreadable file, then a summary line."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (it goes to stderr)."),
     source: Optional[str] = typer.Option(None, "--source", help="Classify a stream instead of images: a video file, a camera index (0), an RTSP/HTTP URL or a GStreamer pipeline ending in appsink."),
     stride: int = typer.Option(1, "--stride", help="--source: classify every Nth frame."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="--source: stop after this many classified frames."),
@@ -39,6 +41,13 @@ def predict(
     force: bool = typer.Option(False, "--force", help="--source: overwrite an existing --save or --save-state file."),
 ):
     """Classify images, or a video or camera stream, with a bundle, optionally adapting the head at test time.
+
+    Images are classified in batches of 32 with a progress bar on stderr; a file that cannot be read
+    is skipped and named at the end, and the exit code is 0 when at least one image was classified
+    (2 when none could be read). --json prints one line per image as it is classified:
+    {"image", "label", "class", "top": [{"class", "probability"}]}; an unreadable file gives
+    {"image", "error", "fix"}; the last line is {"summary": {"backend", "precision", "tta",
+    "predicted", "unreadable": [...], "tta_stats"}}.
 
     With --source, frames are decoded in a thread that overlaps inference: a file loses no frame, a
     live source keeps the newest. --json prints one line per frame as it is classified. Ctrl-C
@@ -53,6 +62,7 @@ def predict(
 
     from rada_export import validate
 
+    images = [*(images or []), *(more_images or [])]
     validate.choice("tta", tta, ("off", "episodic", "continual"))
     if views is not None and tta != "episodic":
         raise RadaError(f"--views {views} applies only to --tta episodic (this run has --tta {tta})",
@@ -75,36 +85,99 @@ def predict(
         request = StreamRequest(source, stride, max_frames, timeout, save, save_state, top, json_out, tta, force)
         _predict_stream(request, lambda: _runtime(bundle, backend, device, precision, config, names))
         return
-    files = _image_files(images)
+    files = image_files(images)
     runtime = _runtime(bundle, backend, device, precision, config, names)
-    prediction = runtime.predict([str(f) for f in files], adapt=config is not None)
-    ranked = prediction.top(top)
-    if json_out:
-        print_json({
-            "backend": runtime.backend, "precision": runtime.precision, "tta": tta,
-            "predictions": [{"image": str(f), "label": int(prediction.labels[i]), "class": prediction.class_names[i],
-                             "top": [{"class": c, "probability": p} for c, p in ranked[i]]} for i, f in enumerate(files)],
-        })
-        return
-    rows = [[str(f), prediction.class_names[i], ", ".join(f"{c} {100 * p:.1f}%" for c, p in ranked[i])] for i, f in enumerate(files)]
-    console.print(make_table(f"{runtime.description}, tta {tta}", ["image", "class", f"top {top}"], rows))
+    run = ImageRun(top=top, tta=tta, json_out=json_out, quiet=quiet)
+    report_images(runtime, classify_files(runtime, files, run), run)
 
 
-def _image_files(images: List[Path]) -> list[Path]:
+# -- image files -----------------------------------------------------------------------------------
+
+IMAGE_BATCH = 32  # the runtime's own batch: a result line per image comes at most a batch late
+
+
+@dataclass(frozen=True)
+class ImageRun:
+    top: int
+    tta: str
+    json_out: bool
+    quiet: bool
+
+
+@dataclass
+class ImageOutcome:
+    rows: list[list[str]]
+    predicted: int
+    unreadable: list[tuple[str, str]]  # (file, why)
+
+
+def classify_files(runtime, files: list[Path], run: ImageRun) -> ImageOutcome:
+    """Decodes and classifies ``files`` batch by batch; a file that cannot be decoded is skipped and
+    recorded, not fatal, so one broken file in a folder of thousands costs that file alone."""
     from rada_export.errors import RadaError
-    from rada_export.images import find_images
+    from rada_export.runtimes.preprocess import load_image
 
-    files: list[Path] = []
-    for item in images:
-        if item.is_dir():
-            files += find_images(item)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise RadaError(f"image {item} does not exist", "pass existing image files or folders")
-    if not files:
-        raise RadaError("no image files found in the given folders", "pass JPEG/PNG/WebP/BMP files")
-    return files
+    outcome = ImageOutcome(rows=[], predicted=0, unreadable=[])
+    with reporter(run.quiet).task(f"classifying {len(files)} image(s)", len(files)) as advance:
+        for start in range(0, len(files), IMAGE_BATCH):
+            chunk, decoded, kept = files[start:start + IMAGE_BATCH], [], []
+            for path in chunk:
+                try:
+                    decoded.append(load_image(path))
+                    kept.append(path)
+                except RadaError as err:
+                    outcome.unreadable.append((str(path), err.problem))
+                    if run.json_out:
+                        print_json_line({"image": str(path), "error": err.problem, "fix": err.fix})
+            if decoded:
+                prediction = runtime.predict(decoded, adapt=run.tta != "off")
+                ranked = prediction.top(run.top)
+                for i, path in enumerate(kept):
+                    if run.json_out:
+                        print_json_line({"image": str(path), "label": int(prediction.labels[i]), "class": prediction.class_names[i],
+                                         "top": [{"class": c, "probability": p} for c, p in ranked[i]]})
+                    else:
+                        outcome.rows.append([str(path), prediction.class_names[i],
+                                             ", ".join(f"{c} {100 * p:.1f}%" for c, p in ranked[i])])
+                outcome.predicted += len(kept)
+            advance(len(chunk))
+    return outcome
+
+
+def tta_stats(runtime) -> dict[str, Any] | None:
+    """The runtime's adaptation counters (frames, updates, skips, resets), where it reports them."""
+    stats = getattr(runtime, "stats", None)
+    return stats.to_dict() if stats is not None else None
+
+
+def describe_tta(stats: dict[str, Any]) -> str:
+    text = (f"TTA {stats.get('mode')}: {stats.get('frames')} frame(s), {stats.get('updates')} head update(s), "
+            f"{stats.get('skipped_unconfident')} skipped as unconfident, {stats.get('skipped_nonfinite')} skipped as "
+            f"non-finite, {stats.get('resets')} reset(s)")
+    if stats.get("mode") == "continual" and stats.get("frames") and not stats.get("updates"):
+        text += ": the head did not adapt (every frame was too unsure to learn from, or was dropped)"
+    return text
+
+
+def report_images(runtime, outcome: ImageOutcome, run: ImageRun) -> None:
+    from rada_export.errors import RadaError
+
+    stats = tta_stats(runtime) if run.tta != "off" else None
+    if run.json_out:
+        print_json_line({"summary": {"backend": runtime.backend, "precision": runtime.precision, "tta": run.tta,
+                                     "predicted": outcome.predicted, "unreadable": [f for f, _ in outcome.unreadable],
+                                     "tta_stats": stats}})
+    elif outcome.rows:
+        console.print(make_table(f"{runtime.description}, tta {run.tta}", ["image", "class", f"top {run.top}"], outcome.rows))
+        if stats is not None:
+            console.print(describe_tta(stats), markup=False, highlight=False)
+    if outcome.unreadable:
+        err_console.print(f"skipped {len(outcome.unreadable)} unreadable file(s):", markup=False, highlight=False)
+        for path, why in outcome.unreadable:
+            err_console.print(f"  {path}: {why}", markup=False, highlight=False)
+    if not outcome.predicted:
+        raise RadaError(f"none of the {len(outcome.unreadable)} image file(s) could be read",
+                        "pass readable JPEG, PNG, WebP, BMP, GIF or TIFF files")
 
 
 def _runtime(bundle: Path, backend: str, device: str, precision: str, config, names):
@@ -199,7 +272,7 @@ def _frame_record(frame, request: StreamRequest, runtime, stream) -> dict[str, A
     if stream.info is not None and stream.info.live:
         record["dropped"] = frame.dropped
     if request.tta != "off":
-        record["tta"] = dict(vars(runtime.head.counters))
+        record["tta"] = tta_stats(runtime) or dict(vars(runtime.head.counters))
     return record
 
 
@@ -257,7 +330,10 @@ class StatusLine:
         text = f"{stream.delivered} frames classified in {seconds:.1f} s ({fps:.1f} fps) on {self.runtime.description}"
         if stream.info is not None and stream.info.live:
             text += f", {stream.dropped} dropped while inference was busy"
-        if self.request.tta == "continual":
+        stats = tta_stats(self.runtime) if self.request.tta != "off" else None
+        if stats is not None:
+            text += f"; {describe_tta(stats)}"
+        elif self.request.tta == "continual":
             counters = self.runtime.head.counters
             text += f", {counters.updates} head updates, {counters.resets} resets"
         if interrupted:

@@ -7,15 +7,17 @@ from typing import List, Optional
 
 import typer
 
-from .common import console, handle_errors, make_table, pct, reporter
+from rada_export.defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED
+
+from .common import console, handle_errors, make_table, pct, print_json, reporter
 
 
 @handle_errors(fields={"templates": "--template", "head_lr": "--ft-head-lr"})
 def train(
     data: Path = typer.Option(..., "--data", help="ImageFolder: one sub-folder of images per class."),
     out: Path = typer.Option(Path("head.safetensors"), "--out", help="Checkpoint to write."),
-    model: str = typer.Option("ViT-B-16", "--model", help="open_clip model name, hf-hub:org/repo or local-dir:/path."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip tag, a local weights file, or 'none' (default: openai; hf-hub:/local-dir: carry their own)."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="open_clip model name, hf-hub:org/repo or local-dir:/path (the default is every command's default model)."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help=f"open_clip tag, a local weights file, or 'none' (default: {DEFAULT_PRETRAINED}; hf-hub:/local-dir: carry their own)."),
     pretrained_cfg: Optional[str] = typer.Option(None, "--pretrained-cfg", help="Tag whose settings (QuickGELU, mean/std, resize) apply to a weights file."),
     val: Optional[Path] = typer.Option(None, "--val", help="Validation ImageFolder (default: hold out --val-fraction)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Held-out share per class when --val is not given."),
@@ -30,6 +32,7 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing checkpoint (and a fine-tuning run's resumable state)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON (progress bars go to stderr unless --quiet)."),
     finetune: bool = typer.Option(False, "--finetune", help="Fine-tune the image encoder with the head (after a head-only warm phase of --epochs)."),
     ft_epochs: int = typer.Option(10, "--ft-epochs", min=1, help="--finetune: epochs of encoder + head training."),
     encoder_lr: float = typer.Option(1e-5, "--encoder-lr", help="--finetune: peak learning rate of the encoder."),
@@ -75,6 +78,9 @@ def train(
     result = run_train_job(job, reporter(quiet))
     if result is None:  # a non-zero torchrun rank: rank 0 reports
         return
+    if json_out:
+        print_json(train_summary(result, model, wise))
+        return
     if not result.finished:
         console.print(f"stopped as asked; resumable state in {result.checkpoint} (continue with --resume)")
         return
@@ -93,3 +99,18 @@ def train(
     )
     console.print(f"wrote {result.checkpoint} ({result.num_train_images} train images, {result.encoder_passes} encoder passes"
                   + (f", {len(result.skipped)} unreadable skipped" if result.skipped else "") + ")")
+
+
+def train_summary(result, model: str, wise: Optional[float]) -> dict:
+    """What the table and the last line say, for a caller that parses stdout."""
+    outcome = result.finetune
+    return {
+        "checkpoint": str(result.checkpoint), "finished": result.finished, "model": model,
+        "classes": list(result.class_names), "train_images": result.num_train_images,
+        "validation_images": result.num_val_images, "encoder_passes": result.encoder_passes,
+        "zero_shot_accuracy": result.zero_shot_accuracy, "trained_accuracy": result.trained_accuracy,
+        "finetune": None if outcome is None else {
+            "best_epoch": outcome.best_epoch, "best_accuracy": outcome.best_accuracy,
+            "wise_alpha": wise, "wise_accuracy": outcome.wise_accuracy},
+        "skipped": [str(path) for path in result.skipped],
+    }

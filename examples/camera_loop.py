@@ -43,6 +43,7 @@ class StreamSummary:
     raw_frames: bool = False  # frames went into the graph as they are (the graph resizes)
     frame_size: tuple[int, int] = (0, 0)  # (width, height) of the last frame
     dropped: int = 0  # live sources: frames that came while the model was busy
+    adaptation: dict = field(default_factory=dict)  # Runtime.stats at the end: updates, skips, resets
 
     @property
     def fps(self) -> float:
@@ -72,6 +73,9 @@ def run(bundle: str, source: str | int, tta: str = "continual", max_frames: int 
 
             cv2.destroyAllWindows()
     summary.seconds = time.perf_counter() - start
+    if tta != "off":
+        # Continual adaptation can skip every frame (too unsure to learn from): say what it did.
+        summary.adaptation = runtime.stats.to_dict()
     return summary
 
 
@@ -99,6 +103,10 @@ def main(argv: list[str] | None = None) -> StreamSummary:
     dropped = f", {summary.dropped} dropped" if summary.dropped else ""
     print(f"{summary.frames} frames ({summary.frame_size[0]}x{summary.frame_size[1]}, {path}) in {summary.seconds:.2f} s "
           f"({summary.fps:.1f} fps{dropped}) on {summary.backend}")
+    if summary.adaptation:
+        stats = summary.adaptation
+        print(f"adaptation: {stats['updates']} head updates, {stats['skipped_unconfident']} frames skipped as unconfident, "
+              f"{stats['skipped_nonfinite']} as non-finite, {stats['resets']} resets")
     return summary
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .defaults import DEFAULT_MODEL, QUICK_DEMO_MODEL
 from .errors import RadaError
 from .images import scan_image_folder, split_holdout
 from .progress import SILENT, Reporter
@@ -37,8 +38,8 @@ DEMO_ENTRIES = (IMAGES, HEAD_FILE, BUNDLE)
 @dataclass
 class DemoConfig:
     out: Path = Path("rada-demo")
-    model: str = "ViT-B-32"
-    pretrained: str = "none"
+    model: str = DEFAULT_MODEL
+    pretrained: str = "none"  # offline by design: the architecture of every command's default, random weights
     quick: bool = False
     images_per_class: int = 16
     epochs: int = 20
@@ -127,10 +128,15 @@ def _remove_ours(out: Path, ours: tuple[str, ...]) -> None:
     (out / MARKER).unlink(missing_ok=True)
 
 
+def demo_model(config: "DemoConfig") -> str:
+    """The model the demo runs: ``--quick`` replaces the configured one with the tiny built-in model."""
+    return QUICK_DEMO_MODEL if config.quick else config.model
+
+
 def _write_marker(out: Path, config: "DemoConfig", files: list[str]) -> None:
     """The marker, written atomically, listing the files the demo made so far (a run stopped half-way
     leaves a folder the next run may still replace)."""
-    record = {"signature": SIGNATURE, "model": config.model, "pretrained": config.pretrained, "files": sorted(files)}
+    record = {"signature": SIGNATURE, "model": demo_model(config), "pretrained": config.pretrained, "files": sorted(files)}
     tmp = out / (MARKER + ".tmp")
     tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
     os.replace(tmp, out / MARKER)
@@ -150,7 +156,7 @@ def run_demo(config: DemoConfig, reporter: Reporter = SILENT) -> DemoSummary:
     started = time.perf_counter()
     out = Path(config.out)
     _prepare_out(out, config)
-    model = "rada-tiny-ViT" if config.quick else config.model
+    model = demo_model(config)
     per_class = min(config.images_per_class, 8) if config.quick else config.images_per_class
     notes = []
 

@@ -58,7 +58,11 @@ def test_camera_loop_on_a_video_file(bundle, video, capsys):
     summary = camera.main(["--bundle", str(bundle), "--source", str(video), "--tta", "continual"])
     assert summary.frames == 24
     assert set(summary.labels) <= {c[0] for c in CLASSES}
-    assert "24 frames" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "24 frames" in out and "adaptation: " in out
+    adaptation = summary.adaptation
+    assert adaptation["mode"] == "continual" and adaptation["frames"] == 24
+    assert adaptation["updates"] + adaptation["skipped_unconfident"] + adaptation["skipped_nonfinite"] == 24
     every_other = camera.run(str(bundle), str(video), tta="off", max_frames=5, stride=2)
     assert every_other.frames == 5
 
