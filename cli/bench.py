@@ -23,7 +23,7 @@ def bench(
     tta: bool = typer.Option(False, "--tta", help="TTA mode: predict(image, adapt=True) latency with continual test-time adaptation at batch 1 (the image_encoder graph, the head and its update step), per backend."),
     source: Optional[str] = typer.Option(None, "--source", help="Stream mode: decode, inference and end-to-end FPS on this video file, with decoding in a thread of its own (as predict --source does) and without."),
     max_frames: int = typer.Option(200, "--max-frames", help="--source: frames per pass (the first ones of the video)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Latency p50/p90/p99, throughput and peak memory of the fused graph per backend, side by side.
 

@@ -12,7 +12,7 @@ from .common import console, err_console, handle_errors, make_table, print_json,
 from .flags import CommandFlags
 
 # BuildRequest fields (and calibration's, for --calib-images) whose option is spelled otherwise.
-FIELDS = {"workspace_gb": "--workspace", "verify=False": "--no-verify", "images": "--calib-images"}
+FIELDS = {"workspace_gb": "--workspace", "verify=False": "--no-verify", "images": "--images", "calib_images": "--images"}
 
 
 @handle_errors(fields=FIELDS)
@@ -21,13 +21,14 @@ def trt(
     precision: str = typer.Option("fp16", "--precision", help="fp16 (the bundle's FP16 graph), int8 (its Q/DQ graph) or fp32."),
     graph: str = typer.Option("all", "--graph", help="all (the graphs the runtime runs: model, image_encoder for test-time adaptation, text_encoder for set_classes), or comma-separated names among model, image_encoder, text_encoder, head."),
     min_batch: int = typer.Option(1, "--min-batch", help="Smallest batch the engine accepts."),
-    opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Batch TensorRT tunes for (default 8, within min..max)."),
+    opt_batch: Optional[int] = typer.Option(None, "--opt-batch", help="Batch TensorRT tunes its kernels for (default 1, a camera's; pass e.g. 8 for batch work)."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch (default: the bundle's max_batch)."),
     workspace: Optional[float] = typer.Option(None, "--workspace", help="Builder workspace limit in GB (default: TensorRT's)."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file: read if present, updated after the build (faster rebuilds)."),
     dla_core: Optional[int] = typer.Option(None, "--dla-core", help="Jetson AGX Orin / Orin NX: build for this DLA core (fixed batch; FP16 only: INT8 on the DLA needs a calibration cache, not Q/DQ)."),
     gpu_fallback: bool = typer.Option(False, "--gpu-fallback", help="With --dla-core: run layers the DLA cannot on the GPU."),
-    calib_images: Optional[Path] = typer.Option(None, "--calib-images", help="INT8: calibrate on these images first when the bundle has no Q/DQ graph."),
+    images: Optional[Path] = typer.Option(None, "--images", help="INT8: calibrate on these images (a folder) first when the bundle has no Q/DQ graph."),
+    calib_images: Optional[Path] = typer.Option(None, "--calib-images", hidden=True, help="The former spelling of --images."),
     max_classes: Optional[int] = typer.Option(None, "--max-classes", help="Head engines: most classes per call (default max(K, 256))."),
     max_texts: Optional[int] = typer.Option(None, "--max-texts", help="Text-encoder engines: most prompts per call (default max(K x templates, 256))."),
     tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32", help="Allow TF32 in FP32 layers (default: off for fp32 engines, on otherwise)."),
@@ -37,7 +38,7 @@ def trt(
     trt_version: Optional[str] = typer.Option(None, "--trt-version", help="With --check: the TensorRT release to check against (default 10.3, JetPack 6.1/6.2)."),
     trust_engine: Optional[Path] = typer.Option(None, "--trust-engine", help="Only record ENGINE (with its JSON) as one this device may load: an engine you built yourself on an identical device and copied here. Engines are executable code: the runtime loads only those built here or recorded so."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors and the result."),
 ):
     """Build TensorRT engines for this GPU (or Jetson) from a bundle and check them against ONNX Runtime FP32.
 
@@ -62,6 +63,9 @@ def trt(
     """
     from rada_export.errors import RadaError
 
+    if images is not None and calib_images is not None and images != calib_images:
+        raise RadaError("--images and --calib-images (its former spelling) name different folders", "pass --images once")
+    calib_images = images if images is not None else calib_images
     if trust_engine is not None:
         return _trust(trust_engine, json_out)
     if check:

@@ -195,12 +195,12 @@ def test_runtime_and_engine_building_import_no_torch():
     (["--graph", "head", "--precision", "fp16"],
      ["error: --precision: the bundle has no FP16 head graph", "FP16 variants are made for",
       "fix: build head with --precision fp32 (it is small), or build --graph model or --graph image_encoder"]),
-    (["--precision", "int8"], ["rada-export calibrate", "or pass --calib-images DIR, a folder of images, to calibrate on the way"]),
+    (["--precision", "int8"], ["rada-export calibrate", "or pass --images DIR, a folder of images, to calibrate on the way"]),
     (["--gpu-fallback"], ["error: --gpu-fallback only applies to a DLA build (--dla-core N)", "fix: pass --dla-core 0 to build"]),
     (["--workspace", "0"], ["error: --workspace must be a positive number of GB, got 0.0", "fix: pass e.g. --workspace 2"]),
-    (["--precision", "int8", "--calib-images", "/no/such/dir"], ["error: --calib-images /no/such/dir is not a folder"]),
-    (["--precision", "fp16", "--calib-images", "."],
-     ["error: --calib-images only applies to --precision int8, got --precision fp16", "fix: pass --precision int8 to calibrate"]),
+    (["--precision", "int8", "--images", "/no/such/dir"], ["error: --images /no/such/dir is not a folder"]),
+    (["--precision", "fp16", "--images", "."],
+     ["error: --images only applies to --precision int8, got --precision fp16", "fix: pass --precision int8 to calibrate"]),
     (["--timing-cache", "/no/such/dir/trt.cache"], ["error: --timing-cache /no/such/dir/trt.cache is in a folder that does not exist"]),
 ])
 def test_bad_input_exits_2_before_tensorrt(bundle, monkeypatch, args, messages):
@@ -243,7 +243,7 @@ def test_dla_needs_a_jetson_and_fp16_or_int8(bundle, monkeypatch):
     code, out = run_trt_without_tensorrt(["--bundle", bundle, "--dla-core", "0", "--precision", "fp32"], monkeypatch)
     assert code == 2 and "FP16 and INT8 only" in out and "fix: pass --precision fp16 or --precision int8 for a DLA build" in out, out
     code, out = run_trt_without_tensorrt(["--bundle", bundle, "--dla-core", "0", "--min-batch", "1", "--max-batch", "8"], monkeypatch)
-    assert code == 2 and "fixed batch" in out and "--min-batch 8, --opt-batch 8, --max-batch 8" in " ".join(out.split()), out
+    assert code == 2 and "fixed batch" in out and "--min-batch 1, --opt-batch 1, --max-batch 1" in " ".join(out.split()), out
     plan = planning.plan_build(planning.BuildRequest(bundle, dla_core=0, gpu_fallback=True))
     assert set(plan.ranges.values()) == {(1, 1, 1), (3, 3, 3)}
 
@@ -773,3 +773,11 @@ def test_a_build_never_writes_over_an_engine_it_did_not_record(tmp_path):
     with pytest.raises(RadaError, match="not an engine rada-export trt recorded"):
         check_engine_replaceable(engine)
     assert engine.is_symlink()
+
+
+def test_trt_takes_images_as_every_command_does_and_its_former_spelling(bundle, monkeypatch):
+    for flag in ("--images", "--calib-images"):
+        code, out = run_trt_without_tensorrt(["--bundle", bundle, "--precision", "fp16", flag, "."], monkeypatch)
+        assert code == 2 and "--images only applies to --precision int8" in " ".join(out.split()), out
+    code, out = run_trt_without_tensorrt(["--bundle", bundle, "--images", ".", "--calib-images", "/tmp"], monkeypatch)
+    assert code == 2 and "name different folders" in out, out

@@ -87,12 +87,12 @@ def test_dry_run_cli_prints_the_frame_profile_and_exits_0(calibrated, monkeypatc
         assert code == 0, out
         flat = " ".join(out.split())
         assert "uint8 [batch, frame_height, frame_width, frame_channels]" in flat
-        assert "min 1x1x1x1, opt 4x1080x1920x3, max 4x2160x3840x4" in flat  # the default profile an Orin Nano builds
+        assert "min 1x1x1x1, opt 1x1080x1920x3, max 4x2160x3840x4" in flat  # the default profile an Orin Nano builds
         assert "missing here" in flat and "TensorRT" in flat and "a build would start" in flat
     code, out = run_trt_without_tensorrt(["--bundle", bundle, "--graph", "model", "--precision", "int8", "--dry-run", "--json"], monkeypatch)
     data = json.loads(out)
     assert code == 0 and data["would_build"] and data["onnx_file"] == "model.int8_fp16.onnx"
-    assert data["inputs"]["frames"]["max"] == [4, 2160, 3840, 4] and data["metadata"]["profiles"][0]["frames"]["opt"] == [4, 1080, 1920, 3]
+    assert data["inputs"]["frames"]["max"] == [4, 2160, 3840, 4] and data["metadata"]["profiles"][0]["frames"]["opt"] == [1, 1080, 1920, 3]
     assert data["parity"]["checks"][0]["chunk"] == 4 and "uint8 frames" in data["parity"]["inputs"]
 
 

@@ -22,7 +22,9 @@ from .dla import DLA_INT8_FIX, DLA_INT8_PROBLEM, is_jetson
 
 PRECISIONS = ("fp16", "int8", "fp32")
 VARIANT_GRAPHS = (FUSED, IMAGE_ENCODER)  # graphs that get .fp16 / .int8 variants
-DEFAULT_OPT_BATCH = 8
+# TensorRT tunes its kernels for the profile's opt shape: a camera app runs batch 1, so that is what
+# a default build is fastest at; other batches within min..max still run (--opt-batch for batch work).
+DEFAULT_OPT_BATCH = 1
 DEFAULT_MAX_CLASSES = 256  # head engines: K up to this (or the bundle's K when larger)
 DEFAULT_MAX_TEXTS = 256  # text-encoder engines: prompts per call up to this (or K x templates)
 MAX_FRAMES_BATCH = 4  # default max batch of a frames graph (uint8 frames of any size in)
@@ -40,7 +42,7 @@ class BuildRequest:
     graph: str = FUSED
     precision: str = "fp16"
     min_batch: int = 1
-    opt_batch: int | None = None  # default 8, within min..max
+    opt_batch: int | None = None  # default 1 (a camera's batch), within min..max
     max_batch: int | None = None  # default: the bundle's max_batch (4 for a frames graph)
     workspace_gb: float | None = None
     timing_cache: Path | None = None  # read if present, updated after the build
