@@ -14,6 +14,7 @@ from pathlib import Path
 from . import validate
 from .checkpoint import HeadMetadata, save_head
 from .clip import LoadedClip, load_clip
+from .defaults import DEFAULT_MODEL
 from .errors import RadaError
 from .distributed import Shard, finish, init_from_env
 from .finetune.config import FinetuneConfig
@@ -33,7 +34,7 @@ from .train import TrainConfig, accuracy, fit_head
 class TrainJob:
     data: Path
     out: Path
-    model: str = "ViT-B-16"
+    model: str = DEFAULT_MODEL
     pretrained: str | None = None  # None: openai for built-in names, the source's own weights for hf-hub:/local-dir:
     pretrained_cfg: str | None = None  # the tag whose settings apply to a weights file
     val: Path | None = None

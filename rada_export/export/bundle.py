@@ -130,10 +130,9 @@ def _resolve_head(req: ExportRequest) -> tuple[HeadCheckpoint | None, str, str |
     meta = ckpt.metadata if ckpt else None
     model = req.model or (meta.model if meta else None)
     if model is None:
-        raise RadaError(
-            "no model name: the checkpoint does not record one",
-            "pass model='ViT-B-16' or whichever open_clip architecture the head was trained on", field="model",
-        )
+        problem = "no model name: the checkpoint does not record one" if ckpt else "no model name and no checkpoint"
+        raise RadaError(problem, "pass model='ViT-B-32' or whichever open_clip architecture the head was trained on",
+                        field="model")
     if meta and meta.model and req.model and req.model != meta.model:
         raise RadaError(
             f"the checkpoint was trained on {meta.model}, but model={req.model!r}",
@@ -151,7 +150,7 @@ def _class_names(req: ExportRequest, ckpt: HeadCheckpoint | None) -> list[str]:
         return parse_class_names(req.classes)
     if ckpt and ckpt.metadata.class_names:
         return list(ckpt.metadata.class_names)
-    raise RadaError("no class names: the checkpoint has none and no classes were given",
+    raise RadaError("no class names: " + ("the checkpoint has none and none were given" if ckpt else "none were given (and no checkpoint)"),
                     "pass classes='classes.txt' (one name a line) or classes='cat,dog'", field="classes")
 
 
