@@ -12,6 +12,7 @@ from . import bench as bench_cmd
 from . import calibrate as calibrate_cmd
 from . import demo as demo_cmd
 from . import onnx as onnx_cmd
+from . import pack as pack_cmd
 from . import predict as predict_cmd
 from . import train as train_cmd
 from . import trt as trt_cmd
@@ -46,6 +47,7 @@ app.command("predict")(predict_cmd.predict)
 app.command("calibrate")(calibrate_cmd.calibrate)
 app.command("trt")(trt_cmd.trt)
 app.command("bench")(bench_cmd.bench)
+app.command("pack")(pack_cmd.pack)
 
 
 def main() -> None:

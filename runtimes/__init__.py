@@ -2,7 +2,8 @@
 
     from rada_export.runtimes import load_bundle, TTAConfig
     rt = load_bundle("bundle/", tta=TTAConfig(mode="continual"))
-    print(rt.predict(["cat.jpg"]).class_names)
+    p = rt.predict("cat.jpg")
+    print(p.label, p.score, rt.stats)
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 _LAZY = {
     "load_bundle": ("rada_export.runtimes.runtime", "load_bundle"),
     "Runtime": ("rada_export.runtimes.runtime", "Runtime"),
-    "Prediction": ("rada_export.runtimes.runtime", "Prediction"),
+    "Prediction": ("rada_export.runtimes.prediction", "Prediction"),
+    "ImageResult": ("rada_export.runtimes.prediction", "ImageResult"),
+    "RuntimeStats": ("rada_export.runtimes.runtime_stats", "RuntimeStats"),
     "Head": ("rada_export.runtimes.head", "Head"),
     "TTAConfig": ("rada_export.runtimes.tta", "TTAConfig"),
     "FrameStream": ("rada_export.runtimes.stream", "FrameStream"),

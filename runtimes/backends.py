@@ -15,7 +15,7 @@ becomes one RadaError line (a renamed output, an allocation the device refuses..
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -49,9 +49,10 @@ def backend_error(name: str, err: BaseException) -> RadaError:
 
 class OrtRunner:
     def __init__(self, path: Path, device: str, precision: str, *, model: bytes | None = None,
-                 external_data: dict | None = None):
+                 external_data: dict | None = None, threads: int | None = None, device_id: int = 0):
         self.path = Path(path)
-        self.session = create_session(path, device, precision, model=model, external_data=external_data)
+        self.session = create_session(path, device, precision, threads, model=model, external_data=external_data,
+                                      device_id=device_id)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
@@ -90,19 +91,54 @@ class BackendChoice:
     engines: dict = field(default_factory=dict)  # graph -> engine path (relative to the bundle)
     openvino: OpenVinoPlan | None = None  # set when OpenVINO runs the graphs
     picked_by_auto: bool = False  # backend="auto" chose OpenVINO: a graph it refuses falls back to ONNX Runtime
+    engine_precisions: dict = field(default_factory=dict)  # graph -> the precision of its engine
+    threads: int | None = None  # ONNX Runtime intra-op / OpenVINO inference threads (None: the backend's default)
+    cuda_device: int = 0  # the CUDA device ONNX Runtime's CUDA provider runs on
 
 
-def choose_backend(bundle: Path, manifest: Manifest, backend: str, device: str, precision: str) -> BackendChoice:
+def parse_device(device: object) -> tuple[str, int]:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` -> (kind, CUDA device index)."""
+    if isinstance(device, str) and device in ("auto", "cpu", "cuda"):
+        return device, 0
+    if isinstance(device, str) and device.startswith("cuda:"):
+        index = device[5:]
+        if index.isascii() and index.isdigit() and len(index) <= 3:
+            return "cuda", int(index)
+    raise RadaError(f"unknown device {device!r}", "use 'auto', 'cpu', 'cuda' or 'cuda:N' (N: the GPU's index, e.g. cuda:1)",
+                    field="device")
+
+
+def check_threads(threads: object) -> int | None:
+    """None (the backend's default) or a thread count from 1 to 1024."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
+        raise RadaError(f"threads must be a whole number from 1 to 1024, or None, got {threads!r}",
+                        "pass threads=None for the backend's default, or the cores inference may use (e.g. threads=2)",
+                        field="threads")
+    return threads
+
+
+def choose_backend(bundle: Path, manifest: Manifest, backend: str, device: str, precision: str,
+                   threads: int | None = None) -> BackendChoice:
     """Which backend each graph runs on (`auto`, or an explicit request), and why.
 
-    ``precision``: the requested one; ``auto`` (the default) means the FP32 graphs, which OpenVINO
-    computes in bf16 where the CPU does so natively.
+    ``precision``: the requested one. ``auto`` (the default) takes, per graph, the best TensorRT
+    engine that fits (engine_selection.select_engines: INT8 where its parity passed, then FP16, then
+    FP32), and runs the graphs without one on ONNX Runtime in FP32, which OpenVINO computes in bf16
+    where the CPU does so natively. ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``;
+    ``threads``: ONNX Runtime's intra-op threads and OpenVINO's inference threads (None: their default).
     """
     if backend not in BACKENDS:
         raise RadaError(f"unknown backend {backend!r}", f"use one of {', '.join(BACKENDS)}", field="backend")
-    if device not in ("auto", "cpu", "cuda"):
-        raise RadaError(f"unknown device {device!r}", "use 'auto', 'cpu' or 'cuda'", field="device")
-    graphs = "fp32" if precision == "auto" else precision
+    device, cuda_device = parse_device(device)
+    threads = check_threads(threads)
+    choice = _choose(bundle, manifest, backend, device, cuda_device, precision)
+    return replace(choice, threads=threads, cuda_device=cuda_device,
+                   openvino=replace(choice.openvino, threads=threads) if choice.openvino is not None else None)
+
+
+def _choose(bundle: Path, manifest: Manifest, backend: str, device: str, cuda_device: int, precision: str) -> BackendChoice:
     if backend == OPENVINO:
         if device == "cuda":
             raise RadaError("the OpenVINO backend runs on the CPU, and device 'cuda' was asked for",
@@ -112,7 +148,15 @@ def choose_backend(bundle: Path, manifest: Manifest, backend: str, device: str, 
         return BackendChoice(OPENVINO, plan.describe(), openvino=plan)
     placements = {}
     if backend in ("auto", "tensorrt") and device != "cpu":
-        placements = _placements(bundle, manifest, graphs)
+        if cuda_device != 0:
+            # Engines are selected and loaded for the first GPU (trt_environment, tensorrt_engine).
+            if backend == "tensorrt":
+                raise RadaError(f"the TensorRT backend runs on GPU 0 only, and cuda:{cuda_device} was asked for",
+                                "use device='cuda' (GPU 0) with TensorRT, or backend='onnxruntime' on another GPU",
+                                field="device")
+            placements = {}
+        else:
+            placements = _placements(bundle, manifest, precision)
         engines = {g: p.engine for g, p in placements.items() if p.backend == "tensorrt"}
         if backend == "tensorrt" and not engines:
             problem = "; ".join(f"{g}: {p.reason}" for g, p in placements.items())
@@ -120,7 +164,9 @@ def choose_backend(bundle: Path, manifest: Manifest, backend: str, device: str, 
                             "build an engine with `rada-export trt --bundle ...` on this device, or use backend='onnxruntime'")
         if not engines and (bundle / "engines").is_dir():  # engines were built, yet none fits: worth saying
             first = next(iter(placements.values()), None)
-            warnings.warn(f"TensorRT not used: {first.reason if first else 'no engine fits'}", stacklevel=3)
+            why = f"engines run on GPU 0, and cuda:{cuda_device} was asked for" if cuda_device else \
+                first.reason if first else "no engine fits"
+            warnings.warn(f"TensorRT not used: {why}", stacklevel=4)  # the caller of load_bundle
     else:
         engines = {}
     cpu_note = ""
@@ -132,6 +178,8 @@ def choose_backend(bundle: Path, manifest: Manifest, backend: str, device: str, 
                 return openvino
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available_providers():
         ort, ort_label, alone = "onnxruntime-cuda", "ONNX Runtime CUDA", "ONNX Runtime with the CUDA execution provider"
+        if cuda_device:
+            ort_label, alone = f"{ort_label} (GPU {cuda_device})", f"{alone} on GPU {cuda_device}"
     elif device == "cuda":
         raise RadaError("ONNX Runtime has no CUDA execution provider here",
                         "pip install 'rada-export[gpu]' (onnxruntime-gpu), or use device='cpu'", field="device")
@@ -142,7 +190,8 @@ def choose_backend(bundle: Path, manifest: Manifest, backend: str, device: str, 
         return BackendChoice(ort, alone, ort)
     from .engine_selection import describe_placements
 
-    return BackendChoice(f"tensorrt+{ort}", describe_placements(placements, ort_label), ort, engines)
+    return BackendChoice(f"tensorrt+{ort}", describe_placements(placements, ort_label), ort, engines,
+                         engine_precisions={g: placements[g].precision for g in engines})
 
 
 def _providers_if_any() -> list[str]:
@@ -207,10 +256,11 @@ def make_runner(choice: BackendChoice, bundle: Path, manifest: Manifest, graph: 
         return _openvino_runner(choice, bundle, manifest, graph, precision)
     entry = manifest.graph(graph, precision)
     ort = choice.onnxruntime or choice.name
-    return ort_runner(bundle, entry, "cuda" if ort == "onnxruntime-cuda" else "cpu")
+    return ort_runner(bundle, entry, "cuda" if ort == "onnxruntime-cuda" else "cpu", choice.threads, choice.cuda_device)
 
 
-def ort_runner(bundle: Path | VerifiedBundle, entry: GraphEntry, device: str) -> OrtRunner:
+def ort_runner(bundle: Path | VerifiedBundle, entry: GraphEntry, device: str, threads: int | None = None,
+               device_id: int = 0) -> OrtRunner:
     """An ONNX Runtime runner, from verified bytes where ``bundle`` is a VerifiedBundle.
 
     An ONNX Runtime too old to take external data from memory (before 1.19) opens the graph from its
@@ -218,13 +268,14 @@ def ort_runner(bundle: Path | VerifiedBundle, entry: GraphEntry, device: str) ->
     before and after the session reads them: a replaced bundle is then refused, not run.
     """
     path = Path(bundle) / entry.file
+    settings = {"threads": threads, "device_id": device_id}
     if not isinstance(bundle, VerifiedBundle):
-        return OrtRunner(path, device, entry.precision)
-    model, external = bundle.graph_bytes(entry.file)
+        return OrtRunner(path, device, entry.precision, **settings)
+    model, external = bundle.graph_bytes(entry.file)  # hashed here: the bytes verified are the bytes run
     if not external or in_memory_external_data():
-        return OrtRunner(path, device, entry.precision, model=model, external_data=external)
+        return OrtRunner(path, device, entry.precision, model=model, external_data=external, **settings)
     rels = [entry.file] + [(Path(entry.file).parent / loc).as_posix() for loc in external]
-    runner = OrtRunner(path, device, entry.precision) if bundle.still_pinned(rels) else None
+    runner = OrtRunner(path, device, entry.precision, **settings) if bundle.still_pinned(rels) else None
     if runner is None or not bundle.still_pinned(rels):
         raise bundle_changed(bundle)
     return runner
@@ -239,7 +290,10 @@ def _openvino_runner(choice: BackendChoice, bundle: Path, manifest: Manifest, gr
     from .openvino_backend import OpenVinoRefusal, OpenVinoRunner, cache_folder, probe_feeds
 
     plan = choice.openvino
-    entry = manifest.graph(graph, plan.graph_variant(precision))
+    variant = plan.graph_variant(precision)
+    if manifest.graph_key(graph, variant) not in manifest.graphs:  # a packed bundle without the FP32 graph
+        variant = precision
+    entry = manifest.graph(graph, variant)
     cache = cache_folder(plan.cache_root, manifest, entry, plan.cpu.version) if plan.cache_root else None
     probe = probe_feeds(manifest, entry) if entry.precision == "int8" else None
     try:
@@ -249,4 +303,4 @@ def _openvino_runner(choice: BackendChoice, bundle: Path, manifest: Manifest, gr
             raise
         # Chosen by `auto`, not by the user: a graph OpenVINO cannot take still runs, on ONNX Runtime.
         warnings.warn(f"{err.problem}; ONNX Runtime runs the {graph} graph instead", stacklevel=3)
-        return ort_runner(bundle, manifest.graph(graph, precision), "cpu")
+        return ort_runner(bundle, manifest.graph(graph, precision), "cpu", choice.threads)

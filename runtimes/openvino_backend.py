@@ -109,6 +109,7 @@ class OpenVinoPlan:
     why: str  # the reason for that precision, in words
     cpu: CpuInfo
     cache_root: Path | None = None  # compiled-model cache, or None (off)
+    threads: int | None = None  # INFERENCE_NUM_THREADS (None: OpenVINO's default, every core)
 
     def graph_variant(self, precision: str) -> str:
         """The bundle graph OpenVINO compiles for a requested variant: FP16 graphs are not used, since
@@ -118,7 +119,9 @@ class OpenVinoPlan:
 
     def describe(self) -> str:
         cache = f"; compiled models cached in {self.cache_root}" if self.cache_root else ""
-        return f"OpenVINO {self.cpu.version} on the CPU ({self.cpu.name}), computing in {self.inference_precision}: {self.why}{cache}"
+        threads = f", {self.threads} inference threads" if self.threads is not None else ""
+        return (f"OpenVINO {self.cpu.version} on the CPU ({self.cpu.name}{threads}), computing in {self.inference_precision}: "
+                f"{self.why}{cache}")
 
 
 def plan_openvino(precision: str, bundle: Path) -> OpenVinoPlan:
@@ -206,6 +209,8 @@ class OpenVinoRunner:
         if source is None and not path.is_file():
             raise RadaError(f"ONNX graph {path} does not exist", "re-export the bundle")
         config = {"INFERENCE_PRECISION_HINT": plan.inference_precision}
+        if plan.threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(plan.threads)
         if free_dimensions(entry):
             config[SNIPPETS] = "DISABLE"
         if cache_dir is not None:

@@ -24,14 +24,16 @@ def available_providers() -> list[str]:
     return list(import_onnxruntime().get_available_providers())
 
 
-def resolve_providers(device: str = "cpu") -> list[str]:
-    """Execution providers for 'cpu', 'cuda' or 'auto' (CUDA when present, else CPU)."""
+def resolve_providers(device: str = "cpu", device_id: int = 0) -> list:
+    """Execution providers for 'cpu', 'cuda' or 'auto' (CUDA when present, else CPU); ``device_id``:
+    the GPU the CUDA provider runs on."""
     have = available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device in ("cuda", "auto"):
         if "CUDAExecutionProvider" in have:
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            cuda = ("CUDAExecutionProvider", {"device_id": int(device_id)}) if device_id else "CUDAExecutionProvider"
+            return [cuda, "CPUExecutionProvider"]
         if device == "cuda":
             raise RadaError(
                 "ONNX Runtime has no CUDA execution provider here",
@@ -48,7 +50,7 @@ def in_memory_external_data() -> bool:
 
 
 def create_session(path: str | os.PathLike, device: str = "cpu", precision: str = "fp32", threads: int | None = None, *,
-                   model: bytes | None = None, external_data: Mapping[str, Any] | None = None):
+                   model: bytes | None = None, external_data: Mapping[str, Any] | None = None, device_id: int = 0):
     """An InferenceSession for one graph (external data is read from beside the file).
 
     ``model``: the graph's bytes, already read (and verified) by the caller; ``path`` then only names
@@ -75,7 +77,7 @@ def create_session(path: str | os.PathLike, device: str = "cpu", precision: str 
     # it has nothing to do in an FP16 graph (it rewrites FP32 Conv and pooling layouts).
     disabled = ["NchwcTransformer"] if precision == "fp16" else []
     try:
-        return ort.InferenceSession(model if model is not None else str(path), options, providers=resolve_providers(device),
+        return ort.InferenceSession(model if model is not None else str(path), options, providers=resolve_providers(device, device_id),
                                     disabled_optimizers=disabled)
     except Exception as err:  # onnxruntime raises its own exception types
         raise RadaError(f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0][:300]}", "re-export the bundle") from err

@@ -5,10 +5,12 @@ the RAda head runs in numpy, because it is the part that adapts at test time and
 classes. Without adaptation and with the bundle's own classes, the fused graph (encoder and head in
 one) is used instead: one call per batch.
 
-What runs is what was verified: ``load_bundle`` pins the bundle's files and checks their checksums
-(runtimes/bundle/verified.py), and every graph, the head, the text features and the tokenizer are
-read from those pinned, verified bytes, so a bundle replaced at its path after loading changes
-nothing here. Every graph's outputs are checked on every run (names, rows, width, finite values).
+What runs is what was verified: ``load_bundle`` pins the bundle's files (runtimes/bundle/verified.py)
+and checks the manifest, the head, the text features and the other small files at once; each graph
+is hashed when its runner is made, from the very bytes handed to the backend, so a device hashes
+only the graphs it runs. The tokenizer is read from verified bytes too, and a bundle replaced at its
+path after loading changes nothing here. Every graph's outputs are checked on every run (names,
+rows, width, finite values).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import os
 import threading
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,41 +28,20 @@ from rada_export.errors import RadaError
 
 from . import preprocess as pp
 from .augment import random_views
-from .backends import BackendChoice, GraphRunner, choose_backend, make_runner
+from .backends import BackendChoice, GraphRunner, check_threads, choose_backend, make_runner, parse_device
 from .bundle.layout import PRECISIONS as LAYOUT_PRECISIONS
 from .bundle.outputs import check_outputs, check_prediction
-from .bundle.verified import VerifiedBundle
+from .bundle.verified import VerifiedBundle, files_outside_graphs
 from .class_names import check_class_names
 from .head import Head
 from .head_snapshot import HeadSnapshot
 from .manifest import FUSED, IMAGE_ENCODER, TEXT_ENCODER, Manifest
+from .prediction import Prediction  # also imported from here by older code
+from .runtime_stats import RuntimeStats
 from .stream import FrameStream, StreamOptions
 from .tta import TTAConfig
 
 PRECISIONS = ("auto",) + LAYOUT_PRECISIONS
-
-
-@dataclass
-class Prediction:
-    """Batched results; row i belongs to image i."""
-
-    labels: np.ndarray  # N, int
-    class_names: list[str]  # N, the predicted class of each image
-    probabilities: np.ndarray  # N x K
-    logits: np.ndarray  # N x K
-    image_features: np.ndarray  # N x D, L2-normalised
-    classes: list[str]  # the K class names, in column order
-
-    def top(self, k: int = 5) -> list[list[tuple[str, float]]]:
-        """The k most probable classes of each image, as (name, probability)."""
-        order = np.argsort(-self.probabilities, axis=1)[:, :k]
-        return [[(self.classes[j], float(self.probabilities[i, j])) for j in row] for i, row in enumerate(order)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "labels": self.labels.tolist(), "class_names": self.class_names, "classes": self.classes,
-            "probabilities": self.probabilities.tolist(), "logits": self.logits.tolist(),
-        }
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -107,6 +87,10 @@ class Runtime:
         self._tokenizer = None
         self.requested_precision = precision
         self.precision_note = ""  # set by load_bundle when the bundle lacks the requested precision
+        # graph -> the precision that runs it (an engine's, or the ONNX variant); set by load_bundle
+        self.precisions: dict[str, str] = {}
+        self._frames = 0  # images predicted (stats)
+        self._frames_lock = threading.Lock()
         self._seed = seed  # episodic views: seeded per image by (seed, pixels)
         self._make_lock = threading.Lock()  # graph sessions are made once, on first use
         # Camera frames to a graph that resizes them: on a CPU backend the host does the graph's
@@ -114,7 +98,10 @@ class Runtime:
         self.host_frame_reduction = _fused_on_cpu(choice) if host_frame_reduction is None else bool(host_frame_reduction)
 
     def _variant(self, graph: str) -> str:
-        """The requested precision when the bundle (or engine folder) has it for this graph, else FP32."""
+        """The precision this graph runs in: what load_bundle resolved, else the requested precision where
+        the bundle has it, else FP32."""
+        if graph in self.precisions:
+            return self.precisions[graph]
         if self.backend == "tensorrt":
             return self.precision
         return self.precision if self.manifest.graph_key(graph, self.precision) in self.manifest.graphs else "fp32"
@@ -125,8 +112,27 @@ class Runtime:
         return list(self.head.class_names)
 
     @property
+    def stats(self) -> RuntimeStats:
+        """What this runtime has done so far: images predicted, and what adaptation did with them
+        (updates, skipped frames, collapse-guard resets). A snapshot; kept across ``reset()``."""
+        counters = self.head.counters
+        with self._frames_lock:
+            frames = self._frames
+        return RuntimeStats(frames=frames, updates=counters.updates, skipped_unconfident=counters.skipped_unconfident,
+                            skipped_nonfinite=counters.skipped_nonfinite, resets=counters.resets,
+                            mode="off" if self.tta is None else self.tta.mode, adapted_frames=counters.frames,
+                            episodes=counters.episodes)
+
+    def _count(self, prediction: Prediction) -> Prediction:
+        with self._frames_lock:
+            self._frames += len(prediction)
+        return prediction
+
+    @property
     def description(self) -> str:
         text = f"{self.backend} ({self.backend_reason}), {self.precision}"
+        if self._choice.threads is not None:
+            text += f", {self._choice.threads} threads"
         if self.manifest.frames is not None:
             where = "box reduction on the host, filter in the graph" if self.host_frame_reduction else "in the graph"
             text += f", camera frames resized {where}"
@@ -134,13 +140,29 @@ class Runtime:
 
     # -- prediction ------------------------------------------------------------------------------
 
-    def predict(self, images: Any, *, bgr: bool = False, adapt: bool = False, batch_size: int = 32) -> Prediction:
-        """Classifies images: paths, PIL images, uint8 H x W x 3 arrays (RGB, or BGR with bgr=True), or
-        a preprocessed float32 N x 3 x H x W batch.
+    @property
+    def channel_order(self) -> str:
+        """The channel order raw uint8 frames are taken in when ``predict`` is not told (``bgr=None``):
+        the bundle's (``--channel-order`` at export, for bundles that take camera frames), else RGB."""
+        return "bgr" if self.manifest.frames is not None and self.manifest.frames.channel_order == "bgr" else "rgb"
 
-        ``adapt=True`` adapts the head as the runtime's TTA config says (continual: the logits
-        returned are those predicted before each update; episodic: N views per image, then reset).
+    def predict(self, images: Any, *, bgr: bool | None = None, adapt: bool = False, batch_size: int = 32) -> Prediction:
+        """Classifies images: paths, PIL images, uint8 H x W x 3 arrays, or a preprocessed float32
+        N x 3 x H x W batch. Returns a :class:`Prediction` (``p[i].label``, ``p.label`` for one image).
+
+        ``bgr``: the channel order of uint8 arrays; None (the default) is the bundle's
+        (``runtime.channel_order``: BGR for bundles exported with ``--channel-order bgr``, else RGB);
+        True or False says it for this call. ``adapt=True`` adapts the head as the runtime's TTA
+        config says (continual: the logits returned are those predicted before each update;
+        episodic: N views per image, then reset).
         """
+        if bgr not in (None, True, False):
+            raise RadaError(f"bgr must be True, False or None, got {bgr!r}",
+                            "pass None (the bundle's channel order), True (BGR, as OpenCV decodes) or False (RGB)", field="bgr")
+        bgr = self.channel_order == "bgr" if bgr is None else bool(bgr)
+        return self._count(self._predict(images, bgr, adapt, batch_size))
+
+    def _predict(self, images: Any, bgr: bool, adapt: bool, batch_size: int) -> Prediction:
         if adapt and self.tta is None:
             raise RadaError("predict(adapt=True) needs test-time adaptation settings",
                             "load the bundle with tta=TTAConfig(mode='continual') or TTAConfig(mode='episodic')")
@@ -361,14 +383,25 @@ def _check_names(names: Sequence[str]) -> list[str]:
 
 
 def load_bundle(path: str | os.PathLike, backend: str = "auto", device: str = "auto", tta: TTAConfig | None = None,
-                precision: str = "auto", seed: int = 0, host_frame_reduction: bool | None = None) -> Runtime:
-    """Loads a bundle for prediction after checking every file's checksum.
+                precision: str = "auto", seed: int = 0, host_frame_reduction: bool | None = None,
+                threads: int | None = None) -> Runtime:
+    """Loads a bundle for prediction; what it runs is what it verified.
+
+    The manifest, the head, the text features and the bundle's other small files are checked at
+    once; each graph is hashed when its runner is made (the first prediction that needs it), from
+    the bytes then handed to the backend, so a graph the device never runs is never read.
 
     ``backend``: ``auto`` (a TensorRT engine for this GPU, else ONNX Runtime on CUDA, else OpenVINO on
     the CPU where it is installed, else ONNX Runtime on the CPU), ``onnxruntime``, ``openvino`` or
-    ``tensorrt``. ``precision`` picks the graph variant (fp32, fp16, int8) where the bundle has it;
-    ``auto``, the default, runs the FP32 graphs, which OpenVINO computes in bf16 where the CPU does so
-    natively (``fp32`` forces full precision there). ``seed`` seeds episodic TTA's views. The choice made is in ``runtime.backend`` and ``runtime.description``.
+    ``tensorrt``. ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (ONNX Runtime's CUDA device;
+    TensorRT runs on GPU 0). ``precision`` picks the graph variant (fp32, fp16, int8) where the bundle
+    has it; ``auto``, the default, takes per graph the best TensorRT engine that fits (INT8 where its
+    parity passed, then FP16, then FP32) and runs the other graphs in FP32 (a bundle packed without
+    FP32 graphs: in the precision it has), which OpenVINO computes in bf16 where the CPU does so
+    natively (``fp32`` forces full precision there). ``runtime.precision`` is what runs, ``auto``
+    resolved; ``runtime.precisions`` says it per graph. ``threads``: ONNX Runtime's intra-op threads
+    and OpenVINO's inference threads (None: the backend's default, every core). ``seed`` seeds
+    episodic TTA's views. The choice made is in ``runtime.backend`` and ``runtime.description``.
     ``host_frame_reduction``: for bundles that resize camera frames in the graph (``--embed-preprocess``),
     whether the host does the graph's integer box reduction first (OpenCV); ``None``: on CPU backends
     only. Features stay those of the graph alone to within uint8 rounding (docs/runtime.md).
@@ -380,31 +413,56 @@ def load_bundle(path: str | os.PathLike, backend: str = "auto", device: str = "a
                         "pass None (on CPU backends only), True or False", field="host_frame_reduction")
     if tta is not None and not isinstance(tta, TTAConfig):
         raise RadaError(f"tta must be a TTAConfig or None, got {type(tta).__name__}", "pass TTAConfig(mode='continual')")
-    # The manifest read once (types, bounds, every path confined), every file it lists pinned open
-    # and checked: what the runtime later reads are these files' verified bytes.
-    verified = VerifiedBundle.open(Path(path))
-    verified.verify()
+    parse_device(device)
+    check_threads(threads)
+    # The manifest read once (types, bounds, every path confined), every file it lists pinned open;
+    # the small files checked now, each graph's bytes when its runner is made (backends.ort_runner).
+    verified = VerifiedBundle.open(Path(path), check_graphs=False)
+    verified.verify(only=files_outside_graphs(verified.manifest))
     manifest = verified.manifest
-    choice = choose_backend(verified.path, manifest, backend, device, precision)
-    ran, note = _precision_run(manifest, choice, "fp32" if precision == "auto" else precision)
+    choice = choose_backend(verified.path, manifest, backend, device, precision, threads)
+    precisions, ran, note = resolve_precisions(manifest, choice, precision)
     runtime = Runtime(verified, manifest, choice, ran, tta, seed, host_frame_reduction)
     runtime.requested_precision = precision
+    runtime.precisions = precisions
     runtime.precision_note = note
     return runtime
 
 
-def _precision_run(manifest: Manifest, choice, precision: str) -> tuple[str, str]:
-    """The precision that will actually run, and a note when it is not the one asked for.
+# Under precision "auto", a graph without an engine runs its FP32 variant; a bundle packed without one
+# (``rada-export pack --precision fp16``) runs the first of these it has.
+AUTO_FALLBACK = ("fp32", "fp16", "int8")
 
-    ONNX Runtime falls back to the FP32 graph where the bundle lacks the requested variant: say so,
-    in ``runtime.precision`` (which the CLI's table and JSON print) and ``runtime.description``.
+
+def resolve_precisions(manifest: Manifest, choice: BackendChoice, precision: str) -> tuple[dict[str, str], str, str]:
+    """Per graph, the precision that runs it; the headline precision (the fused graph's, else the image
+    encoder's: what ``predict`` runs first); and a note when that is not what was asked for.
+
+    A graph with a TensorRT engine runs the engine's precision; the others run the requested ONNX
+    variant where the bundle has it, else FP32 (ONNX Runtime's fallback, said in the note).
     """
-    if choice.name == "tensorrt" or precision == "fp32":
-        return precision, ""
-    have = [g for g in (FUSED, IMAGE_ENCODER) if manifest.graph_key(g, precision) in manifest.graphs]
-    if not have:
-        return "fp32", f"{precision} requested, but the bundle has no {precision} graph: FP32 ran"
-    missing = [g for g in (FUSED, IMAGE_ENCODER) if g not in have and g in manifest.graphs]
-    if missing:
-        return precision, f"{', '.join(missing)} has no {precision} graph and runs in FP32"
-    return precision, ""
+    have = {key.partition(".")[0] for key in manifest.graphs}
+    precisions: dict[str, str] = {}
+    for graph in (FUSED, IMAGE_ENCODER, TEXT_ENCODER):
+        if graph not in have:
+            continue
+        if graph in choice.engine_precisions:
+            precisions[graph] = choice.engine_precisions[graph]
+        elif choice.name == "tensorrt":  # an explicit TensorRT-only choice: the engine asked for (make_runner)
+            precisions[graph] = "fp32" if precision == "auto" else precision
+        else:
+            wanted = (("fp32",) if graph == TEXT_ENCODER else AUTO_FALLBACK) if precision == "auto" else (precision,) + AUTO_FALLBACK
+            precisions[graph] = next(p for p in wanted if manifest.graph_key(graph, p) in manifest.graphs or
+                                     (graph == TEXT_ENCODER and p == "fp32"))
+    image_graphs = [g for g in (FUSED, IMAGE_ENCODER) if g in precisions]
+    headline = precisions[image_graphs[0]] if image_graphs else ("fp32" if precision == "auto" else precision)
+    if precision == "auto" or choice.name == "tensorrt":
+        return precisions, headline, ""
+    missed = [g for g in image_graphs if precisions[g] != precision]
+    if missed and len(missed) == len(image_graphs):
+        ran = precisions[image_graphs[0]].upper()
+        return precisions, headline, f"{precision} requested, but the bundle has no {precision} graph: {ran} ran"
+    if missed:
+        return precisions, precision, "; ".join(f"{g} has no {precision} graph and runs in {precisions[g].upper()}"
+                                                for g in missed)
+    return precisions, headline, ""

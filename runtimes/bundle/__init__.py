@@ -12,5 +12,6 @@ Every command and the runtime ask these modules what a bundle is; none decides i
   (readers change nothing);
 - ``verified``: the bytes a runtime runs are the bytes whose checksum it verified;
 - ``tokenizers``: the tokenizer kinds, each with its files, fields, bounds and reader;
-- ``outputs``: what every graph run must return.
+- ``outputs``: what every graph run must return;
+- ``pack``: a device bundle with only the precisions and graphs a device runs (``rada-export pack``).
 """

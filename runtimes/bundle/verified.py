@@ -9,8 +9,10 @@ folders) cannot change what is read: the pinned descriptors still reach the file
 which the old manifest vouches for. A file changed in place, which no rada-export command does, is
 refused by its hash: one clear error, never another bundle's bytes.
 
-Files are verified one by one, when they are first read, so a caller can verify only what it opens
-(``verify`` checks a list up front; ``load_bundle`` checks them all).
+Files are verified one by one, when they are first read, so a caller verifies only what it opens:
+``load_bundle`` checks the small files up front (``files_outside_graphs``: head, text features,
+classes, tokenizer) and each graph when its runner is made, from the very bytes it hands the
+backend, so a device never hashes the graphs it does not run. ``verify`` checks a list, or all.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Iterable
 
 from rada_export.errors import RadaError
 
-from .layout import MANIFEST_NAME
+from .layout import MANIFEST_NAME, external_data_name
 from .manifest import MAX_MANIFEST_BYTES, Manifest, check_bundle_paths, check_not_interrupted, manifest_from_bytes
 from .paths import check_relative, confine
 
@@ -162,6 +164,21 @@ class VerifiedBundle(os.PathLike):
             _close_all(self._fds)
         except Exception:  # interpreter shutdown
             pass
+
+
+def graph_files(manifest: Manifest) -> set[str]:
+    """The files that belong to a graph: each graph file and its external data (as the manifest records
+    it, or the ``<graph>.onnx.data`` name the exporter writes), wherever the manifest lists them."""
+    owned = set()
+    for entry in manifest.graphs.values():
+        owned.update(f for f in (entry.file, entry.external_data, external_data_name(entry.file)) if f)
+    return owned & set(manifest.files)
+
+
+def files_outside_graphs(manifest: Manifest) -> list[str]:
+    """The listed files no graph owns (head, text features, classes, tokenizer): small, read at load."""
+    owned = graph_files(manifest)
+    return [rel for rel in manifest.files if rel not in owned]
 
 
 def _pin(path: Path) -> tuple[int | None, str]:
