@@ -16,6 +16,7 @@ from . import pack as pack_cmd
 from . import predict as predict_cmd
 from . import train as train_cmd
 from . import trt as trt_cmd
+from .common import Command
 
 app = typer.Typer(
     name="rada-export",
@@ -39,15 +40,15 @@ def _root(
     pass
 
 
-app.command("demo")(demo_cmd.demo)
-app.command("train")(train_cmd.train)
-app.command("onnx")(onnx_cmd.onnx)
-app.command("verify")(onnx_cmd.verify)
-app.command("predict")(predict_cmd.predict)
-app.command("calibrate")(calibrate_cmd.calibrate)
-app.command("trt")(trt_cmd.trt)
-app.command("bench")(bench_cmd.bench)
-app.command("pack")(pack_cmd.pack)
+app.command("demo", cls=Command)(demo_cmd.demo)
+app.command("train", cls=Command)(train_cmd.train)
+app.command("onnx", cls=Command)(onnx_cmd.onnx)
+app.command("verify", cls=Command)(onnx_cmd.verify)
+app.command("predict", cls=Command)(predict_cmd.predict)
+app.command("calibrate", cls=Command)(calibrate_cmd.calibrate)
+app.command("trt", cls=Command)(trt_cmd.trt)
+app.command("bench", cls=Command)(bench_cmd.bench)
+app.command("pack", cls=Command)(pack_cmd.pack)
 
 
 def main() -> None:

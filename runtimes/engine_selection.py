@@ -103,11 +103,12 @@ def select_engines(
     has no ``precision`` variant of (text encoder, head), else ONNX Runtime in that precision.
     """
     graphs = getattr(manifest, "graphs", {}) or {}
-    base_graphs = [g for g in graphs if "." not in g]
+    # A packed device bundle may hold a graph in FP16 or INT8 only: every graph it names counts.
+    base_graphs = list(dict.fromkeys(key.partition(".")[0] for key in graphs))
     placements: dict[str, Placement] = {}
     for graph in base_graphs:
         wanted = _wanted(manifest, graph, precision)
-        ort_precision = "fp32" if precision == "auto" or manifest.graph_key(graph, precision) not in graphs else precision
+        ort_precision = _onnxruntime_precision(manifest, graphs, graph, precision)
         if current is None:
             placements[graph] = Placement(graph, "onnxruntime", ort_precision, unavailable or "TensorRT is not available here")
             continue
@@ -137,6 +138,16 @@ def select_engines(
             why = "; ".join(rejected[:3]) if rejected else f"no {'/'.join(wanted)} {graph} engine for {current.dir_name}"
             placements[graph] = Placement(graph, "onnxruntime", ort_precision, why)
     return placements
+
+
+def _onnxruntime_precision(manifest: Any, graphs: Mapping[str, Any], graph: str, precision: str) -> str:
+    """The variant ONNX Runtime runs for ``graph`` without an engine: the one asked for where the bundle
+    has it, else FP32, else (a packed bundle without FP32) the first variant it has."""
+    if precision != "auto" and manifest.graph_key(graph, precision) in graphs:
+        return precision
+    if graph in graphs:
+        return "fp32"
+    return next((p for p in ("fp16", "int8") if manifest.graph_key(graph, p) in graphs), "fp32")
 
 
 def _parity_passed(meta: Mapping[str, Any]) -> bool:

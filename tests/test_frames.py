@@ -380,7 +380,7 @@ def test_runtime_hands_the_frame_as_it_is(frames_bundle, monkeypatch):
     assert fed[-1].dtype == np.uint8 and fed[-1].shape == (1, 1080, 1920, 3) and np.shares_memory(fed[-1], bgr)
     # an RGB frame to a BGR graph: one copy, same result
     rgb = np.ascontiguousarray(bgr[..., ::-1])
-    assert np.abs(rt.predict(rgb).logits - pred.logits).max() <= 1e-5 and not np.shares_memory(fed[-1], rgb)
+    assert np.abs(rt.predict(rgb, bgr=False).logits - pred.logits).max() <= 1e-5 and not np.shares_memory(fed[-1], rgb)
     # BGRA: alpha dropped in the graph, still no copy
     bgra = np.concatenate([bgr, np.full((1080, 1920, 1), 255, np.uint8)], axis=2)
     assert np.abs(rt.predict(bgra, bgr=True).logits - pred.logits).max() <= 1e-5 and np.shares_memory(fed[-1], bgra)

@@ -312,7 +312,7 @@ def test_a_missing_precision_says_fp32_ran(world, image):
     assert rt.precision == "fp32" and rt.requested_precision == "int8"
     assert "FP32 ran" in rt.description and rt.description.count("int8") == 2  # "int8 requested ... no int8 graph"
     result = CliRunner().invoke(app, ["predict", "--bundle", str(bundle), "--precision", "int8", "--json", str(image)])
-    assert result.exit_code == 0 and json.loads(result.stdout)["precision"] == "fp32"
+    assert result.exit_code == 0 and json.loads(result.stdout.splitlines()[-1])["summary"]["precision"] == "fp32"
     result = CliRunner().invoke(app, ["predict", "--bundle", str(bundle), "--precision", "fp16", str(image)])
     assert result.exit_code == 0 and "FP32 ran" in flat(result.output) and "fp16 requested" in flat(result.output)
 

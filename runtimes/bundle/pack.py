@@ -204,12 +204,12 @@ def _check_out(source: Path, out: Path, force: bool) -> None:
         return
     if not force:
         raise RadaError(f"output folder {out} already exists and is not empty",
-                        "pass --force to replace a bundle there, or choose another output folder", field="out")
+                        "pass force=True to replace a bundle there, or choose another output folder", field="out")
     verdict = bundle_verdict(out)
     if verdict is None:
-        raise RadaError(f"output folder {out} is not a rada-export bundle (no {MANIFEST_NAME} of ours), so --force "
+        raise RadaError(f"output folder {out} is not a rada-export bundle (no {MANIFEST_NAME} of ours), so force=True "
                         "will not replace it", "choose another output folder", field="out")
     if not verdict.replaceable:
         raise RadaError(f"output folder {out} holds files that are not part of its bundle ({verdict.describe()}), so "
-                        "--force will not replace it", "move those files out of the folder, or choose another output folder",
+                        "force=True will not replace it", "move those files out of the folder, or choose another output folder",
                         field="out")
