@@ -24,7 +24,7 @@ import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
 from rada_export.errors import RadaError
-from rada_export.export.onnx_io import TWO_GB, check_graph, load_graph, save_graph
+from rada_export.export.onnx_io import TWO_GB, check_graph, graph_bytes, inline_small_tensors, load_graph, save_graph
 from rada_export.progress import quiet_root_logger
 
 from .dataset import to_pixels
@@ -33,6 +33,11 @@ from .selection import select_nodes
 
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_PERCENTILE = 99.999
+# The quantizer's calibrator keeps the input of every layer it quantizes for all images of a run
+# (about 180 MB per image for ViT-L-14, 300 MB for ViT-H-14, and copies of them while it merges):
+# graphs with more weights than this calibrate one image per run. Ranges merge across runs, so
+# the result is the same.
+ONE_IMAGE_RUNS_ABOVE = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -159,9 +164,9 @@ def quantize_graph(
     """
     progress = progress or (lambda n: None)
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     ort_method(recipe.method)
+    # The structure only: selection reads names, op types and shapes, never the weights.
     model = _load(src)
     input_name, wants_frames = graph_input(model)
     selection = select_nodes(model) if recipe.scope == TRANSFORMER_SCOPE else None
@@ -173,29 +178,26 @@ def quantize_graph(
             "selection finds them by the module paths the exporter writes into the graph",
             "re-export the bundle with this rada-export (`rada-export onnx`), which writes those paths, then calibrate again",
         )
-    big = model.ByteSize() > external_threshold
+    size = graph_bytes(model)
+    big = size > external_threshold
+    run_batch = 1 if size > ONE_IMAGE_RUNS_ABOVE else recipe.batch_size
+    del model
     work = Path(tempfile.mkdtemp(prefix=".int8-", dir=dst.parent))
     try:
-        # A copy through our own writer, so that weights kept in a .data file come along with it.
-        staged = work / "input.onnx"
-        save_graph(model, staged, external_threshold)
-        del model
-        prepared = work / "prepared.onnx"
+        # The quantizer writes its shape-inferred copy beside its input: copy the graph (and its
+        # .data file) into the scratch folder rather than let it write into the bundle.
+        staged = _stage(src, work)
         raw = work / "quantized.onnx"
-        reader = FrameBatches(frames, input_name, wants_frames, preprocess_cfg, recipe.batch_size, progress)
+        reader = FrameBatches(frames, input_name, wants_frames, preprocess_cfg, run_batch,
+                              _per_recipe_batch(progress, len(frames), run_batch, recipe.batch_size))
+        progress(1)
         try:
             with _quiet_quantizer():
-                # Symbolic shape inference cannot follow the head's data-dependent Reshapes; onnx's
-                # own shape inference gives the element types the quantizer needs. The ORT optimizer
-                # is skipped because it renames and fuses the nodes the recipe selects by name.
-                quant_pre_process(
-                    str(staged), str(prepared), skip_optimization=True, skip_symbolic_shape=True,
-                    save_as_external_data=big, all_tensors_to_one_file=True,
-                    external_data_location=f"{prepared.name}.data" if big else None,
-                )
-                progress(1)
+                # quantize_static runs onnx's shape inference on the file itself (the element types it
+                # needs); ONNX Runtime's optimizer is not run, as it renames and fuses the nodes the
+                # recipe selects by name. Graphs over 2 GB go through its external-data format.
                 quantize_static(
-                    str(prepared), str(raw), reader, quant_format=QuantFormat.QDQ,
+                    str(staged), str(raw), reader, quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=op_types, nodes_to_quantize=layers, per_channel=True,
                     reduce_range=False, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     use_external_data_format=big, calibrate_method=ort_method(recipe.method),
@@ -208,7 +210,9 @@ def quantize_graph(
                 f"onnxruntime could not quantize {src.name}: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}",
                 "check that the graph loads (`rada-export verify --bundle ...`); re-export it if not",
             ) from err
-        quantized = confine_qdq(load_graph(raw), set(layers))
+        # Structure, scales and zero points in memory; the weights stay in the quantizer's .data file
+        # until save_graph copies them one by one.
+        quantized = confine_qdq(inline_small_tensors(load_graph(raw, with_weights=False), work), set(layers))
         audit = audit_qdq(quantized, set(layers))
         missing = sorted(set(layers) - set(audit.quantized_nodes))
         if audit.violations or missing:
@@ -218,7 +222,7 @@ def quantize_graph(
                 + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""),
                 "this is a bug in rada-export's INT8 recipe: please report it with the bundle's manifest.json",
             )
-        data = save_graph(quantized, dst, external_threshold)
+        data = save_graph(quantized, dst, external_threshold, base_dir=work)
         del quantized
         check_graph(dst)
         progress(1)
@@ -228,14 +232,49 @@ def quantize_graph(
                           wants_frames=wants_frames)
 
 
+def _per_recipe_batch(progress: Callable[[int], None], images: int, run_batch: int, batch_size: int) -> Callable[[int], None]:
+    """A per-run callback that advances ``progress`` once per ``batch_size`` images, as
+    :func:`progress_steps` counts, whatever the size of the runs."""
+    total = -(-images // batch_size)
+    state = {"images": 0, "reported": 0}
+
+    def advance(runs: int) -> None:
+        state["images"] = min(images, state["images"] + runs * run_batch)
+        done = total if state["images"] >= images else state["images"] // batch_size
+        if done > state["reported"]:
+            progress(done - state["reported"])
+            state["reported"] = done
+
+    return advance
+
+
+def _stage(src: Path, work: Path) -> Path:
+    """``src`` and the external data files it names, copied into ``work``.
+
+    Copied, not hard-linked: onnx refuses to read an external data file with more than one link
+    (its guard against hard-link attacks), and the quantizer reads the copy through onnx.
+    """
+    model = load_graph(src, with_weights=False)
+    locations = {entry.value for init in model.graph.initializer for entry in init.external_data if entry.key == "location"}
+    del model
+    for name in [src.name, *sorted(locations)]:
+        source, target = src.parent / name, work / name
+        if Path(name).is_absolute() or ".." in Path(name).parts or not source.is_file():
+            raise RadaError(f"{src.name} names external data {name!r}, which is not a file beside it",
+                            "re-export the bundle; copy <name>.onnx.data along with <name>.onnx")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return work / src.name
+
+
 def progress_steps(num_frames: int, recipe: QuantRecipe) -> int:
     return -(-num_frames // recipe.batch_size) + 2
 
 
 def _load(src: Path) -> onnx.ModelProto:
-    """The graph with its weights; a damaged file or a missing .data file is a RadaError."""
+    """The graph's structure (weights in a .data file stay there); a damaged file is a RadaError."""
     try:
-        return load_graph(src)
+        return load_graph(src, with_weights=False)
     except Exception as err:  # protobuf's DecodeError, a missing .data file, ...
         raise RadaError(f"cannot read ONNX graph {src} ({type(err).__name__}: {str(err)[:200]})",
                         "re-export the bundle; copy <name>.onnx.data along with <name>.onnx") from err

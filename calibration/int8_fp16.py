@@ -7,9 +7,9 @@ slower than the FP16 one. NVIDIA's own ONNX flow (TensorRT Model Optimizer, ``mo
 quantization`` with its default ``high_precision_dtype="fp16"``) quantizes, then converts the rest of
 the graph to FP16, with the Q/DQ scales in FP16 as well (an FP16 scale needs opset 19).
 
-This module does the same, reusing the FP16 graph's rules (``rada_export.export.fp16``): what the
-FP16 graph keeps in FP32 (LayerNorm, the L2 norms, the preprocessing and the RAda head) stays FP32
-here. The Q/DQ nodes take FP16 scales and FP16 inputs; their int8 zero points are unchanged, so the
+This module does the same, reusing the FP16 graph's rules and conversion (``rada_export.export.fp16``,
+which needs only onnx and numpy, so a device without torch calibrates too): what the FP16 graph keeps
+in FP32 (LayerNorm, the L2 norms, the preprocessing and the RAda head) stays FP32 here. The Q/DQ nodes take FP16 scales and FP16 inputs; their int8 zero points are unchanged, so the
 quantization recipe (symmetric, per-channel weights, zero point 0) is the calibrated one.
 
 ONNX Runtime on the CPU runs the FP32-based Q/DQ graph faster (benchmarks/bench_int8.py), so a
@@ -26,7 +26,7 @@ import onnx
 
 from rada_export.errors import RadaError
 from rada_export.export import fp16
-from rada_export.export.onnx_io import TWO_GB, check_graph, load_graph, save_graph
+from rada_export.export.onnx_io import TWO_GB, check_graph, inline_small_tensors, load_graph, read_tensor, save_graph
 
 # QuantizeLinear/DequantizeLinear take an FP16 scale from opset 19 (opset 13 allows float32 only).
 # Between 18 and 19 the other ops our graphs use (Cast, Reshape, Shape, Pad, Resize, Equal,
@@ -48,7 +48,10 @@ class QdqTypeAudit:
 
 def with_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
     """A copy whose default-domain opset is at least ``version``."""
-    model = _copy(model)
+    return _raise_opset(_copy(model), version)
+
+
+def _raise_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version < version:
             opset.version = version
@@ -61,15 +64,19 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def raise_tiny_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+def raise_tiny_scales(model: onnx.ModelProto, base_dir: Path | None = None) -> tuple[onnx.ModelProto, int]:
     """A copy whose Q/DQ scales are at least FP16's smallest normal number, and how many were raised.
 
     Calibration can give a scale below 6.1e-5 (an activation whose range is under 0.008, common in
     convolutional towers), which FP16 holds only as a subnormal, losing its precision. Raising such a
     scale never clips (the range grows) and only coarsens the step; int8 weights behind a raised
     DequantizeLinear are requantized so that they dequantize to the same values as before.
+    Weights kept in a .data file are read from ``base_dir``.
     """
-    model = _copy(model)
+    return _raise_tiny_scales_in_place(_copy(model), base_dir)
+
+
+def _raise_tiny_scales_in_place(model: onnx.ModelProto, base_dir: Path | None) -> tuple[onnx.ModelProto, int]:
     tiny = np.float32(np.finfo(np.float16).tiny)
     inits = {init.name: init for init in model.graph.initializer}
     users: dict[str, list[onnx.NodeProto]] = {}
@@ -78,7 +85,7 @@ def raise_tiny_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             users.setdefault(node.input[1], []).append(node)
     raised = 0
     for name, nodes in users.items():
-        old = onnx.numpy_helper.to_array(inits[name]).astype(np.float32)
+        old = read_tensor(inits[name], base_dir).astype(np.float32)
         if not (np.abs(old) < tiny).any():
             continue
         new = np.where(np.abs(old) < tiny, tiny, old).astype(np.float32)
@@ -86,7 +93,7 @@ def raise_tiny_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             weight = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
             if weight is None:
                 continue
-            q = onnx.numpy_helper.to_array(weight)
+            q = read_tensor(weight, base_dir)
             ratio = old / new
             if ratio.ndim == 1 and ratio.size > 1:  # per-channel: along the node's axis
                 axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
@@ -100,10 +107,14 @@ def raise_tiny_scales(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
 
 def qdq_to_fp16(model: onnx.ModelProto, inline_limit: int = TWO_GB) -> onnx.ModelProto:
-    """The Q/DQ ``model`` (quantized from FP32) with its non-quantized parts in FP16."""
-    model, _ = raise_tiny_scales(model)
-    converted = fp16.to_fp16(with_opset(model, FP16_QDQ_OPSET), inline_limit)
-    audit = audit_qdq_types(converted, inline_limit)
+    """The Q/DQ ``model`` (quantized from FP32) with its non-quantized parts in FP16; ``model`` is unchanged."""
+    return _qdq_to_fp16_in_place(_copy(model), None)
+
+
+def _qdq_to_fp16_in_place(model: onnx.ModelProto, base_dir: Path | None) -> onnx.ModelProto:
+    model, _ = _raise_tiny_scales_in_place(model, base_dir)
+    converted = fp16.convert_in_place(_raise_opset(model, FP16_QDQ_OPSET), base_dir)
+    audit = audit_qdq_types(converted)
     if audit.violations:
         raise RadaError(
             "the FP16 INT8 graph has Q/DQ scales of another type than the tensors they quantize: "
@@ -145,8 +156,13 @@ def audit_qdq_types(model: onnx.ModelProto, inline_limit: int = TWO_GB) -> QdqTy
 
 def convert_file(src: Path, dst: Path, external_threshold: int = TWO_GB) -> Path | None:
     """Writes the FP16-based copy of the Q/DQ graph ``src`` to ``dst`` (external data carried both
-    ways); returns its data file, or None. The full check runs on the file (graphs over 2 GB)."""
-    model = load_graph(src)
-    data = save_graph(qdq_to_fp16(model, external_threshold), dst, external_threshold)
+    ways); returns its data file, or None. The graph is read without its weights (the scales and
+    zero points are read in, each weight when it is converted), and the full check runs on the
+    written file, so graphs over 2 GB convert."""
+    src, dst = Path(src), Path(dst)
+    model = inline_small_tensors(load_graph(src, with_weights=False), src.parent)
+    converted = _qdq_to_fp16_in_place(model, src.parent)
+    data = save_graph(converted, dst, external_threshold, base_dir=src.parent)
+    del model, converted
     check_graph(dst)
     return data

@@ -257,7 +257,7 @@ def test_below_the_thresholds_nothing_is_written(pristine, images, tmp_path):
     bundle = _copy(pristine, tmp_path / "b")
     before = _snapshot(bundle)
     # Clipping every activation at its 5th percentile wrecks the features (cosine about 0.9).
-    req = CalibrateRequest(bundle=bundle, images=images, samples=16, method="percentile", percentile=5.0,
+    req = CalibrateRequest(bundle=bundle, images=images, samples=16, holdout=20, method="percentile", percentile=5.0,
                            graph="image_encoder", cache_dir=tmp_path / "cache")
     with pytest.raises(VerificationError) as err:
         calibrate_bundle(req)
@@ -394,7 +394,7 @@ def test_unwritable_bundle(pristine, images, tmp_path, monkeypatch):
     bundle must be writable, and a refusal leaves everything as it was."""
     import os
 
-    from rada_export.runtimes import replace
+    from rada_export.runtimes.bundle import swap as replace
 
     parent = tmp_path / "ro"
     bundle = _copy(pristine, parent / "bundle")
@@ -427,7 +427,7 @@ def test_a_failure_while_committing_restores_the_bundle(calibrated, images, tmp_
     monkeypatch.setattr(cb.mf, "write_manifest", broken)
     with pytest.raises(RadaError, match="No space left") as err:
         calibrate_bundle(CalibrateRequest(bundle=bundle, images=images, samples=SAMPLES, graph="image_encoder",
-                                          cache_dir=req.cache_dir, accept_degraded=True, seed=5))
+                                          cache_dir=req.cache_dir, accept_degraded=True, seed=5, force=True))
     assert "left as it was" in err.value.fix
     _assert_untouched(bundle, before)
 
@@ -470,12 +470,12 @@ def test_cli_writes_and_reports(pristine, images, tmp_path):
     bundle = _copy(pristine, tmp_path / "b")
     cache = tmp_path / "cache"
     code, out, stdout = _invoke("--bundle", bundle, "--images", images, "--graph", "image_encoder",
-                                "--calib-samples", 16, "--cache-dir", cache, "--percentile", 5, "--method", "percentile",
-                                "--json")
+                                "--calib-samples", 16, "--holdout", 20, "--cache-dir", cache, "--percentile", 5,
+                                "--method", "percentile", "--json")
     assert code == 1 and not (bundle / "image_encoder.int8.onnx").exists()
     assert json.loads(stdout)["passed"] is False and "nothing was written" in out
     code, out, _ = _invoke("--bundle", bundle, "--images", images, "--graph", "image_encoder", "--calib-samples", 16,
-                           "--cache-dir", cache, "--accept-degraded", "--quiet")
+                           "--holdout", 20, "--cache-dir", cache, "--accept-degraded", "--quiet")
     assert code == 0, out
     assert "image_encoder.int8" in out and "mean cos" in out and "(cache)" in out
     assert "image_encoder.int8" in mf.read_manifest(bundle).graphs
@@ -494,3 +494,44 @@ def test_vit_b_32(vit_b32_int8):
     assert report.mean_cosine >= 0.98  # measured 0.993 (64 calibration images)
     model = onnx.load(str(bundle / "model.int8.onnx"), load_external_data=False)
     assert audit_qdq(model, set(select_linear_nodes(onnx.load(str(bundle / "model.onnx"), load_external_data=False)))).ok
+
+
+# Calibrates in a process where torch, torchvision, open_clip and onnxconverter-common cannot be
+# imported (a finder placed first on sys.meta_path refuses them, as a missing package would), as on
+# a device with only onnx and onnxruntime installed.
+WITHOUT_TORCH = r"""
+import importlib.abc, json, sys
+BLOCKED = ("torch", "torchvision", "open_clip", "onnxconverter_common")
+
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Refuse())
+from pathlib import Path
+from rada_export.calibration.bundle import CalibrateRequest, calibrate_bundle
+
+bundle, images, cache = map(Path, sys.argv[1:4])
+result = calibrate_bundle(CalibrateRequest(bundle=bundle, images=images, samples=24, holdout=8, cache_dir=cache,
+                                           accept_degraded=True))
+print(json.dumps({"graphs": {g.key: g.report.mean_cosine for g in result.graphs},
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)}))
+"""
+
+
+def test_calibration_needs_neither_torch_nor_onnxconverter_common(pristine, images, tmp_path):
+    import subprocess
+    import sys
+
+    bundle = _copy(pristine, tmp_path / "tiny")
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, str(bundle), str(images), str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not got["loaded"]
+    assert set(got["graphs"]) == {"model.int8", "model.int8_fp16", "image_encoder.int8", "image_encoder.int8_fp16"}
+    assert min(got["graphs"].values()) >= 0.98
+    manifest = mf.read_manifest(bundle)
+    assert {"model.int8_fp16", "image_encoder.int8_fp16"} <= set(manifest.graphs)

@@ -131,10 +131,11 @@ def test_fp16_graph_has_no_batch_transpose_before_a_weight_matmul(tiny_bundles):
             assert not offending, (key, offending[:3])
 
 
-def test_large_graph_conversion_never_serialises_in_memory(tiny_clip, tmp_path, monkeypatch):
-    """Above the inline limit the FP16 conversion infers shapes on a file (external data) and gives
-    the same graph as the in-memory path; the in-memory inference is never reached."""
+def test_fp16_conversion_from_external_data_equals_the_in_memory_one(tiny_clip, tmp_path):
+    """The large-graph path: the graph read without its weights (they stay in the .data file and
+    are converted one by one) gives the same FP16 graph as the in-memory conversion."""
     from rada_export.export.bundle import ExportRequest, export_bundle
+    from rada_export.export.onnx_io import load_graph
 
     result = export_bundle(ExportRequest(out=tmp_path / "b", model="rada-tiny-ViT", pretrained="none",
                                          classes=["a", "b"], verify=False, external_data_threshold=0), clip=tiny_clip)
@@ -142,19 +143,38 @@ def test_large_graph_conversion_never_serialises_in_memory(tiny_clip, tmp_path, 
     assert (result.bundle / "image_encoder.onnx.data").is_file()
     model = onnx.load(str(source))
     in_memory = fp16.to_fp16(model)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("in-memory shape inference used for a graph over the inline limit")
-
-    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", refuse)
-    on_file = fp16.to_fp16(model, inline_limit=0)
+    out = tmp_path / "fp16" / "image_encoder.fp16.onnx"
+    out.parent.mkdir()
+    assert fp16.convert_file(source, out, external_threshold=0) == out.with_name(out.name + ".data")
+    on_file = load_graph(out)
     assert [n for n in on_file.graph.node] == [n for n in in_memory.graph.node]
-    assert {v.name: v for v in on_file.graph.value_info} == {v.name: v for v in in_memory.graph.value_info}
     a = {i.name: numpy_helper.to_array(i) for i in in_memory.graph.initializer}
     b = {i.name: numpy_helper.to_array(i) for i in on_file.graph.initializer}
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
-    # The input model kept its weights (saving with external data empties tensors it is given).
+    assert sum(v.dtype == np.float16 for v in b.values()) > 10
+    # The input model kept its weights: the in-memory conversion works on a copy.
     assert all(i.HasField("raw_data") or len(i.float_data) for i in model.graph.initializer if i.data_type == TensorProto.FLOAT)
+    # The converted graph's own .data file is the only one it reads: the source's can go.
+    (result.bundle / "image_encoder.onnx.data").unlink()
+    assert bare_session(out)["finite"]
+
+
+def test_fp16_keeps_erf_in_fp16_and_only_the_fragile_ops_in_fp32(tiny_bundles):
+    """GELU's Erf runs in FP16 (TensorRT and ONNX Runtime both take it), so an MLP block has no Cast."""
+    bundle = tiny_bundles[0]
+    model = onnx.load(str(bundle / "image_encoder.fp16.onnx"))
+    types = fp16.node_compute_types(model)
+    erf = [n.name for n in model.graph.node if n.op_type == "Erf"]
+    assert erf and {types[n] for n in erf} == {"float16"}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    erf_nodes = [n for n in model.graph.node if n.op_type == "Erf"]
+    around = [producers[n.input[0]].name for n in erf_nodes if producers[n.input[0]].op_type == "Cast"]
+    around += [r.name for n in erf_nodes for r in model.graph.node if n.output[0] in r.input and r.op_type == "Cast"]
+    assert not around, around[:3]
+    # In an MLP block the only Cast is the one from its FP32 LayerNorm into the first Linear layer.
+    casts_in_mlp = [n.name for n in model.graph.node if n.op_type == "Cast" and "/mlp/" in n.name]
+    assert all(name.endswith("/mlp/c_fc/MatMul/cast_0_to_fp16") for name in casts_in_mlp), casts_in_mlp[:3]
+    assert {types[n.name] for n in model.graph.node if n.op_type == "LayerNormalization"} == {"float32"}
 
 
 def test_int8_graph_for_tensorrt_runs_its_unquantized_parts_in_fp16(tiny_bundles):
@@ -216,7 +236,7 @@ def test_int8_graph_for_tensorrt_computes_the_calibrated_quantization(tiny_bundl
     assert manifest.calibration["image_encoder.int8_fp16"]["report"]["mean_cosine"] >= 0.98
 
 
-def test_int8_fp16_conversion_carries_external_data(tiny_bundles, tmp_path, monkeypatch):
+def test_int8_fp16_conversion_carries_external_data(tiny_bundles, tmp_path):
     """The large-graph path: weights in a .data file in and out, shape inference on files only."""
     from rada_export.calibration.int8_fp16 import convert_file
     from rada_export.export.onnx_io import save_graph
@@ -226,16 +246,16 @@ def test_int8_fp16_conversion_carries_external_data(tiny_bundles, tmp_path, monk
     source.parent.mkdir()
     assert save_graph(onnx.load(str(bundle / "image_encoder.int8.onnx")), source, external_threshold=0) is not None
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("in-memory shape inference used for a graph over the inline limit")
-
-    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", refuse)
     out = tmp_path / "out" / "image_encoder.int8_fp16.onnx"
     out.parent.mkdir()
     data = convert_file(source, out, external_threshold=0)
     assert data == out.with_name(out.name + ".data") and data.stat().st_size > 100_000
-    monkeypatch.undo()
     assert bare_session(out)["finite"]
+    # The same graph as the in-memory conversion of the same Q/DQ graph.
+    from rada_export.calibration.int8_fp16 import qdq_to_fp16
+
+    in_memory = qdq_to_fp16(onnx.load(str(bundle / "image_encoder.int8.onnx")))
+    assert [n for n in onnx.load(str(out)).graph.node] == [n for n in in_memory.graph.node]
 
 
 def test_scales_below_fp16_normal_range_are_raised_without_changing_the_weights():

@@ -3,8 +3,6 @@
 ViTs lose accuracy when LayerNorm or the final L2 normalisation run in FP16 (TensorRT issues 2709,
 4373, 3656). Putting the casts in the graph makes it strongly typed: TensorRT builds it as written,
 on 10.x and on 11.x (which has no FP16 builder flag), instead of relying on flags.
-The conversion itself is onnxconverter-common's; this module only decides what stays FP32, and
-repairs what the converter leaves behind.
 
 Softmax inside attention stays FP16. TensorRT fuses attention when it finds the chain
 BMM1 (Q.K^T, Q and/or K pre-scaled) -> optional mask -> Softmax -> BMM2 (.V) on FP16/BF16/FP8 tensors
@@ -15,30 +13,43 @@ Softmax put two foreign layers in that chain and make its tensors FP32 under str
 fused (flash) kernel, which keeps the softmax's running sums in FP32 anyway, cannot be used. Any
 other Softmax (the RAda head's joint softmax over K*K entries) stays FP32.
 
-Graphs above 2 GB (ViT-H/14, ViT-bigG): protobuf cannot serialise them in memory, so shape
-inference runs on a file with external data (``infer_types``), never on the in-memory model.
+GELU's Erf runs in FP16: onnx-tensorrt's operator table lists Erf for FP32, FP16 and BF16, and
+ONNX Runtime's CPU provider computes an FP16 Erf it has no kernel for in FP32 by itself. Keeping
+it FP32 would add two Casts to every MLP block for no documented need.
+
+The conversion is our own and needs only onnx and numpy (calibration on a device has neither
+torch nor onnxconverter-common). It works on the graph's structure: types come from shape
+inference on a skeleton of the graph whose large weights are declared as typed inputs, so no
+step serialises the weights, and weights kept in a .data file are read one tensor at a time
+(:func:`convert_file`), which is how graphs over protobuf's 2 GB limit convert.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import tempfile
-import warnings
+import os
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnxconverter_common import float16
+from onnx import TensorProto
 
-from .onnx_io import TWO_GB
+from .onnx_io import TWO_GB, check_graph, copy_fields, load_graph, read_tensor, save_graph, tensor_nbytes
 
 # Op types kept in FP32 wherever they appear. Softmax is decided per node (attention_softmax_nodes).
-FP32_OP_TYPES = ("LayerNormalization", "ReduceL2", "ReduceMean", "Pow", "Sqrt", "Erf")
+FP32_OP_TYPES = ("LayerNormalization", "ReduceL2", "ReduceMean", "Pow", "Sqrt")
+# Op types with no FP16 form to convert to: float32-only inputs (Resize's and Upsample's scales),
+# or no FP16 kernel in ONNX Runtime's CPU provider, which checks every graph here.
+NO_FP16_OP_TYPES = ("Resize", "Upsample", "Range", "CumSum", "TopK", "RoiAlign", "NonMaxSuppression", "Min", "Max",
+                    "RandomUniformLike", "RandomNormalLike", "EyeLike")
 OUTPUT_SCOPE = "/graph_output/"
 # Module scopes (the TorchScript exporter prefixes node names with them) kept in FP32 as a whole:
 # the L2 normalisations, the in-graph preprocessing, and the RAda head (its joint softmax and mask,
 # and only about 1 % of the compute at K = 100).
 FP32_SCOPES = ("image_norm/", "text_norm/", "/preprocess/", "/head/", OUTPUT_SCOPE)
+# Initializers up to this size stay in the skeleton that shape inference reads (shape constants).
+_SKELETON_TENSOR_BYTES = 64 * 1024
+_FLOAT, _HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+_FP16_MAX = float(np.finfo(np.float16).max)
 
 
 FP16_NOTES = ("FP16 with LayerNorm, L2 normalisation, preprocessing and the RAda head in FP32 (casts in the graph); "
@@ -77,58 +88,294 @@ def attention_softmax_nodes(model: onnx.ModelProto) -> list[str]:
     return found
 
 
-def to_fp16(model: onnx.ModelProto, inline_limit: int = TWO_GB) -> onnx.ModelProto:
-    """An FP16 copy with FP32 inputs and outputs and the fragile ops in FP32.
+def to_fp16(model: onnx.ModelProto, inline_limit: int = TWO_GB, base_dir: str | os.PathLike | None = None) -> onnx.ModelProto:
+    """An FP16 copy of ``model`` with FP32 inputs and outputs and the fragile ops in FP32.
 
-    Shape inference runs on a temporary file when the graph exceeds ``inline_limit`` bytes (the
-    protobuf limit), so graphs above 2 GB convert too.
+    ``model`` is left as it was, and its weights are not copied: the new graph starts with the
+    structure and the small tensors, and each weight is read from ``model`` when it is converted,
+    so the two together hold the FP32 weights once and the FP16 ones once. Tensors ``model`` keeps
+    in external files are read from ``base_dir`` (the graph's folder). ``inline_limit`` is kept for
+    callers of the earlier signature: no step serialises the graph, whatever its size.
     """
-    model = isolate_graph_outputs(drop_identity_casts(
-        inline_initializer_aliases(constants_to_initializers(model)), inline_limit))
-    model = infer_types(model, inline_limit)
-    # Without its own shape inference the converter edits ``model`` in place (outputs included):
-    # keep what the outputs were.
-    reference = onnx.ModelProto()
-    reference.graph.output.extend(copy.deepcopy(list(model.graph.output)))
-    with _converter_cast_cleanup_disabled(), warnings.catch_warnings():
-        # The converter warns once per weight it clamps to FP16's range: thousands of lines.
-        warnings.simplefilter("ignore", UserWarning)
-        converted = float16.convert_float_to_float16(
-            model,
-            keep_io_types=True,
-            op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP32_OP_TYPES),
-            node_block_list=fp32_node_names(model),
-            disable_shape_infer=True,  # done above, on a file when the graph is large
-        )
-    converted = keep_float_outputs(sync_cast_targets(fold_cast_round_trips(converted)), reference)
-    return matmul_before_batch_transpose(converted)
+    out = onnx.ModelProto()
+    copy_fields(model, out, skip="graph")
+    copy_fields(model.graph, out.graph, skip="initializer")
+    sources: dict[str, onnx.TensorProto] = {}
+    for init in model.graph.initializer:
+        if init.data_location == TensorProto.EXTERNAL or tensor_nbytes(init) <= _SKELETON_TENSOR_BYTES:
+            out.graph.initializer.append(init)
+            continue
+        # A placeholder (name, type, shape) until the conversion decides what it becomes.
+        placeholder = out.graph.initializer.add()
+        placeholder.name, placeholder.data_type = init.name, init.data_type
+        placeholder.dims.extend(init.dims)
+        sources[init.name] = init
+    return convert_in_place(out, base_dir, sources)
+
+
+def convert_file(src: str | os.PathLike, dst: str | os.PathLike, external_threshold: int = TWO_GB) -> Path | None:
+    """Writes the FP16 graph of ``src`` to ``dst`` and checks it; returns its .data file, or None.
+
+    The graph is read without its external weights; each weight is read, converted and held as
+    FP16 (half its FP32 size), then written out one tensor at a time, so graphs over 2 GB convert
+    with about half their FP32 weights in memory.
+    """
+    src, dst = Path(src), Path(dst)
+    model = convert_in_place(load_graph(src, with_weights=False), src.parent)
+    data = save_graph(model, dst, external_threshold, base_dir=src.parent)
+    del model
+    check_graph(dst)
+    return data
+
+
+def convert_in_place(model: onnx.ModelProto, base_dir: str | os.PathLike | None = None,
+                     sources: dict[str, onnx.TensorProto] | None = None) -> onnx.ModelProto:
+    """Converts ``model`` to FP16 in place (see :func:`to_fp16`) and returns it.
+
+    ``sources`` holds the values of initializers that ``model`` names without data (placeholders).
+    """
+    bypass_initializer_aliases(constants_to_initializers(model))
+    types = tensor_types(model)
+    drop_identity_casts(model, types)
+    keep = set(fp32_node_names(model))
+    _cast_graph(model, keep, types, base_dir, sources or {})
+    _move_matmul_before_batch_transpose(model)
+    return model
+
+
+def runs_in_fp32(node: onnx.NodeProto, keep: set[str]) -> bool:
+    """Whether ``node`` stays FP32: by name (``keep``), by op type, or because it is not a plain
+    ONNX op whose float type follows its inputs (other domains, subgraphs, explicit dtypes)."""
+    return (node.name in keep or node.op_type in FP32_OP_TYPES or node.op_type in NO_FP16_OP_TYPES
+            or node.domain not in ("", "ai.onnx")
+            or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+            or (node.op_type != "Cast" and any(a.name == "dtype" for a in node.attribute)))
+
+
+def _half_tensor(values: np.ndarray, name: str) -> onnx.TensorProto:
+    # Out-of-range weights saturate at FP16's largest finite value instead of becoming infinities.
+    return onnx.numpy_helper.from_array(np.clip(values, -_FP16_MAX, _FP16_MAX).astype(np.float16), name)
+
+
+def _cast_graph(model: onnx.ModelProto, keep: set[str], types: dict[str, int], base_dir,
+                sources: dict[str, onnx.TensorProto]) -> None:
+    """Gives every float tensor its node's precision and puts a Cast wherever two precisions meet."""
+    graph = model.graph
+    # By position: protobuf's Python wrappers of the nodes are not the same objects from one loop to the next.
+    half_nodes = {i for i, n in enumerate(graph.node) if not runs_in_fp32(n, keep)}
+    inits = {init.name: init for init in graph.initializer}
+    fixed = {v.name for v in graph.input} | {o.name for o in graph.output}  # FP32 at the boundary
+    is_float = {name for name, t in types.items() if t == _FLOAT}
+
+    # Initializers read only by FP16 nodes become FP16; one read both ways gets an FP16 twin.
+    readers: dict[str, set[int]] = {}
+    for index, node in enumerate(graph.node):
+        for name in node.input:
+            if name in inits and inits[name].data_type == _FLOAT:
+                readers.setdefault(name, set()).add(_HALF if index in half_nodes else _FLOAT)
+    twins: dict[str, str] = {}
+    current: dict[str, int] = {}
+    for name, wanted in readers.items():
+        if _HALF not in wanted or name in fixed:
+            continue
+        half = _half_tensor(read_tensor(sources.get(name, inits[name]), base_dir), name)
+        if wanted == {_HALF}:
+            inits[name].CopyFrom(half)
+            current[name] = _HALF
+            sources.pop(name, None)
+        else:
+            twins[name] = half.name = f"{name}__fp16"
+            graph.initializer.append(half)
+    for name, source in sources.items():  # placeholders that stay FP32 take their values now
+        inits[name].CopyFrom(source)
+    for index, node in enumerate(graph.node):
+        if index in half_nodes:
+            current.update({out: _HALF for out in node.output if out in is_float})
+
+    # Graph outputs stay FP32: an FP16 producer writes an internal tensor, cast back at the end.
+    tail = []
+    for out in graph.output:
+        if current.get(out.name) != _HALF:
+            continue
+        internal = f"{out.name}__fp16"
+        for node in graph.node:
+            node.output[:] = [internal if o == out.name else o for o in node.output]
+            node.input[:] = [internal if i == out.name else i for i in node.input]
+        current[internal] = _HALF
+        tail.append(onnx.helper.make_node("Cast", [internal], [out.name], to=_FLOAT, name=f"{OUTPUT_SCOPE}{out.name}_to_fp32"))
+        is_float.add(internal)
+
+    casts: dict[tuple[str, int], str] = {}
+    ordered: list[onnx.NodeProto] = []
+    for index, node in enumerate(graph.node):
+        want = _HALF if index in half_nodes else _FLOAT
+        for i, name in enumerate(node.input):
+            if name not in is_float or current.get(name, _FLOAT) == want:
+                continue
+            if want == _HALF and name in twins:
+                node.input[i] = twins[name]
+                continue
+            if (name, want) not in casts:
+                suffix = "fp16" if want == _HALF else "fp32"
+                casts[name, want] = f"{name}__{suffix}" if f"{name}__{suffix}" not in current else f"{name}__cast_{suffix}"
+                ordered.append(onnx.helper.make_node("Cast", [name], [casts[name, want]], to=want,
+                                                     name=f"{node.name}/cast_{i}_to_{suffix}"))
+            node.input[i] = casts[name, want]
+        if index in half_nodes:
+            _retype_node(node)
+        ordered.append(node)
+    del graph.node[:]
+    graph.node.extend(ordered + tail)
+    # The declared intermediate types were the FP32 graph's.
+    del graph.value_info[:]
+
+
+def _retype_node(node: onnx.NodeProto) -> None:
+    """An FP16 node whose own attributes name a float type: Cast's target, ConstantOfShape's value."""
+    for attr in node.attribute:
+        if node.op_type == "Cast" and attr.name == "to" and attr.i == _FLOAT:
+            attr.i = _HALF
+        elif node.op_type == "ConstantOfShape" and attr.name == "value" and attr.t.data_type == _FLOAT:
+            attr.t.CopyFrom(_half_tensor(onnx.numpy_helper.to_array(attr.t), attr.t.name))
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph without its large initializers, each declared as a typed input instead: what shape
+    inference needs, a few megabytes whatever the weights weigh."""
+    out = onnx.ModelProto()
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    graph = out.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    declared = {v.name for v in model.graph.input}
+    for init in model.graph.initializer:
+        if init.data_location != TensorProto.EXTERNAL and tensor_nbytes(init) <= _SKELETON_TENSOR_BYTES:
+            graph.initializer.append(init)
+        elif init.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return out
 
 
 def infer_types(model: onnx.ModelProto, inline_limit: int = TWO_GB) -> onnx.ModelProto:
-    """A copy of ``model`` whose value_info holds onnx's inferred types and shapes.
+    """The graph's skeleton with onnx's inferred types and shapes in its value_info.
 
-    Up to ``inline_limit`` bytes this is onnx.shape_inference.infer_shapes in memory; above it the
-    graph is written with its weights as external data and inferred with infer_shapes_path, which
-    never serialises the weights into one protobuf (the 2 GB limit), and only the inferred
-    value_info is read back.
+    Shape inference runs on :func:`skeleton`, never on the weights, so graphs of any size infer in
+    memory (``inline_limit`` is kept for callers of the earlier signature).
     """
-    if model.ByteSize() <= inline_limit:
-        return onnx.shape_inference.infer_shapes(model)
-    result = copy.deepcopy(model)
-    with tempfile.TemporaryDirectory(prefix="rada-fp16-") as tmp:
-        src, dst = Path(tmp) / "model.onnx", Path(tmp) / "inferred.onnx"
-        # Saving with external data moves the weights out of ``result``; they are read back below.
-        onnx.save_model(result, str(src), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="model.onnx.data", size_threshold=1024)
-        onnx.shape_inference.infer_shapes_path(str(src), str(dst))
-        inferred = onnx.load(str(dst), load_external_data=False)
-        onnx.external_data_helper.load_external_data_for_model(result, tmp)
-    del result.graph.value_info[:]
-    result.graph.value_info.extend(inferred.graph.value_info)
+    return onnx.shape_inference.infer_shapes(skeleton(model))
+
+
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor the graph names: inputs, outputs, initializers, inferred values."""
+    inferred = infer_types(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    types.update({init.name: init.data_type for init in model.graph.initializer})
+    return {name: t for name, t in types.items() if t}
+
+
+def _cast_target(node: onnx.NodeProto) -> int | None:
+    for attr in node.attribute:
+        if attr.name == "to":
+            return attr.i
+    return None
+
+
+def drop_identity_casts(model: onnx.ModelProto, types: dict[str, int] | None = None) -> onnx.ModelProto:
+    """Removes Casts to the type their input already has, in place; returns ``model``.
+
+    open_clip's LayerNorm ends in ``x.to(orig_type)``, exported as Cast(to=float) of a float: once
+    the graph is FP16 it would be a pointless Cast between two FP16 nodes.
+    """
+    types = tensor_types(model) if types is None else types
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Cast" and node.output[0] not in outputs and types.get(node.input[0]) == _cast_target(node):
+            rename[node.output[0]] = node.input[0]
+        else:
+            kept.append(node)
+    if not rename:
+        return model
+    for node in kept:
+        for i, name in enumerate(node.input):
+            while name in rename:  # chains: a removed Cast may read another removed Cast
+                name = rename[name]
+            node.input[i] = name
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
+
+
+def bypass_initializer_aliases(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Makes the readers of an Identity of an initializer read the initializer itself, in place.
+
+    The exporter shares equal weights (the LayerNorm scales of ones, say) through Identity nodes;
+    an Identity would run FP16 and so need a Cast back for every FP32 LayerNorm reading it.
+    """
+    graph = model.graph
+    inits = {init.name for init in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    rename = {n.output[0]: n.input[0] for n in graph.node
+              if n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs}
+    if not rename:
+        return model
+    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output and n.output[0] in rename)]
+    for node in kept:
+        node.input[:] = [rename.get(name, name) for name in node.input]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Turns tensor-valued Constant nodes into initializers, in place; returns ``model``.
+
+    An initializer is converted once for all its readers (or given an FP16 twin), where a Constant
+    node would need its own precision rules.
+    """
+    graph = model.graph
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    return model
+
+
+def node_compute_types(model: onnx.ModelProto, inline_limit: int = TWO_GB) -> dict[str, str]:
+    """Node name -> element type ('float32' / 'float16') of its first float input, for checks."""
+    types = tensor_types(model)
+    floats = {_FLOAT: "float32", _HALF: "float16"}
+    result = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if types.get(name) in floats:
+                result[node.name] = floats[types[name]]
+                break
     return result
 
 
 def matmul_before_batch_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` with :func:`_move_matmul_before_batch_transpose` applied."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return _move_matmul_before_batch_transpose(copy)
+
+
+def _move_matmul_before_batch_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
     """Rewrites Transpose(x) -> MatMul(., W) into MatMul(x, W) -> Transpose when the Transpose keeps
     the last axis in place and W is a 2-D initializer (the two orders compute the same tensor).
 
@@ -137,9 +384,9 @@ def matmul_before_batch_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
     MatMul the FP32 fusions have not absorbed first, which is every FP16 open_clip ViT (the
     transformer's batch/sequence swap before in_proj). Bundles are read by bare sessions
     (polygraphy, Triton's ONNX Runtime backend), so the graph must not contain the pattern.
-    For TensorRT the orders are equivalent (a shuffle either side of the GEMM). Returns a new model.
+    For TensorRT the orders are equivalent (a shuffle either side of the GEMM). Changes ``model``
+    in place and returns it.
     """
-    model = copy.deepcopy(model)
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
@@ -177,222 +424,3 @@ def matmul_before_batch_transpose(model: onnx.ModelProto) -> onnx.ModelProto:
         if value.name in renamed:
             graph.value_info.remove(value)
     return model
-
-
-def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Turns tensor-valued Constant nodes into initializers; returns a new model.
-
-    The converter changes Constant nodes to FP16 without a Cast even when their consumer is kept in
-    FP32 (the head's scalar factors, for one), which leaves a type mismatch; initializers it handles.
-    """
-    model = copy.deepcopy(model)
-    graph = model.graph
-    for node in list(graph.node):
-        if node.op_type != "Constant" or len(node.attribute) != 1 or node.attribute[0].name != "value":
-            continue
-        tensor = onnx.TensorProto()
-        tensor.CopyFrom(node.attribute[0].t)
-        tensor.name = node.output[0]
-        graph.initializer.append(tensor)
-        graph.node.remove(node)
-    return model
-
-
-def inline_initializer_aliases(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Replaces Identity nodes that alias an initializer by a copy of it; returns a new model.
-
-    The exporter shares equal weights (LayerNorm biases, say) through Identity nodes; the converter
-    then types the alias FP16 while the initializer it reads stays FP32 for a blocked LayerNorm.
-    """
-    model = copy.deepcopy(model)
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    outputs = {o.name for o in graph.output}
-    for node in list(graph.node):
-        if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in outputs:
-            alias = onnx.TensorProto()
-            alias.CopyFrom(initializers[node.input[0]])
-            alias.name = node.output[0]
-            graph.initializer.append(alias)
-            graph.node.remove(node)
-    return model
-
-
-def sync_cast_targets(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Sets each Cast's ``to`` to the type the converter declared for its output (its bug #328)."""
-    model = copy.deepcopy(model)
-    declared = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
-    for node in model.graph.node:
-        target = _cast_target(node)
-        if node.op_type != "Cast" or target not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
-            continue
-        want = declared.get(node.output[0])
-        if want in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and want != target:
-            for attr in node.attribute:
-                if attr.name == "to":
-                    attr.i = want
-    return model
-
-
-def keep_float_outputs(model: onnx.ModelProto, reference: onnx.ModelProto) -> onnx.ModelProto:
-    """Makes every output that was FP32 in ``reference`` FP32 again; returns a new model.
-
-    With keep_io_types the converter still ends an output whose producer it kept in FP32 with a
-    Cast to FP16; turn that Cast into one to FP32 (or add one) so callers always read FP32.
-    """
-    model = copy.deepcopy(model)
-    was_float = {o.name for o in reference.graph.output if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
-    producers = {out: node for node in model.graph.node for out in node.output}
-    for out in model.graph.output:
-        if out.name not in was_float or out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
-            continue
-        out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
-        node = producers[out.name]
-        if node.op_type == "Cast":
-            for attr in node.attribute:
-                if attr.name == "to":
-                    attr.i = onnx.TensorProto.FLOAT
-        else:
-            internal = f"{out.name}__fp16"
-            node.output[list(node.output).index(out.name)] = internal
-            model.graph.node.append(onnx.helper.make_node(
-                "Cast", [internal], [out.name], to=onnx.TensorProto.FLOAT, name=f"{OUTPUT_SCOPE}{out.name}_to_fp32"))
-    return model
-
-
-def isolate_graph_outputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Gives every graph output that other nodes also read its own Identity node; returns a new model.
-
-    With keep_io_types the converter rewires graph outputs through a Cast and loses track of their
-    internal readers when the producer stays FP32 (the fused graph's image_features feed the head).
-    """
-    model = copy.deepcopy(model)
-    graph = model.graph
-    read = {name for node in graph.node for name in node.input}
-    for out in graph.output:
-        if out.name not in read:
-            continue
-        internal = f"{out.name}__internal"
-        for node in graph.node:
-            for i, name in enumerate(node.output):
-                if name == out.name:
-                    node.output[i] = internal
-            for i, name in enumerate(node.input):
-                if name == out.name:
-                    node.input[i] = internal
-        graph.node.append(onnx.helper.make_node("Identity", [internal], [out.name], name=f"{OUTPUT_SCOPE}{out.name}"))
-    return model
-
-
-def _elem_types(model: onnx.ModelProto, inline_limit: int = TWO_GB) -> dict[str, int]:
-    inferred = infer_types(model, inline_limit)
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}
-    types.update({init.name: init.data_type for init in model.graph.initializer})
-    return types
-
-
-def _rewire(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            while name in rename:  # chains: a removed Cast may read another removed Cast
-                name = rename[name]
-            node.input[i] = name
-
-
-def drop_identity_casts(model: onnx.ModelProto, inline_limit: int = TWO_GB) -> onnx.ModelProto:
-    """Removes Casts to the type their input already has; returns a new model.
-
-    open_clip's LayerNorm ends in ``x.to(orig_type)``, exported as Cast(to=float) of a float. The
-    converter keeps such a Cast's output FP32 while its consumer turns FP16, a type mismatch.
-    """
-    model = copy.deepcopy(model)
-    graph = model.graph
-    types = _elem_types(model, inline_limit)
-    outputs = {o.name for o in graph.output}
-    rename = {}
-    for node in list(graph.node):
-        if (node.op_type == "Cast" and node.output[0] not in outputs
-                and types.get(node.input[0]) == _cast_target(node)):
-            rename[node.output[0]] = node.input[0]
-            graph.node.remove(node)
-    _rewire(graph, rename)
-    return model
-
-
-@contextlib.contextmanager
-def _converter_cast_cleanup_disabled():
-    # onnxconverter-common's own clean-up of Cast pairs (remove_unnecessary_cast_node, PR #286)
-    # crashes with "'list' object has no attribute 'input'" when a Cast feeds several nodes, as in
-    # every ViT here; fold_cast_round_trips below does that job instead.
-    original = float16.remove_unnecessary_cast_node
-    float16.remove_unnecessary_cast_node = lambda graph: None
-    try:
-        yield
-    finally:
-        float16.remove_unnecessary_cast_node = original
-
-
-def _cast_target(node: onnx.NodeProto) -> int | None:
-    for attr in node.attribute:
-        if attr.name == "to":
-            return attr.i
-    return None
-
-
-def fold_cast_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Removes FP32 -> FP16 -> FP32 Cast pairs the converter leaves between two FP32 nodes.
-
-    Such a pair would round an FP32 value to FP16 for nothing. Consumers of the second Cast read the
-    first Cast's input instead; Casts left without consumers are dropped. Returns a new model.
-    """
-    model = copy.deepcopy(model)
-    graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    graph_outputs = {o.name for o in graph.output}
-    rename: dict[str, str] = {}
-    for node in graph.node:
-        if node.op_type != "Cast" or _cast_target(node) != onnx.TensorProto.FLOAT:
-            continue
-        upstream = producers.get(node.input[0])
-        if upstream is None or upstream.op_type != "Cast" or _cast_target(upstream) != onnx.TensorProto.FLOAT16:
-            continue
-        if node.output[0] in graph_outputs:
-            continue
-        rename[node.output[0]] = upstream.input[0]
-    if not rename:
-        return model
-    _rewire(graph, rename)
-    # Drop Casts whose outputs nobody reads any more (repeat: removing one can orphan its producer).
-    while True:
-        used = {name for node in graph.node for name in node.input} | graph_outputs
-        dead = [n for n in graph.node if n.op_type == "Cast" and not any(o in used for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    live = {name for node in graph.node for name in list(node.input) + list(node.output)}
-    for value in list(graph.value_info):
-        if value.name not in live:
-            graph.value_info.remove(value)
-    return model
-
-
-def node_compute_types(model: onnx.ModelProto, inline_limit: int = TWO_GB) -> dict[str, str]:
-    """Node name -> element type ('float32' / 'float16') of its first float input, for checks."""
-    types: dict[str, int] = {}
-    for value in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
-        types[value.name] = value.type.tensor_type.elem_type
-    for init in model.graph.initializer:
-        types[init.name] = init.data_type
-    inferred = infer_types(model, inline_limit)
-    for value in inferred.graph.value_info:
-        types.setdefault(value.name, value.type.tensor_type.elem_type)
-    floats = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
-    result = {}
-    for node in model.graph.node:
-        for name in node.input:
-            if types.get(name) in floats:
-                result[node.name] = floats[types[name]]
-                break
-    return result

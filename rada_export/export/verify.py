@@ -141,6 +141,9 @@ def verify_bundle(
             except OpenVinoRefusal as err:  # a graph OpenVINO cannot run fails the check, with the reason
                 report.results.append(refused(graph, precision, bar or THRESHOLDS[entry.precision]))
                 report.notes.append(f"{entry.file} ({precision}): {err.problem}")
+            # One session at a time: a big model's graphs each hold their weights (and ONNX
+            # Runtime's packed copies of them), so the next session must not open beside this one.
+            del run
             advance(1)
     return report
 
