@@ -72,6 +72,7 @@ def onnx(
     """
     from rada_export.errors import VerificationError
     from rada_export.export.bundle import ExportRequest, export_bundle, parse_frame_size
+    from rada_export.memory import peak_memory, peak_rss_bytes
 
     given = [*(images or []), *(verify_image or [])]
     images = expand_folders(given)
@@ -96,7 +97,8 @@ def onnx(
         raise typer.Exit(1) from None
     if json_out:
         print_json({"bundle": str(result.bundle), "manifest": result.manifest.to_dict(),
-                    "verification": parity_json(result.report) if result.report else None, "warnings": result.warnings})
+                    "verification": parity_json(result.report) if result.report else None, "warnings": result.warnings,
+                    "peak_rss_bytes": peak_rss_bytes(), "weights_bytes": result.weights_bytes})
         return
     if quiet:
         verdict = "not verified" if result.report is None else "parity passed" if result.report.passed else "parity failed"
@@ -104,8 +106,12 @@ def onnx(
         return
     if result.report:
         print_report(result.report)
-    rows = [[k, e.file, e.precision, f"{(result.bundle / e.file).stat().st_size / 2**20:.1f} MiB"] for k, e in sorted(result.manifest.graphs.items())]
+    rows = [[k, e.file + (f" + {Path(e.external_data).name}" if e.external_data else ""), e.precision,
+             f"{_graph_bytes(result.bundle, e) / 2**20:.1f} MiB"] for k, e in sorted(result.manifest.graphs.items())]
     console.print(make_table(f"graphs written to {result.bundle}", ["graph", "file", "precision", "size"], rows))
+    # The ratio to the weights is the figure to watch on big models; on small ones the interpreter dominates.
+    weights = result.weights_bytes if (result.weights_bytes or 0) >= 256 * 2**20 else None
+    console.print(peak_memory(weights).describe(), markup=False, highlight=False)
 
 
 def check_export_options(out: Path, classes, templates, opset: int, exporter: str, max_batch: int, images,
@@ -159,3 +165,9 @@ def verify(
         print_report(report, f"parity: {BACKEND_TITLES[backend]} against PyTorch")
     if not report.passed:
         raise typer.Exit(1)
+
+
+def _graph_bytes(bundle: Path, entry) -> int:
+    """A graph's size on disk, its external weights included."""
+    return sum((bundle / rel).stat().st_size for rel in (entry.file, entry.external_data) if rel)
+

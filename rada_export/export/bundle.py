@@ -30,6 +30,7 @@ from . import fp16 as fp16_mod
 from .frames import CHANNEL_ORDERS, FramesConfig, prepend_frames
 from . import reparam
 from .modules import FusedModel, HeadGraph, ImageEncoder, TextEncoder
+from ..memory import parameter_bytes
 from .onnx_io import DEFAULT_OPSET, TWO_GB, GraphSpec, export_module, graph_io, load_graph, save_graph, check_graph
 from .verify import verify_bundle
 
@@ -65,6 +66,7 @@ class ExportResult:
     manifest: mf.Manifest
     report: ParityReport | None
     warnings: list[str] = field(default_factory=list)
+    weights_bytes: int | None = None  # the model's FP32 weights, against which peak memory is judged
 
 
 def _check_request(req: ExportRequest) -> None:
@@ -202,15 +204,16 @@ def _export_graphs(
             data = export_module(module.eval(), args, path, spec, req.opset, req.exporter, req.external_data_threshold)
             if name == mf.FUSED and req.embed_preprocess:
                 frames = FramesConfig(req.channel_order, req.frame_size)
-                data = save_graph(prepend_frames(load_graph(path), clip.preprocess_config, frames), path, req.external_data_threshold)
+                # The structure only: prepend_frames copies the model, which must not copy the weights too.
+                data = save_graph(prepend_frames(load_graph(path, with_weights=False), clip.preprocess_config, frames), path,
+                                  req.external_data_threshold, base_dir=path.parent)
                 check_graph(path)
             entries[name] = _graph_entry(path, root, "fp32", data)
             advance(1)
         if req.fp16:
             for name in (mf.FUSED, mf.IMAGE_ENCODER):
                 path16 = root / layout.graph_file(name, "fp16")
-                data = save_graph(fp16_mod.to_fp16(load_graph(root / layout.graph_file(name))), path16, req.external_data_threshold)
-                check_graph(path16)
+                data = fp16_mod.convert_file(root / layout.graph_file(name), path16, req.external_data_threshold)  # checks it
                 entries[layout.graph_key(name, "fp16")] = _graph_entry(
                     path16, root, "fp16", data,
                     notes=fp16_mod.FP16_NOTES)
@@ -317,7 +320,7 @@ def export_bundle(req: ExportRequest, reporter: Reporter = SILENT, clip: LoadedC
     except BaseException:  # Ctrl-C: nothing half-written stays
         replace.discard(tmp)
         raise
-    return ExportResult(bundle=out, manifest=manifest, report=report, warnings=warnings)
+    return ExportResult(bundle=out, manifest=manifest, report=report, warnings=warnings, weights_bytes=parameter_bytes(clip.model))
 
 
 
