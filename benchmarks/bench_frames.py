@@ -21,14 +21,13 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from rada_export.bench import camera_frame
-from rada_export.timing import time_calls
+from rada_export.timing import recording, time_calls
 
 
 def export(out: Path, embed: bool) -> Path:
@@ -44,14 +43,7 @@ def split_predict(rt, frame, repeats: int, **kwargs) -> tuple[float, float, floa
     runner = rt.fused_runner()
     real_run = runner.run
     inside: list[float] = []
-
-    def timed(feeds):
-        start = time.perf_counter()
-        out = real_run(feeds)
-        inside.append(time.perf_counter() - start)
-        return out
-
-    runner.run = timed
+    runner.run = recording(real_run, inside)
     try:
         totals = time_calls(lambda: rt.predict(frame, bgr=True, **kwargs), repeats, warmup=3)
     finally:

@@ -24,7 +24,7 @@ import numpy as np
 from .errors import RadaError
 from .progress import SILENT, Reporter
 from .runtimes.bundle import layout
-from .timing import time_calls
+from .timing import recording, time_calls
 
 PYTORCH = "pytorch-eager"
 OPENVINO = "openvino"
@@ -342,7 +342,6 @@ def camera_frame(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def bench_frames_in_process(bundle: Path, target: BenchTarget, frames: Sequence[str], repeats: int, warmup: int = 2) -> list[FrameBenchResult]:
     """predict(frame, bgr=True) at batch 1 per frame size, its time split at the graph runner's call."""
-    import time
 
     from .runtimes.runtime import load_bundle
 
@@ -351,16 +350,8 @@ def bench_frames_in_process(bundle: Path, target: BenchTarget, frames: Sequence[
     precision = "fp16" if target.precision == "bf16" else target.precision
     rt = load_bundle(bundle, backend=backend, device=device, precision=precision)
     runner = rt.fused_runner()
-    real_run = runner.run
     graph_seconds: list[float] = []
-
-    def timed_run(feeds):
-        start = time.perf_counter()
-        out = real_run(feeds)
-        graph_seconds.append(time.perf_counter() - start)
-        return out
-
-    runner.run = timed_run
+    runner.run = recording(runner.run, graph_seconds)
     results = []
     for name in frames:
         frame = camera_frame(*FRAME_SIZES[name])
@@ -418,7 +409,6 @@ class TtaBenchResult:
 
 def bench_tta_in_process(bundle: Path, target: BenchTarget, repeats: int, warmup: int = 2) -> list[TtaBenchResult]:
     """The continual-TTA path at batch 1: the image_encoder graph, the head, one AdamW step per frame."""
-    import time
 
     from .runtimes.runtime import load_bundle
     from .runtimes.tta import TTAConfig
@@ -430,16 +420,8 @@ def bench_tta_in_process(bundle: Path, target: BenchTarget, repeats: int, warmup
     rt = load_bundle(bundle, backend=backend, device=device, precision=precision, tta=tta)
     h, w = rt.manifest.preprocess.size
     image = camera_frame(h, w)
-    real_encode = rt.encode
     encoder_seconds: list[float] = []
-
-    def timed_encode(pixels):
-        start = time.perf_counter()
-        out = real_encode(pixels)
-        encoder_seconds.append(time.perf_counter() - start)
-        return out
-
-    rt.encode = timed_encode  # the instance's encode: what predict(adapt=True) calls for the features
+    rt.encode = recording(rt.encode, encoder_seconds)  # the instance's encode: what predict(adapt=True) calls for the features
     totals = time_calls(lambda: rt.predict(image, adapt=True), repeats, warmup)
     inside = encoder_seconds[warmup:]
     p50 = statistics.median(totals)

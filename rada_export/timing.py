@@ -21,3 +21,16 @@ def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     return 1000 * statistics.median(time_calls(fn, repeats, warmup))
+
+
+def recording(fn: Callable, seconds: list[float]) -> Callable:
+    """``fn``, appending the seconds each call takes to ``seconds``: to time one stage inside a larger call."""
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        seconds.append(time.perf_counter() - start)
+        return out
+
+    return timed
+
