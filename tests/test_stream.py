@@ -396,7 +396,8 @@ def test_cli_never_replaces_a_users_file_unasked(bundle, avi, tmp_path):
 
 
 def test_cli_ctrl_c_ends_with_a_summary(bundle, videos):
-    path = write_video(videos / "long.avi", "MJPG", n=1500, width=64, height=48)
+    # Long enough that a loaded machine cannot finish it between the first line and the signal.
+    path = write_video(videos / "long.avi", "MJPG", n=6000, width=64, height=48)
     process = subprocess.Popen([sys.executable, "-m", "rada_export.cli.app", "predict", "--bundle", str(bundle),
                                 "--source", str(path), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = process.stdout.readline()  # the stream runs
@@ -405,7 +406,7 @@ def test_cli_ctrl_c_ends_with_a_summary(bundle, videos):
     assert process.wait(60) == 0, err
     lines = json_lines(first + out)
     assert "stopped by Ctrl-C" in err and "Traceback" not in err
-    assert 1 <= len(lines) < 1500 and [l["frame"] for l in lines] == list(range(len(lines)))
+    assert 1 <= len(lines) < 6000 and [l["frame"] for l in lines] == list(range(len(lines)))
 
 
 # -- the benchmark -----------------------------------------------------------------------------------------
