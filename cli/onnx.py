@@ -140,6 +140,7 @@ def verify(
     images: Optional[List[Path]] = typer.Argument(None, help="Image files or folders (searched recursively) to add to the seeded random inputs."),
     more_images: Optional[List[Path]] = typer.Option(None, "--images", help="Image files or folders, as the positional arguments (repeatable; the spelling every command shares)."),
     backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, or openvino: every graph in f32, then the FP32 and INT8 graphs in bf16 too where the CPU computes it natively."),
+    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="A bundle exported from a fine-tuned checkpoint (train --finetune): that checkpoint, which holds the PyTorch encoder to compare with."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON (thresholds as numbers)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
@@ -158,7 +159,7 @@ def verify(
     given = [*(images or []), *(more_images or [])]
     files = expand_folders(given)
     validate.readable_images(files, "image")
-    report = verify_bundle(bundle, files, reporter=reporter(quiet or json_out), backend=backend)
+    report = verify_bundle(bundle, files, reporter=reporter(quiet or json_out), backend=backend, ckpt=ckpt)
     if json_out:
         print_json(parity_json(report))
     else:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from rada_export.checkpoint import load_head
@@ -26,6 +27,7 @@ def _train(out, data, nproc: int | None):
     return result
 
 
+@pytest.mark.slow  # torchrun with two gloo ranks stays in the default run through fine-tuning (test_finetune_distributed.py)
 def test_two_gloo_processes_give_the_same_head_as_one(image_folder, tmp_path):
     single = _train(tmp_path / "one.safetensors", image_folder, None)
     double = _train(tmp_path / "two.safetensors", image_folder, 2)

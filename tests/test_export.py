@@ -196,6 +196,7 @@ def test_external_data_graphs_are_carried_and_checked(tmp_path, head_ckpt, tiny_
     assert verify_bundle(moved, clip=tiny_clip).passed
 
 
+@pytest.mark.slow  # the default exporter is verified throughout the default run
 def test_dynamo_exporter_also_verifies(tmp_path, head_ckpt, tiny_clip):
     result = export_bundle(ExportRequest(out=tmp_path / "dyn", ckpt=head_ckpt, exporter="dynamo"), clip=tiny_clip)
     assert result.report.passed

@@ -82,6 +82,13 @@ def test_onnx_export_of_a_finetuned_checkpoint_predicts_as_the_torch_model(train
     assert np.abs(got.logits - want).max() < 1e-3
     pretrained_logits = torch_logits(trained["frozen"], pixels).numpy()
     assert not np.array_equal(got.labels, pretrained_logits.argmax(-1))  # not the pretrained encoder's predictions
+    # A later `verify` needs the checkpoint, which holds the PyTorch encoder the graphs came from.
+    result = runner.invoke(app, ["verify", "--bundle", str(bundle), "--quiet"])
+    assert result.exit_code == 2 and "fine-tuned checkpoint" in result.output and "--ckpt" in result.output
+    result = runner.invoke(app, ["verify", "--bundle", str(bundle), "--ckpt", str(trained["frozen"]), "--quiet"])
+    assert result.exit_code == 2 and "not the one bundle" in " ".join(result.output.split()), result.output
+    result = runner.invoke(app, ["verify", "--bundle", str(bundle), "--ckpt", str(trained["tuned"]), "--quiet"])
+    assert result.exit_code == 0, result.output
 
 
 def test_load_clip_for_checkpoint_refuses_another_pretrained(trained):

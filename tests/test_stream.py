@@ -395,11 +395,19 @@ def test_cli_never_replaces_a_users_file_unasked(bundle, avi, tmp_path):
     assert result.exit_code == 2 and "applies only to a stream" in result.stderr
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A child inherits its parent's ignored and blocked signals; under a full test session SIGINT can
+    arrive ignored or blocked (as in a shell's background job), which is not what a user at a terminal has."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_cli_ctrl_c_ends_with_a_summary(bundle, videos):
     # Long enough that a loaded machine cannot finish it between the first line and the signal.
     path = write_video(videos / "long.avi", "MJPG", n=6000, width=64, height=48)
     process = subprocess.Popen([sys.executable, "-m", "rada_export.cli.app", "predict", "--bundle", str(bundle),
-                                "--source", str(path), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--source", str(path), "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_ctrl_c_as_in_a_terminal)
     first = process.stdout.readline()  # the stream runs
     process.send_signal(signal.SIGINT)
     out, err = process.stdout.read(), process.stderr.read()  # through the pipes' buffers: no line lost

@@ -243,12 +243,14 @@ def test_continual_tta_on_dtd_trained_head(dtd_features, trained_weights):
     assert result["overall"] >= result["frozen"] - 0.01 and result["last"] >= result["frozen"] - 0.015
 
 
+@pytest.mark.slow  # the trained-head case stays in the default run
 def test_continual_tta_on_dtd_zero_init_head(dtd_features, zero_init_weights):
     result = check_continual(dtd_features, zero_init_weights, "zero-init head", 10_000)
     assert abs(result["frozen"] - 0.707) < 0.01  # the prototype classifier, per the data's README
     assert result["overall"] >= result["frozen"] - 0.01 and result["last"] >= result["frozen"] - 0.015
 
 
+@pytest.mark.slow  # the guard itself is tested on synthetic streams in test_runtime_head.py
 def test_naive_entropy_minimisation_collapses_and_the_guard_catches_it(dtd_features, zero_init_weights):
     """The contrast that makes the checks above mean something: without the safeguards the head
     collapses on this stream; with only the collapse guard added, it is reset before it does."""

@@ -15,11 +15,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..clip import LoadedClip, load_recorded
-from ..checkpoint import load_head
+from ..checkpoint import load_clip_for_checkpoint, load_head
+from ..clip import LoadedClip, check_rebuild, load_recorded
 from ..errors import RadaError
 from ..head import RAdaHead
 from ..progress import SILENT, Reporter
+from ..runtimes.bundle import layout
 from ..runtimes.manifest import FUSED, HEAD, IMAGE_ENCODER, TEXT_ENCODER, GraphEntry, Manifest, read_manifest, verify_checksums
 from ..runtimes.openvino_backend import OpenVinoPlan, OpenVinoRefusal, OpenVinoRunner, plan_openvino
 from ..runtimes.ort_session import create_session
@@ -67,6 +68,27 @@ def make_inputs(clip: LoadedClip, manifest: Manifest, images: Sequence[Path] = (
     return ReferenceInputs(pixels=pixels.astype(np.float32), frames=frames, tokens=tokens)
 
 
+def _reference_clip(bundle: Path, manifest: Manifest, ckpt: str | Path | None) -> LoadedClip:
+    """The PyTorch model the bundle's graphs were exported from, rebuilt from its record."""
+    tuned = (manifest.resolved or {}).get("encoder_weights")
+    if not tuned:
+        if ckpt is not None:
+            raise RadaError(f"bundle {bundle} was exported from open_clip's own encoder weights; a checkpoint has nothing to add",
+                            "leave ckpt out", field="ckpt")
+        return load_recorded(manifest.model, manifest.pretrained, manifest.pretrained_cfg, manifest.resolved, f"bundle {bundle}")
+    if ckpt is None:
+        raise RadaError(f"bundle {bundle} was exported from a fine-tuned checkpoint: its image encoder is not "
+                        f"{manifest.model}/{manifest.pretrained}'s, and the bundle holds it in its graphs only",
+                        "pass ckpt= the checkpoint the bundle was exported from", field="ckpt")
+    origin = f"checkpoint {ckpt}"
+    clip = load_clip_for_checkpoint(load_head(ckpt), manifest.model, manifest.pretrained or None, manifest.pretrained_cfg, origin)
+    check_rebuild(clip, manifest.resolved, origin)
+    if clip.encoder_weights != tuned:
+        raise RadaError(f"{origin} is not the one bundle {bundle} was exported from (its encoder record differs)",
+                        "pass the checkpoint named at export", field="ckpt")
+    return clip
+
+
 def _torch_head(bundle: Path, manifest: Manifest) -> RAdaHead:
     ckpt = load_head(bundle / "head.safetensors")
     head = ckpt.head
@@ -83,9 +105,15 @@ def verify_bundle(
     seed: int = 0,
     reporter: Reporter = SILENT,
     backend: str = "onnxruntime",
+    ckpt: str | Path | None = None,
 ) -> ParityReport:
     """Runs every graph of the bundle in ONNX Runtime or OpenVINO (``backend``, on the CPU) and in
-    PyTorch, and compares the outputs."""
+    PyTorch, and compares the outputs.
+
+    A bundle exported from a fine-tuned checkpoint (``train --finetune``) carries the tuned image
+    encoder in its graphs only, not as PyTorch weights (a device bundle should not carry them twice):
+    ``ckpt``, the checkpoint it was exported from, supplies them.
+    """
     if backend not in VERIFY_BACKENDS:
         raise RadaError(f"verify runs on {' or '.join(VERIFY_BACKENDS)}, not {backend!r}",
                         "TensorRT engines are checked when `rada-export trt` builds them", field="backend")
@@ -94,9 +122,9 @@ def verify_bundle(
     verify_checksums(bundle, manifest)
     runs = _graph_runs(bundle, manifest, backend)  # before the model loads: a missing OpenVINO costs nothing
     if clip is None:
-        clip = load_recorded(manifest.model, manifest.pretrained, manifest.pretrained_cfg, manifest.resolved, f"bundle {bundle}")
+        clip = _reference_clip(bundle, manifest, ckpt)
     head = _torch_head(bundle, manifest)
-    text_features = torch.from_numpy(np.load(bundle / "text_features.npy"))
+    text_features = torch.from_numpy(np.load(bundle / layout.TEXT_FEATURES))
     inputs = make_inputs(clip, manifest, images, num_random, seed)
     report = ParityReport()
     if clip.random_weights:
