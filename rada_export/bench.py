@@ -65,16 +65,6 @@ def tail_latency(times_ms: Sequence[float], percentile: float) -> float | None:
     return float(np.percentile(times_ms, percentile))
 
 
-def expand_backends(backends: Sequence[str]) -> list[str]:
-    """Bench backend names, with the runtime's names (``onnxruntime``) expanded to the ones they cover."""
-    out: list[str] = []
-    for name in backends:
-        for one in BACKEND_ALIASES.get(name, (name,)):
-            if one not in out:
-                out.append(one)
-    return out
-
-
 def available_targets(bundle: Path, backends: Sequence[str] | None = None) -> list[BenchTarget]:
     """What can run here: every ONNX variant on ONNX Runtime (CPU, and CUDA when present), OpenVINO
     (f32, bf16 where the CPU computes it natively, the INT8 graph) when installed, engines, PyTorch."""

@@ -26,9 +26,9 @@ from typing import Any
 from rada_export.errors import RadaError, VerificationError
 from rada_export.progress import SILENT, Reporter
 from rada_export.runtimes import cuda_memory as cm
-from rada_export.runtimes.bundle.ownership import FILE, Entry, engine_is_recorded
+from rada_export.runtimes.bundle.ownership import FILE, Entry, engine_is_recorded, our_engine_description
 from rada_export.runtimes.engine_layout import ENGINES_DIR, engine_file_name, meta_path, trust_engine
-from rada_export.runtimes.manifest import FUSED
+from rada_export.runtimes.manifest import FUSED, sha256_file
 from rada_export.runtimes.parity import ParityReport
 from rada_export.runtimes.tensorrt_engine import TensorRTEngine
 from rada_export.runtimes.trt_environment import TensorRTEnvironment
@@ -191,35 +191,16 @@ def check_engine_replaceable(engine: Path) -> None:
         described = Entry(description.name, FILE, text=description.read_bytes())
     if engine_there:
         regular = engine.is_file() and not engine.is_symlink()
-        entry = Entry(engine.name, FILE if regular else "other", sha256=_file_sha256(engine) if regular else None)
+        entry = Entry(engine.name, FILE if regular else "other", sha256=sha256_file(engine) if regular else None)
         if engine_is_recorded(entry, described):
             return
         culprit = engine
     else:
-        if described is not None and _is_our_description(described):
+        if our_engine_description(described) is not None:
             return  # our JSON whose engine is gone: rewritten with the new build
         culprit = description
     raise RadaError(f"{culprit} exists and is not an engine rada-export trt recorded there (no description of ours names its sha256)",
                     "move that file elsewhere (it is left untouched), then build again")
-
-
-def _is_our_description(described: Entry) -> bool:
-    from rada_export.runtimes.bundle.json_io import parse_json
-    from rada_export.runtimes.engine_layout import validate_meta
-
-    try:
-        validate_meta(parse_json(described.text, described.rel, ""), described.rel)
-    except RadaError:
-        return False
-    return True
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_engine(final: Path, data) -> tuple[int, str]:

@@ -79,17 +79,23 @@ def engine_json_rel(engine_rel: str) -> str:
     return path.with_name(path.name[: -len(ENGINE_SUFFIX)] + ".json").as_posix()
 
 
+def our_engine_description(description: Entry | None) -> dict | None:
+    """The engine description ``rada-export trt`` writes, read from ``description``; None when it is not one (pure)."""
+    if description is None or description.kind != FILE or description.text is None:
+        return None
+    try:
+        return validate_meta(parse_json(description.text, description.rel, ""), description.rel)
+    except RadaError:
+        return None
+
+
 def engine_is_recorded(engine: Entry, description: Entry | None) -> bool:
     """Whether ``description`` records ``engine`` as one ``rada-export trt`` built (pure)."""
-    if engine.kind != FILE or engine.sha256 is None or description is None or description.kind != FILE:
+    if engine.kind != FILE or engine.sha256 is None:
         return False
-    if description.text is None:
-        return False
-    try:
-        meta = validate_meta(parse_json(description.text, description.rel, ""), description.rel)
-    except RadaError:
-        return False
-    return meta.get("engine_file") == PurePosixPath(engine.rel).name and meta.get("engine_sha256") == engine.sha256
+    meta = our_engine_description(description)
+    return meta is not None and meta.get("engine_file") == PurePosixPath(engine.rel).name \
+        and meta.get("engine_sha256") == engine.sha256
 
 
 def judge(tree: Tree, listed: Collection[str], engine_dirs: Collection[str] = (ENGINES_DIR,)) -> Verdict:
