@@ -143,7 +143,7 @@ def source_entries(bundle: Path, manifest: mf.Manifest, graph: str) -> dict[str,
                             f"re-export the bundle with `rada-export onnx`, or pick another graph ({', '.join(GRAPH_CHOICES)})",
                             field="graph")
         entries[name] = manifest.graphs[name]
-    needed = [p for e in entries.values() for p in (e.file, e.external_data) if p]
+    needed = [p for e in entries.values() for p in e.paths]
     unlisted = [p for p in needed if p not in manifest.files]
     if unlisted:
         raise RadaError(f"bundle {bundle}: the manifest lists no checksum for {', '.join(unlisted)}",
@@ -166,7 +166,7 @@ def _report_inputs(bundle: Path, manifest: mf.Manifest) -> tuple[np.ndarray | No
     if TEXT_FEATURES not in manifest.files:
         return None, None
     head = manifest.graphs.get(mf.HEAD)
-    only = [TEXT_FEATURES] + ([p for p in (head.file, head.external_data) if p] if head else [])
+    only = [TEXT_FEATURES] + (head.paths if head else [])
     mf.verify_checksums(bundle, manifest, only=only)
     return np.load(bundle / TEXT_FEATURES), (bundle / head.file if head else None)
 

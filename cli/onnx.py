@@ -170,5 +170,5 @@ def verify(
 
 def _graph_bytes(bundle: Path, entry) -> int:
     """A graph's size on disk, its external weights included."""
-    return sum((bundle / rel).stat().st_size for rel in (entry.file, entry.external_data) if rel)
+    return sum((bundle / rel).stat().st_size for rel in entry.paths)
 

@@ -98,6 +98,11 @@ class GraphEntry:
     external_data: Optional[str] = None  # relative path of the weights file, when used
     notes: str = ""
 
+    @property
+    def paths(self) -> list[str]:
+        """The graph file and its external weights, where it has them: the files this graph is."""
+        return [p for p in (self.file, self.external_data) if p]
+
 
 @dataclass
 class HeadConfig:
