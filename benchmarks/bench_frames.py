@@ -76,7 +76,9 @@ def cpu_backends() -> list[str]:
 
 def interleaved(calls: dict[str, object], repeats: int) -> dict[str, tuple[float, float]]:
     """(median, best) ms of each call, the calls taken in turn (one of each, ``repeats`` times): on a
-    shared machine a change in load falls on every call alike, and the best is the least disturbed."""
+    shared machine a change in load falls on every call alike, and the best is the least disturbed.
+    Give it the calls of one runtime only: ONNX Runtime's worker threads spin for a while after a run,
+    so a call that follows another session's pays for that session's spinning threads."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for fn in calls.values():
         time_calls(fn, 1, warmup=3)
@@ -87,18 +89,23 @@ def interleaved(calls: dict[str, object], repeats: int) -> dict[str, tuple[float
 
 
 def host_reduction_ratios(bundle: Path, backend: str, small, hd, repeats: int) -> dict[str, tuple[float, float]]:
-    """1080p / 224 on one CPU backend, the resize all in the graph vs the box reduction on the host."""
+    """1080p / 224 on one CPU backend, the resize all in the graph vs the box reduction on the host;
+    each runtime's two frame sizes in turn, one runtime after the other."""
     from rada_export.runtimes.runtime import load_bundle
 
     graph = load_bundle(bundle, backend=backend, device="cpu", host_frame_reduction=False)
-    host = load_bundle(bundle, backend=backend, device="cpu")
-    assert host.host_frame_reduction, host.description  # the default on a CPU backend
-    return interleaved({
+    ms = interleaved({
         "224, graph resizes": lambda: graph.predict(small, bgr=True),
         "1080p, graph resizes": lambda: graph.predict(hd, bgr=True),
+    }, repeats)
+    del graph
+    host = load_bundle(bundle, backend=backend, device="cpu")
+    assert host.host_frame_reduction, host.description  # the default on a CPU backend
+    ms.update(interleaved({
         "224, host box": lambda: host.predict(small, bgr=True),
         "1080p, host box + graph filter": lambda: host.predict(hd, bgr=True),
-    }, repeats)
+    }, repeats))
+    return ms
 
 
 def cpu_ratios(bundle: Path, small, hd, repeats: int, console: Console) -> None:
