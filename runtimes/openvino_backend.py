@@ -7,6 +7,12 @@ OpenVINO as ``BF16`` in the CPU's ``OPTIMIZATION_CAPABILITIES``), in f32 elsewhe
 f32 when precision ``fp32`` is asked for. The setting is passed explicitly either way, and read
 back from the compiled model, so what ran never depends on OpenVINO's changing defaults.
 
+A frames graph's camera-frame preprocessing always runs in f32 (runtimes/openvino_frames.py): in
+bf16 it moved the resized pixels by up to 3.8 (normalised units) on 1080p frames, since its filter
+weights come from pixel positions bf16 cannot hold. Under bf16 such a graph is compiled as two
+models, the preprocessing in f32 and the rest in bf16; a frames graph that cannot be split runs
+whole in f32.
+
 Compiled models may be cached (``RADA_EXPORT_OPENVINO_CACHE``, a folder; off when unset): each
 graph gets a folder named after the OpenVINO version and the sha256 of its files as the manifest
 records them, so a changed graph or another OpenVINO never reads a stale blob, and nothing is ever
@@ -31,12 +37,14 @@ import numpy as np
 from rada_export.errors import RadaError
 
 from .manifest import GraphEntry, Manifest
+from .openvino_frames import PIXELS, split_at_pixels, takes_frames
 
 OPENVINO = "openvino"
 CACHE_ENV = "RADA_EXPORT_OPENVINO_CACHE"
 DEFAULT_CACHE = Path("~/.cache/rada-export/openvino")  # the documented place, when the variable names no other
 INSTALL = "pip install 'rada-export[openvino]'"
 SNIPPETS = "SNIPPETS_MODE"  # the CPU plugin's subgraph JIT; see free_dimensions
+PRECISION = "INFERENCE_PRECISION_HINT"
 
 _core_lock = threading.Lock()
 _core = None
@@ -195,6 +203,10 @@ class OpenVinoRunner:
     own (an infer request holds its tensors and must not run twice at once); the compiled model,
     weights included, is shared.
 
+    A frames graph under bf16 is two compiled models (``preprocessing``: frames -> pixels in f32, then
+    ``compiled``: pixels -> outputs), each with a request per thread; ``run`` chains them. Elsewhere
+    ``preprocessing`` is None and ``compiled`` is the whole graph.
+
     ``probe``: an input run once after compiling, whose outputs must be finite. INT8 graphs get one:
     OpenVINO 2026.4's low-precision transformations returned NaN for every input of the ConvNeXt INT8
     graphs (a quantized convolution whose output a residual Add shares), while its float path and ONNX
@@ -208,7 +220,7 @@ class OpenVinoRunner:
         path = Path(path)
         if source is None and not path.is_file():
             raise RadaError(f"ONNX graph {path} does not exist", "re-export the bundle")
-        config = {"INFERENCE_PRECISION_HINT": plan.inference_precision}
+        config = {PRECISION: plan.inference_precision}
         if plan.threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(plan.threads)
         if free_dimensions(entry):
@@ -220,17 +232,25 @@ class OpenVinoRunner:
                 raise RadaError(f"cannot make the OpenVINO cache folder {cache_dir}: {err.strerror}",
                                 f"set {CACHE_ENV} to a writable folder, or unset it", field="cache") from err
             config["CACHE_DIR"] = str(cache_dir)
-        self.compiled = _compile_verified(source, entry, path, config) if source is not None and hasattr(source, "graph_bytes") \
-            else _compile(path, config)
+        split = plan.inference_precision != "f32" and takes_frames(entry)
+        compile_graph = functools.partial(_compile_split if split else _compile, config=config)
+        compiled = _compile_verified(source, entry, path, compile_graph) if source is not None and hasattr(source, "graph_bytes") \
+            else compile_graph(path)
+        self.preprocessing, self.compiled = compiled if split else (None, compiled)
         self.snippets = config.get(SNIPPETS) != "DISABLE"
         self.path = path
         self.input_names = list(entry.inputs)
         self.output_names = list(entry.outputs)
-        self._inputs = {name: _port_index(self.compiled.inputs, name, path) for name in self.input_names}
+        first = self.compiled if self.preprocessing is None else self.preprocessing  # fed the graph's inputs
+        self._inputs = {name: _port_index(first.inputs, name, path) for name in self.input_names}
         self._outputs = [(name, self.compiled.outputs[_port_index(self.compiled.outputs, name, path)])
                          for name in self.output_names]
-        self.inference_precision = _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        if self.inference_precision != plan.inference_precision:  # the description would not say what runs
+        self.inference_precision = _type_name(self.compiled.get_property(PRECISION))
+        self.preprocessing_precision = None if self.preprocessing is None else \
+            _type_name(self.preprocessing.get_property(PRECISION))
+        whole_in_f32 = split and self.preprocessing is None
+        self.precision_note = _precision_note(self.preprocessing_precision, whole_in_f32, self.inference_precision)
+        if self.inference_precision != plan.inference_precision and not whole_in_f32:  # the description would not say what runs
             warnings.warn(f"OpenVINO compiled {path.name} for {self.inference_precision}, not the "
                           f"{plan.inference_precision} asked for", stacklevel=2)
         self.cache_dir = cache_dir
@@ -245,16 +265,23 @@ class OpenVinoRunner:
                                       field="precision") from None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        request = getattr(self._local, "request", None)
-        if request is None:
-            request = self._local.request = self.compiled.create_infer_request()
+        requests = getattr(self._local, "requests", None)
+        if requests is None:
+            first = None if self.preprocessing is None else self.preprocessing.create_infer_request()
+            requests = self._local.requests = (first, self.compiled.create_infer_request())
         unknown = set(feeds) - set(self._inputs)
         if unknown:
             raise RadaError(f"{self.path.name} has no input(s) {sorted(unknown)}", f"feed {', '.join(self.input_names)}")
+        inputs = {self._inputs[k]: v for k, v in feeds.items()}
+        preprocessing, request = requests
         try:
+            if preprocessing is not None:
+                # The pixels stay in the preprocessing request's tensor, read in place by the second
+                # request within this call (both belong to this thread).
+                inputs = {0: preprocessing.infer(inputs, share_inputs=True, share_outputs=True)[0]}
             # Inputs are read in place; outputs are copies, since the request's own tensors are
             # overwritten by this thread's next call while the caller may still hold them.
-            out = request.infer({self._inputs[k]: v for k, v in feeds.items()}, share_inputs=True, share_outputs=False)
+            out = request.infer(inputs, share_inputs=True, share_outputs=False)
         except Exception as err:  # openvino raises its own exception types
             shapes = {k: tuple(np.shape(v)) for k, v in feeds.items()}
             raise RadaError(f"OpenVINO cannot run {self.path.name} on inputs {shapes}: {_first_line(err)}",
@@ -267,7 +294,18 @@ class OpenVinoRunner:
         return outputs
 
     def _shapes(self) -> list[str]:
-        return [str(self.compiled.inputs[i].get_partial_shape()) for i in self._inputs.values()]
+        first = self.compiled if self.preprocessing is None else self.preprocessing
+        return [str(first.inputs[i].get_partial_shape()) for i in self._inputs.values()]
+
+
+def _precision_note(preprocessing: str | None, whole_in_f32: bool, precision: str) -> str:
+    """What ran in which precision where a frames graph did not simply run in ``precision``; else ''."""
+    if preprocessing is not None:
+        return f"camera-frame preprocessing (frames -> {PIXELS}) in {preprocessing}, the rest in {precision}"
+    if whole_in_f32:
+        return (f"all in f32: this frames graph has no tensor named {PIXELS!r} ending its camera-frame preprocessing "
+                "(a bundle exported before it was named), and that preprocessing is wrong in bf16")
+    return ""
 
 
 def free_dimensions(entry: GraphEntry) -> list[str]:
@@ -286,30 +324,59 @@ def free_dimensions(entry: GraphEntry) -> list[str]:
     return [name for name in dict.fromkeys(names) if name != batch]
 
 
-def _compile_verified(source: Any, entry: GraphEntry, path: Path, config: dict):
-    """Compiles the graph from its verified bytes. OpenVINO reads an ONNX graph's external data from
-    files only, so a graph that has some is compiled from its path, and the files at the path must be
-    the very files pinned and verified at load (same inodes) before and after the compilation."""
+def _compile_verified(source: Any, entry: GraphEntry, path: Path, compile_graph):
+    """``compile_graph(path, model)`` on the graph's verified bytes (``model``). OpenVINO reads an ONNX
+    graph's external data from files only, so a graph that has some is compiled from its path (no
+    ``model``), and the files at the path must be the very files pinned and verified at load (same
+    inodes) before and after the compilation."""
     model, external = source.graph_bytes(entry.file)
     if not external:
-        return _compile(path, config, model)
+        return compile_graph(path, model)
     rels = [entry.file] + [(Path(entry.file).parent / loc).as_posix() for loc in external]
-    compiled = _compile(path, config) if source.still_pinned(rels) else None
+    compiled = compile_graph(path) if source.still_pinned(rels) else None
     if compiled is None or not source.still_pinned(rels):
         raise RadaError(f"bundle {source.path} was replaced after it was loaded, and {entry.file} could not be read from "
                         "the files that were verified", "load the bundle again (load_bundle) to use the new one")
     return compiled
 
 
-def _compile(path: Path, config: dict, model: bytes | None = None):
+def _compile_split(path: Path, model: bytes | None = None, *, config: dict) -> tuple[Any, Any]:
+    """A frames graph as (preprocessing compiled in f32, the rest compiled with ``config``), or
+    (None, the whole graph compiled in f32) where it cannot be split at ``pixels``."""
+    graph = _read(path, model)
+    parts = split_at_pixels(graph)
+    in_f32 = {**config, PRECISION: "f32"}
+    if parts is None:
+        return None, _compile(path, graph, config=in_f32)
+    preprocessing, rest = parts
+    # Both keep the frames graph's settings, snippets off included: on the rest (pixels free in the
+    # batch only) snippets were measured no faster on a ViT-B-32 (27-28 ms at batch 1, 108-112 at 8).
+    return _compile(path, preprocessing, config=in_f32), _compile(path, rest, config=config)
+
+
+def _read(path: Path, model: bytes | None = None):
+    """The graph as an ``openvino.Model``: from ``model`` (its bytes) where given, else from ``path``."""
     core = shared_core()
     try:
-        if model is not None:
-            return core.compile_model(core.read_model(model), "CPU", config)
-        return core.compile_model(str(path), "CPU", config)
+        return core.read_model(model if model is not None else str(path))
+    except Exception as err:  # openvino raises its own exception types
+        raise OpenVinoRefusal(f"OpenVINO cannot read {path.name}: {_first_line(err)}",
+                              "use backend='onnxruntime' for this bundle") from err
+
+
+def _compile(path: Path, model: Any = None, *, config: dict):
+    """``model`` (the graph's bytes, or an ``openvino.Model``) compiled for the CPU; the graph at
+    ``path`` where ``model`` is None."""
+    core = shared_core()
+    try:
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            model = _read(path, bytes(model))
+        return core.compile_model(model if model is not None else str(path), "CPU", config)
+    except OpenVinoRefusal:
+        raise
     except Exception as err:  # openvino raises its own exception types
         if SNIPPETS in config and SNIPPETS in str(err):  # an OpenVINO without the (internal) setting
-            return _compile(path, {k: v for k, v in config.items() if k != SNIPPETS}, model)
+            return _compile(path, model, config={k: v for k, v in config.items() if k != SNIPPETS})
         raise OpenVinoRefusal(f"OpenVINO cannot compile {path.name}: {_first_line(err)}",
                               "use backend='onnxruntime' for this bundle") from err
 

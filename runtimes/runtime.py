@@ -136,6 +136,9 @@ class Runtime:
         if self.manifest.frames is not None:
             where = "box reduction on the host, filter in the graph" if self.host_frame_reduction else "in the graph"
             text += f", camera frames resized {where}"
+            plan = self._choice.openvino
+            if plan is not None and plan.inference_precision != "f32":  # runtimes/openvino_frames.py
+                text += ", in f32 (the rest in bf16)"
         return f"{text} ({self.precision_note})" if self.precision_note else text
 
     # -- prediction ------------------------------------------------------------------------------
