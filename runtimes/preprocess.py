@@ -527,7 +527,10 @@ def box_reduce(frames: np.ndarray, fy: int, fx: int) -> np.ndarray:
     cv2 = _opencv()
     for i, frame in enumerate(frames):
         if cv2 is not None:
-            out[i] = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA).reshape(h, w, channels)
+            # Written in place where OpenCV can (a copy less per frame); a result it made elsewhere is copied in.
+            made = cv2.resize(frame, (w, h), dst=out[i], interpolation=cv2.INTER_AREA)
+            if not np.shares_memory(made, out[i]):
+                out[i] = made.reshape(h, w, channels)
         else:
             mode = _REDUCE_MODES[channels]
             image = Image.frombuffer(mode, (width, height), np.ascontiguousarray(frame), "raw", mode, 0, 1)
