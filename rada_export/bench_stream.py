@@ -23,7 +23,10 @@ from pathlib import Path
 from .errors import RadaError
 from .progress import SILENT, Reporter
 
-BACKENDS = {"onnxruntime-cpu": ("onnxruntime", "cpu"), "onnxruntime-cuda": ("onnxruntime", "cuda"), "openvino": ("openvino", "cpu"), "tensorrt": ("tensorrt", "auto")}
+# As bench's other modes name them; "onnxruntime" (there: every ONNX Runtime device present) is the
+# one a stream takes, CUDA where ONNX Runtime has it, else the CPU.
+BACKENDS = {"onnxruntime-cpu": ("onnxruntime", "cpu"), "onnxruntime-cuda": ("onnxruntime", "cuda"), "onnxruntime": ("onnxruntime", "auto"),
+            "openvino": ("openvino", "cpu"), "tensorrt": ("tensorrt", "auto")}
 HELD_FRAMES = 16  # decoded frames kept for the inference loop, which cycles over them
 
 

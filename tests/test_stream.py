@@ -430,6 +430,11 @@ def test_bench_source(bundle, avi):
     result = runner.invoke(app, ["bench", "--bundle", str(bundle), "--source", str(avi), "--max-frames", "10", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["stream"]["frames"] == 10
+    # bench's name for ONNX Runtime on whatever device it has, as its other modes take it
+    result = runner.invoke(app, ["bench", "--bundle", str(bundle), "--source", str(avi), "--max-frames", "5", "--json",
+                                 "--backend", "onnxruntime"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["stream"]["backend"].startswith("onnxruntime")
     result = runner.invoke(app, ["bench", "--bundle", str(bundle), "--source", "0"])
     assert result.exit_code == 2 and "--source" in result.stderr and "camera" in result.stderr
 
