@@ -439,6 +439,17 @@ def test_bench_source(bundle, avi):
     assert result.exit_code == 2 and "--source" in result.stderr and "camera" in result.stderr
 
 
+def test_onnx_runtime_workers_stop_spinning_when_a_run_returns(bundle):
+    """The stream's decoder (and a camera app's other threads) get the cores between runs: ONNX
+    Runtime's idle workers would otherwise spin there (benchmarks: 1.06x vs 1.61x overlap gain)."""
+    from rada_export.runtimes.ort_session import STOP_SPINNING_BETWEEN_RUNS
+
+    rt = load_bundle(bundle, backend="onnxruntime", device="cpu")
+    key, value = STOP_SPINNING_BETWEEN_RUNS
+    assert key == "session.force_spinning_stop" and value == "1"
+    assert rt.fused_runner().session.get_session_options().get_session_config_entry(key) == value
+
+
 def test_the_runtime_imports_no_opencv_until_a_stream_opens():
     code = "import sys, rada_export.runtimes.runtime, rada_export.runtimes.stream; print('cv2' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
