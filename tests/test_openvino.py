@@ -195,20 +195,20 @@ def test_bf16_keeps_the_camera_frame_preprocessing_in_f32(frames_bundle):
 def test_frames_features_under_the_default_precision_match_f32(frames_bundle):
     """End to end: 1 - cosine of OpenVINO's default (bf16 where native) to its f32 features. With the
     preprocessing in bf16 it was 2.7e-5 to 3.9e-5 at 1080p and 6.5e-5 to 8e-5 at 4K on this tiny model;
-    with it in f32, at most 1.6e-5 and 2.2e-5 (the encoder's own bf16 noise, 1.1e-5 to 1.7e-5 at 224)."""
+    with it in f32, at most 1.6e-5 and 2.2e-5 (the encoder's own bf16 noise, 1.1e-5 to 1.7e-5 at 224).
+    4K only, where the two are apart; the split's pixels are checked exactly at 1080p above."""
     from rada_export.bench import camera_frame
 
     f32 = load_bundle(frames_bundle, backend="openvino", precision="fp32")
+    frames = np.stack([camera_frame(2160, 3840, seed) for seed in range(2)])
+    ref = f32.predict(frames, bgr=True)
     for reduce_on_host in (True, False):
         default = load_bundle(frames_bundle, backend="openvino", host_frame_reduction=reduce_on_host)
-        for (height, width), bound in (((1080, 1920), 2.2e-5), ((2160, 3840), 4e-5)):
-            for seed in range(3):
-                frame = camera_frame(height, width, seed)
-                ref, got = f32.predict(frame, bgr=True), default.predict(frame, bgr=True)
-                gap = 1 - cosines(got.image_features, ref.image_features).min()
-                print(f"host reduction {reduce_on_host}, {height}x{width}, seed {seed}: 1 - cosine {gap:.2e}")
-                assert gap <= bound, (reduce_on_host, height, width, seed, gap)
-                assert (got.labels == ref.labels).all()
+        got = default.predict(frames, bgr=True)
+        gap = 1 - cosines(got.image_features, ref.image_features).min()
+        print(f"host reduction {reduce_on_host}, 4K: 1 - cosine {gap:.2e}")
+        assert gap <= 4e-5, (reduce_on_host, gap)
+        assert (got.labels == ref.labels).all()
 
 
 def test_a_frames_graph_without_a_pixels_tensor_runs_whole_in_f32(frames_bundle, tmp_path):
