@@ -89,6 +89,7 @@ def _python(code: str, *args: str, timeout: int = 900) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # 30 s writing 2 GB; the one-tensor-at-a-time save below covers the mechanism by default
 def test_graph_over_two_gb_is_sized_and_saved_without_serialising(tmp_path):
     built = _python(BUILD, str(tmp_path))
     # Sized from its tensors: over the limit, within a few MB of the weights.

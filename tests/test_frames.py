@@ -439,7 +439,8 @@ def test_cpu_backends_box_reduce_on_the_host(frames_bundle, monkeypatch):
         load_bundle(frames_bundle, backend="onnxruntime", device="cpu", host_frame_reduction="yes")
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+# ViT-B-32's config by default; the other resize modes (5 s each, mostly 4K frames) under -m slow.
+@pytest.mark.parametrize("name", [n if n == "shortest" else pytest.param(n, marks=pytest.mark.slow) for n in CONFIGS])
 def test_host_box_reduction_keeps_the_graph_output(graphs, name):
     """The graph fed the host-reduced frame: the same geometry and filter, only uint8 rounding apart."""
     cfg = CONFIGS[name]
