@@ -329,18 +329,18 @@ def _graph_factor(b: _Builder, in_size: str, resized: str, axis: str) -> str:
 # dense (used pixels x outputs) matrix reads every used pixel for every output: 55 taps of the 550
 # a 960 x 540 frame's centre crop uses, at 224 outputs. Blocks of consecutive outputs read one
 # window of pixels each (their taps and the span between them), so the filter's multiply-adds fall
-# 5 to 7 fold. Measured per host-reduced 1080p frame on 2 Xeon cores (ONNX Runtime): blocks of 16
-# to 32 outputs all within 0.1 ms; 32 keeps the block count (and the graph) small.
+# 5 to 7 fold. Measured on 2 Xeon cores (ONNX Runtime, the preprocessing alone, two rounds): a
+# host-reduced 1080p frame (960 x 540) took 3.47-3.59 ms with blocks of 32 outputs, 3.52-3.62 with
+# 16, 3.66-3.83 with 48; a 224 x 224 frame 1.07, 1.21-1.24 and 1.29-1.33 ms.
 BLOCK_OUTPUTS = 32
 
 
 @dataclass(frozen=True)
 class _GraphAxis:
-    """One axis of the resize in the graph: names of int64 scalars (factor, reduced, lo, hi, window
-    length) and tensors (block starts, weights, valid), and the static block layout."""
+    """One axis of the resize in the graph: names of int64 scalars (factor, lo, hi, window length)
+    and tensors (block starts, weights, valid), and the static block layout."""
 
     factor: str  # the box reduction's factor
-    reduced: str  # the side after the box reduction
     lo: str  # the reduced pixels [lo, hi) that some output's filter reaches
     hi: str
     starts: list[str]  # each block's first pixel, counted from lo
@@ -409,11 +409,10 @@ def _graph_axis_plan(b: _Builder, in_size: str, resized: str, offset: str, out: 
     w = b.op("Mul", [w, inside])
     total = b.op("ReduceSum", [w, b.i64([1], f"{axis}_ax1")], keepdims=1)
     w = b.op("Div", [w, b.op("Max", [total, b.f32(1e-12, f"{axis}_eps")])], f"{axis}_weights")
-
-    q_out = b.op("Add", [f(b.op("Range", [b.i64(0, f"{axis}_r0"), b.i64(out, f"{axis}_out"), one])), f(offset)])
-    valid = b.op("Cast", [b.op("And", [b.op("GreaterOrEqual", [q_out, zero_f]), b.op("Less", [q_out, f(resized)])])],
-                 to=TensorProto.FLOAT)
-    return _GraphAxis(k, reduced, lo, hi, start_list, window, w, valid, out, blocks, block)
+    # the same 0/1 per output, in output order, without the padding of the last block
+    valid = b.op("Slice", [b.op("Reshape", [inside, b.i64([-1], f"{axis}_flat")]), b.i64([0], f"{axis}_v0"),
+                           b.i64([out], f"{axis}_out")], f"{axis}_valid")
+    return _GraphAxis(k, lo, hi, start_list, window, w, valid, out, blocks, block)
 
 
 def _banded_filter(b: _Builder, x: str, plan: _GraphAxis, along: int, name: str) -> str:
@@ -422,9 +421,9 @@ def _banded_filter(b: _Builder, x: str, plan: _GraphAxis, along: int, name: str)
     (window x block) weights, whose operands keep the other axes as they are (no transposes); the
     blocks' outputs are concatenated."""
     ax = b.i64([along], f"{name}_ax")
+    u = lambda t: b.op("Unsqueeze", [t, b.i64([0], f"{name}_u0")])  # noqa: E731
     outputs = []
     for i, start in enumerate(plan.starts):
-        u = lambda t: b.op("Unsqueeze", [t, b.i64([0], f"{name}_u0")])  # noqa: E731
         window = b.op("Slice", [x, u(start), u(b.op("Add", [start, plan.window])), ax], f"{name}_window")
         weights = b.op("Gather", [plan.weights, b.i64(i, f"{name}_block_{i}")], f"{name}_weights", axis=0)  # window x block
         if along == 3:
