@@ -306,8 +306,9 @@ def plot(results: Sequence[BenchResult], path: str | os.PathLike, title: str) ->
 
 
 FRAME_SIZES = {"720p": (720, 1280), "1080p": (1080, 1920), "4K": (2160, 3840)}
-_LOADS = {"onnxruntime-cpu": ("onnxruntime", "cpu"), "onnxruntime-cuda": ("onnxruntime", "cuda"), OPENVINO: (OPENVINO, "cpu"),
-          "tensorrt": ("tensorrt", "auto")}
+# Bench's names of the runtime's backends -> load_bundle's (backend, device)
+RUNTIME_LOADS = {"onnxruntime-cpu": ("onnxruntime", "cpu"), "onnxruntime-cuda": ("onnxruntime", "cuda"), OPENVINO: (OPENVINO, "cpu"),
+                 "tensorrt": ("tensorrt", "auto")}
 
 
 @dataclass
@@ -335,7 +336,7 @@ def bench_frames_in_process(bundle: Path, target: BenchTarget, frames: Sequence[
 
     from .runtimes.runtime import load_bundle
 
-    backend, device = _LOADS[target.backend]
+    backend, device = RUNTIME_LOADS[target.backend]
     # OpenVINO's bf16 is its FP16 request (the FP32 graph computed in bf16, runtimes/openvino_backend.py).
     precision = "fp16" if target.precision == "bf16" else target.precision
     rt = load_bundle(bundle, backend=backend, device=device, precision=precision)
@@ -403,7 +404,7 @@ def bench_tta_in_process(bundle: Path, target: BenchTarget, repeats: int, warmup
     from .runtimes.runtime import load_bundle
     from .runtimes.tta import TTAConfig
 
-    backend, device = _LOADS[target.backend]
+    backend, device = RUNTIME_LOADS[target.backend]
     precision = "fp16" if target.precision == "bf16" else target.precision
     # Every frame adapts (one frame per step, any confident frame), so the adapt step is in every timed run.
     tta = TTAConfig(mode="continual", continual_batch=1, e_margin=1.0)

@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .bench import RUNTIME_LOADS
 from .errors import RadaError
 from .progress import SILENT, Reporter
 
 # As bench's other modes name them; "onnxruntime" (there: every ONNX Runtime device present) is the
 # one a stream takes, CUDA where ONNX Runtime has it, else the CPU.
-BACKENDS = {"onnxruntime-cpu": ("onnxruntime", "cpu"), "onnxruntime-cuda": ("onnxruntime", "cuda"), "onnxruntime": ("onnxruntime", "auto"),
-            "openvino": ("openvino", "cpu"), "tensorrt": ("tensorrt", "auto")}
+BACKENDS = {**RUNTIME_LOADS, "onnxruntime": ("onnxruntime", "auto")}
 HELD_FRAMES = 16  # decoded frames kept for the inference loop, which cycles over them
 
 
