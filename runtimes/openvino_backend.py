@@ -304,7 +304,7 @@ def _precision_note(preprocessing: str | None, whole_in_f32: bool, precision: st
         return f"camera-frame preprocessing (frames -> {PIXELS}) in {preprocessing}, the rest in {precision}"
     if whole_in_f32:
         return (f"all in f32: this frames graph has no tensor named {PIXELS!r} ending its camera-frame preprocessing "
-                "(a bundle exported before it was named), and that preprocessing is wrong in bf16")
+                "(a graph edited since its export), and that preprocessing is wrong in bf16")
     return ""
 
 

@@ -35,8 +35,9 @@ def takes_frames(entry: GraphEntry) -> bool:
 def split_at_pixels(model: Any) -> tuple[Any, Any] | None:
     """``model`` (an ``openvino.Model`` read from a frames graph) as two models: the preprocessing
     (the graph's inputs -> ``pixels``) and the rest (a new f32 input named ``pixels`` -> the graph's
-    outputs). None where the graph has no tensor named ``pixels`` (older bundles), or where the rest
-    also reads a graph input, so that the two could not run one after the other.
+    outputs). None where the graph has no tensor named ``pixels`` (every exported frames graph has
+    one; a graph edited by hand may not), or where the rest also reads a graph input, so that the
+    two could not run one after the other.
 
     ``model`` is taken apart: the caller uses the two models returned (or, on None, ``model`` as it
     was: nothing is changed before the split is known to work) and not ``model`` itself.

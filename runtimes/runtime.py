@@ -138,7 +138,7 @@ class Runtime:
             text += f", camera frames resized {where}"
             plan = self._choice.openvino
             if plan is not None and plan.inference_precision != "f32":  # runtimes/openvino_frames.py
-                text += ", in f32 (the rest in bf16)"
+                text += ", the resize in f32"
         return f"{text} ({self.precision_note})" if self.precision_note else text
 
     # -- prediction ------------------------------------------------------------------------------

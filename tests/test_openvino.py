@@ -212,7 +212,7 @@ def test_frames_features_under_the_default_precision_match_f32(frames_bundle):
 
 
 def test_a_frames_graph_without_a_pixels_tensor_runs_whole_in_f32(frames_bundle, tmp_path):
-    """An older frames graph, whose preprocessing output has another name, cannot be split: it runs
+    """A frames graph edited so that its preprocessing output has another name cannot be split: it runs
     all in f32 under a bf16 plan, says why, and warns of nothing."""
     import warnings
 
