@@ -18,22 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from rada_export import RadaError
-from rada_export.cli.app import app
 from rada_export.runtimes import load_bundle
 from rada_export.runtimes.bundle import swap
 from rada_export.runtimes.manifest import read_manifest
+from cli_run import invoke, flat, random_image
 
 from test_bundle_ownership import ENGINE_BYTES, ENV, engine_json, make_unlistable, read_deep
 
 TINY = "rada-tiny-ViT"
 SIX = ["red", "green", "blue", "cyan", "magenta", "yellow"]
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -48,10 +43,6 @@ def refused(result, *needles: str) -> str:
     for needle in needles:
         assert needle in text, (needle, text)
     return text
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def edit_manifest(bundle: Path, change) -> None:
@@ -85,11 +76,7 @@ def six(shared_tiny_bundle) -> Path:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory) -> Path:
-    from PIL import Image
-
-    path = tmp_path_factory.mktemp("img") / "a.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(path)
-    return path
+    return random_image(tmp_path_factory.mktemp("img") / "a.png")
 
 
 @pytest.fixture(scope="module")

@@ -8,20 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from rada_export.calibration.bundle import MIN_HELD_OUT
-from rada_export.cli.app import app
 from rada_export.runtimes import manifest as mf
 from rada_export.synthetic import CLASSES
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
+from cli_run import invoke, flat
 
 
 @pytest.fixture(scope="module")

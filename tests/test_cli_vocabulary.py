@@ -11,10 +11,10 @@ import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from rada_export.cli.app import app
 from rada_export.defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from cli_run import flat, invoke as run_cli
 
 OWN = ("demo", "train", "onnx", "verify", "predict", "calibrate")
 TINY = ["--model", "rada-tiny-ViT", "--pretrained", "none"]
@@ -22,11 +22,7 @@ CLASSES = ["cat", "dog", "bird"]
 
 
 def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
+    return run_cli(*args, env={"COLUMNS": "200"})  # wide enough that help text does not wrap
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,10 @@ from rada_export.export.verify import verify_bundle
 from rada_export.head import RAdaHead
 from rada_export.runtimes.manifest import read_manifest
 from rada_export.runtimes.ort_session import create_session
+from cli_run import flat
 
 runner = CliRunner()
 CLASSES = ["red circle", "green square", "blue triangle", "yellow star", "purple ring"]
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 @pytest.fixture(scope="module")

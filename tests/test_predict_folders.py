@@ -7,19 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from rada_export.cli.app import app
+from cli_run import invoke, flat
 
 CLASSES = ["cat", "dog", "bird"]
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def lines(stdout: str) -> list[dict]:

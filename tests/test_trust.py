@@ -23,15 +23,12 @@ from rada_export.cli.app import app
 from rada_export.runtimes import load_bundle
 from rada_export.runtimes import replace
 from rada_export.runtimes.manifest import read_manifest, sha256_file
+from cli_run import flat, random_image
 
 TINY = "rada-tiny-ViT"  # tests/conftest.py's tiny open_clip config
 
 SECRET = b"TOP-SECRET-BYTES-0123456789"
 COMMANDS = ("predict", "verify", "calibrate", "bench", "trt")
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
@@ -54,11 +51,7 @@ def pristine(shared_tiny_bundle) -> Path:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory) -> Path:
-    from PIL import Image
-
-    path = tmp_path_factory.mktemp("img") / "a.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(path)
-    return path
+    return random_image(tmp_path_factory.mktemp("img") / "a.png")
 
 
 @pytest.fixture
